@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -32,11 +33,11 @@ class ModelContext:
     name: str = "model"
     extras: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def arch_fingerprint(self) -> str:
         return layers_fingerprint(self.layers)
 
-    @property
+    @cached_property
     def layer_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.layers)
 

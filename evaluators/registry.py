@@ -20,7 +20,8 @@ T = TypeVar("T")
 
 # Modules whose import registers the built-in evaluators.
 _BUILTIN_MODULES = {
-    "accuracy": ("evaluators.accuracy.proxy", "evaluators.accuracy.oneshot"),
+    "accuracy": ("evaluators.accuracy.proxy", "evaluators.accuracy.oneshot",
+                 "evaluators.accuracy.zeroshot"),
     "latency": ("evaluators.latency.analytic", "evaluators.latency.compiled",
                 "evaluators.latency.lut", "evaluators.latency.predictor",
                 "evaluators.latency.remote"),

@@ -209,3 +209,14 @@ class SearchSpace:
         except (ValueError, KeyError):
             raise InvalidAction(f"action {action} is not in this search space") from None
         return np.array([f, s, r, b], dtype=np.int64)
+
+
+def sample_masked_action(nvec: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random allowed action for a flattened MultiDiscrete ``mask``."""
+    action = np.empty(len(nvec), dtype=np.int64)
+    start = 0
+    for dim, size in enumerate(nvec):
+        allowed = np.flatnonzero(mask[start:start + size])
+        action[dim] = rng.choice(allowed)
+        start += size
+    return action

@@ -1,0 +1,129 @@
+"""Target ISA selection and the C prelude that hides it behind a few vector macros.
+
+The generator writes every kernel against ``vf`` / ``VLOAD`` / ``VFMA`` ... ; the prelude maps
+them to AVX-512 (16 lanes), AVX2+FMA (8 lanes) or portable C (8 lanes, ``#pragma omp simd``
+loops). An ARM NEON prelude (4 lanes, ``vfmaq_f32``) would slot in the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Isa:
+    """A code-generation target.
+
+    Attributes:
+        name: ``avx512`` / ``avx2`` / ``generic``.
+        lanes: floats per vector register.
+        max_acc: accumulator registers the micro-kernel may use (P * V <= max_acc).
+    """
+
+    name: str
+    lanes: int
+    max_acc: int
+
+
+ISAS = {"avx512": Isa("avx512", 16, 24), "avx2": Isa("avx2", 8, 12), "generic": Isa("generic", 8, 12)}
+
+
+@lru_cache(maxsize=1)
+def detect_isa() -> Isa:
+    """The best ISA the CPU supports, from /proc/cpuinfo flags (generic if unknown)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ISAS["generic"]
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if {"avx512f", "avx512vl"} <= flags:
+        return ISAS["avx512"]
+    if {"avx2", "fma"} <= flags:
+        return ISAS["avx2"]
+    return ISAS["generic"]
+
+
+_COMMON = r"""
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <omp.h>
+#define PART(N) const int lo = tid < nt ? (int)((long)(N) * tid / nt) : 0; \
+                const int hi = tid < nt ? (int)((long)(N) * (tid + 1) / nt) : 0;
+static inline float s_relu(float x) { return x > 0.f ? x : 0.f; }
+static inline float s_relu6(float x) { return x < 0.f ? 0.f : (x > 6.f ? 6.f : x); }
+static inline float s_hardswish(float x) { return x * s_relu6(x + 3.f) * (1.f / 6.f); }
+static inline float s_none(float x) { return x; }
+"""
+
+_AVX512 = r"""
+#include <immintrin.h>
+#define VL 16
+typedef __m512 vf;
+#define VMASK(n) ((__mmask16)((1u << (n)) - 1u))
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VLOADM(p, n) _mm512_maskz_loadu_ps(VMASK(n), (p))
+#define VSTORE(p, v) _mm512_storeu_ps((p), (v))
+#define VSTOREM(p, v, n) _mm512_mask_storeu_ps((p), VMASK(n), (v))
+#define VSET1(x) _mm512_set1_ps(x)
+#define VZERO() _mm512_setzero_ps()
+#define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define VADD(a, b) _mm512_add_ps((a), (b))
+#define VMUL(a, b) _mm512_mul_ps((a), (b))
+#define VMAX(a, b) _mm512_max_ps((a), (b))
+#define VMIN(a, b) _mm512_min_ps((a), (b))
+"""
+
+_AVX2 = r"""
+#include <immintrin.h>
+#define VL 8
+typedef __m256 vf;
+static const int32_t npas_mask_tab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+#define VMASK(n) _mm256_loadu_si256((const __m256i*)(npas_mask_tab + 8 - (n)))
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VLOADM(p, n) _mm256_maskload_ps((p), VMASK(n))
+#define VSTORE(p, v) _mm256_storeu_ps((p), (v))
+#define VSTOREM(p, v, n) _mm256_maskstore_ps((p), VMASK(n), (v))
+#define VSET1(x) _mm256_set1_ps(x)
+#define VZERO() _mm256_setzero_ps()
+#define VFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define VADD(a, b) _mm256_add_ps((a), (b))
+#define VMUL(a, b) _mm256_mul_ps((a), (b))
+#define VMAX(a, b) _mm256_max_ps((a), (b))
+#define VMIN(a, b) _mm256_min_ps((a), (b))
+"""
+
+_GENERIC = r"""
+#define VL 8
+typedef struct { float v[VL]; } vf;
+static inline vf VLOADM(const float* p, int n) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = i < n ? p[i] : 0.f; return r; }
+static inline vf VLOAD(const float* p) { vf r; _Pragma("omp simd") for (int i = 0; i < VL; ++i) r.v[i] = p[i]; return r; }
+static inline void VSTORE(float* p, vf a) { _Pragma("omp simd") for (int i = 0; i < VL; ++i) p[i] = a.v[i]; }
+static inline void VSTOREM(float* p, vf a, int n) { for (int i = 0; i < n; ++i) p[i] = a.v[i]; }
+static inline vf VSET1(float x) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = x; return r; }
+static inline vf VZERO(void) { return VSET1(0.f); }
+static inline vf VFMA(vf a, vf b, vf c) { _Pragma("omp simd") for (int i = 0; i < VL; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
+static inline vf VADD(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] += b.v[i]; return a; }
+static inline vf VMUL(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] *= b.v[i]; return a; }
+static inline vf VMAX(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return a; }
+static inline vf VMIN(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }
+"""
+
+_VACT = r"""
+static inline vf v_none(vf x) { return x; }
+static inline vf v_relu(vf x) { return VMAX(x, VZERO()); }
+static inline vf v_relu6(vf x) { return VMIN(VMAX(x, VZERO()), VSET1(6.f)); }
+static inline vf v_hardswish(vf x) { return VMUL(VMUL(x, v_relu6(VADD(x, VSET1(3.f)))), VSET1(1.f / 6.f)); }
+"""
+
+
+def prelude(isa: Isa) -> str:
+    """C text defining the vector macros for ``isa`` plus scalar / vector activations."""
+    body = {"avx512": _AVX512, "avx2": _AVX2, "generic": _GENERIC}[isa.name]
+    return _COMMON + body + _VACT

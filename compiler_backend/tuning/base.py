@@ -1,0 +1,57 @@
+"""Tuning records: the per-layer kernel configuration and the tuner's settings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from npas_env.errors import InvalidConfig
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """How one conv / linear layer is generated.
+
+    Attributes:
+        family: ``spatial`` (rows x output pixels, vectorised along pixels) or ``channel``
+            (GEMV style, vectorised along output channels; for Linear and tiny maps).
+        p_max: largest row-block height P for the spatial family (8, 4, 2 or 1).
+        v: vectors per tile along pixels (tile width = v * lanes).
+        threads: threads this layer uses (1 or the model's thread count).
+    """
+
+    family: str = "spatial"
+    p_max: int = 8
+    v: int = 2
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.family not in ("spatial", "channel"):
+            raise InvalidConfig(f"family must be 'spatial' or 'channel', got {self.family!r}")
+        if self.p_max not in (1, 2, 4, 8) or not 1 <= self.v <= 8 or self.threads < 1:
+            raise InvalidConfig(f"bad kernel config {self}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """Settings of the per-layer auto-tuner.
+
+    Attributes:
+        generations: GA generations (each is one compile of all candidates + one measurement).
+        population: candidates per layer and generation.
+        repeats: timed runs per measurement (median of per-layer profile times).
+        seed: RNG seed of the GA.
+        use_log: read / write the persistent tuning log.
+    """
+
+    generations: int = 3
+    population: int = 4
+    repeats: int = 20
+    seed: int = 0
+    use_log: bool = True
+
+    def __post_init__(self) -> None:
+        if self.generations < 1 or self.population < 1 or self.repeats < 1:
+            raise InvalidConfig(f"tuning settings must be >= 1, got {self}")
