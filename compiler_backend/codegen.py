@@ -102,6 +102,7 @@ class _Builder:
         self.funcs: list[tuple[str, str]] = []  # (op name, C text)
         self.layers: list[LayerInfo] = []
         self.extra_bufs: list[int] = []
+        self.templates: dict[str, str] = {}
 
     # -------------------------------------------------------------- arenas
     def add_f(self, arr: np.ndarray) -> int:
@@ -227,11 +228,16 @@ class _Builder:
         phase = np.array([pidx[(a, b)] for a, b in zip(i % s, j % s)], np.int64)
         return phase * cin * plane + ci * plane + (i // s) * geo["wq"] + (j // s)
 
+    def _template(self, key: str, text: str) -> None:
+        if key not in self.templates:
+            self.templates[key] = text
+
     def prologue(self, name: str, op: ConvOp, geo: dict[str, Any], src: int, dst: int) -> str:
         cin, h, w = op.in_shape
         s, ph, pw, hq, wq = geo["s"], geo["ph"], geo["pw"], geo["hq"], geo["wq"]
         plane = hq * wq
-        loops = []
+        self._template("pad", _PAD_TEMPLATE)
+        calls = []
         for n, (a, b) in enumerate(geo["phases"]):
             i_lo = max(0, -(-(ph - a) // s))
             i_hi = min(hq, (h - 1 + ph - a) // s + 1)
@@ -239,14 +245,11 @@ class _Builder:
             j_hi = min(wq, (w - 1 + pw - b) // s + 1)
             if i_hi <= i_lo or j_hi <= j_lo:
                 continue
-            loops.append(
-                f"    for (int i = {i_lo}; i < {i_hi}; ++i) {{\n"
-                f"      const float* sr = X + (long)c * {h * w} + ({s} * i + {a - ph}) * {w} + {b - pw};\n"
-                f"      float* dr = P + {n * cin * plane} + (long)c * {plane} + i * {wq};\n"
-                f"      for (int j = {j_lo}; j < {j_hi}; ++j) dr[j] = sr[{s} * j];\n    }}")
-        body = "\n".join(loops)
-        return (f"{_sig(name)} {{\n  const float* X = A + {src}; float* P = A + {dst};\n"
-                f"  PART({cin})\n  for (int c = lo; c < hi; ++c) {{\n{body}\n  }}\n}}\n")
+            args = [src, dst + n * cin * plane, cin, h, w, s, a - ph, b - pw, i_lo, i_hi, j_lo,
+                    j_hi, plane, wq]
+            calls.append(f"  {{ static const int k[14] = {{{', '.join(map(str, args))}}}; "
+                         "pad_phase(tid, nt, A, k); }")
+        return f"{_sig(name)} {{\n  (void)W; (void)I;\n" + "\n".join(calls) + "\n}\n"
 
     def spatial_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                        x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
@@ -259,133 +262,48 @@ class _Builder:
         tch = -(-(-(-T // nch)) // vw) * vw if nch > 1 else T
         nch = -(-T // tch)
         a = act or "none"
-        acc = ", ".join(f"a{q}_{u} = VZERO()" for q in range(p) for u in range(v))
-        loads = " ".join(f"const vf x{u} = VLOAD(xp + {u * lanes});" for u in range(v))
-        fmas = "\n".join(
-            f"        {{ const vf w = VSET1(wp[{q}]); "
-            + " ".join(f"a{q}_{u} = VFMA(w, x{u}, a{q}_{u});" for u in range(v)) + " }"
-            for q in range(p))
-        res = (lambda q, u: f" y = VADD(y, VLOAD(R + (long)rw[{q}] * {T} + t + {u * lanes}));"
-               ) if res_off is not None else (lambda q, u: "")
-        stores = "\n".join(
-            f"      {{ const vf bb = VSET1(bias[rw[{q}]]); float* yp = Y + (long)rw[{q}] * {T} + t;"
-            + "".join(f" {{ vf y = VADD(a{q}_{u}, bb);{res(q, u)} VSTORE(yp + {u * lanes}, v_{a}(y)); }}"
-                      for u in range(v)) + " }" for q in range(p))
-        tacc = ", ".join(f"a{q} = VZERO()" for q in range(p))
-        tfma = " ".join(f"a{q} = VFMA(VSET1(wp[{q}]), x, a{q});" for q in range(p))
-        tres = (lambda q: f" y = VADD(y, VLOADM(R + (long)rw[{q}] * {T} + t, n));"
-                ) if res_off is not None else (lambda q: "")
-        tstores = "\n".join(
-            f"      {{ vf y = VADD(a{q}, VSET1(bias[rw[{q}]]));{tres(q)} "
-            f"VSTOREM(Y + (long)rw[{q}] * {T} + t, v_{a}(y), n); }}" for q in range(p))
-        rdecl = f" const float* R = A + {res_off};" if res_off is not None else ""
-        return f"""{_sig(name)} {{
-  const int* rows = I + {ro}; const int* ep = I + {eo}; const int* off = I + {oo};
-  const float* wt = W + {wo}; const float* bias = W + {bias_off};
-  const float* X = A + {x_off}; float* Y = A + {y_off};{rdecl}
-  PART({seg.nblk * nch})
-  for (int it = lo; it < hi; ++it) {{
-    const int b = it / {nch}, ch = it % {nch};
-    const int t0 = ch * {tch}; const int t1 = t0 + {tch} < {T} ? t0 + {tch} : {T};
-    const int* rw = rows + b * {p}; const int e0 = ep[b], e1 = ep[b + 1];
-    int t = t0;
-    for (; t + {vw} <= t1; t += {vw}) {{
-      vf {acc};
-      for (int e = e0; e < e1; ++e) {{
-        const float* xp = X + off[e] + t; const float* wp = wt + (long)e * {p};
-        {loads}
-{fmas}
-      }}
-{stores}
-    }}
-    for (; t < t1; t += VL) {{
-      const int n = t1 - t < VL ? t1 - t : VL;
-      vf {tacc};
-      for (int e = e0; e < e1; ++e) {{
-        const vf x = VLOADM(X + off[e] + t, n); const float* wp = wt + (long)e * {p};
-        {tfma}
-      }}
-{tstores}
-    }}
-  }}
-}}
-"""
+        has_res = res_off is not None
+        key = f"sk_p{p}_v{v}_{a}_{int(has_res)}"
+        self._template(key, _spatial_template(key, p, v, lanes, a, has_res))
+        args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T]
+        return (f"{_sig(name)} {{\n  static const int k[12] = {{{', '.join(map(str, args))}}};\n"
+                f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 
     def channel_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                        x_off: int, y_off: int, res_off: int | None, act: str | None,
                        T: int) -> str:
-        lanes = self.isa.lanes
         ro, eo = self.add_i(seg.rows), self.add_i(seg.eptr)
         oo, wo = self.add_i(offsets), self.add_f(seg.weights)
         tb = min(T, 8)
         a = act or "none"
-        rexpr = f" + R[(long)r * {T} + t0 + u]" if res_off is not None else ""
-        rdecl = f" const float* R = A + {res_off};" if res_off is not None else ""
-        if T == 1:
-            inner = f"""      vf c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
-      int e = e0;
-      for (; e + 4 <= e1; e += 4) {{
-        c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(X[off[e]]), c0);
-        c1 = VFMA(VLOAD(wt + (long)(e + 1) * VL), VSET1(X[off[e + 1]]), c1);
-        c2 = VFMA(VLOAD(wt + (long)(e + 2) * VL), VSET1(X[off[e + 2]]), c2);
-        c3 = VFMA(VLOAD(wt + (long)(e + 3) * VL), VSET1(X[off[e + 3]]), c3);
-      }}
-      for (; e < e1; ++e) c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(X[off[e]]), c0);
-      acc[0] = VADD(VADD(c0, c1), VADD(c2, c3));"""
-        else:
-            full = " ".join(f"acc[{u}] = VFMA(w, VSET1(xp[{u}]), acc[{u}]);" for u in range(tb))
-            inner = f"""      for (int u = 0; u < {tb}; ++u) acc[u] = VZERO();
-      if (tb == {tb}) {{
-        for (int e = e0; e < e1; ++e) {{
-          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e] + t0;
-          {full}
-        }}
-      }} else {{
-        for (int e = e0; e < e1; ++e) {{
-          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e] + t0;
-          for (int u = 0; u < tb; ++u) acc[u] = VFMA(w, VSET1(xp[u]), acc[u]);
-        }}
-      }}"""
-        assert seg.p == lanes
-        return f"""{_sig(name)} {{
-  const int* rows = I + {ro}; const int* ep = I + {eo}; const int* off = I + {oo};
-  const float* wt = W + {wo}; const float* bias = W + {bias_off};
-  const float* X = A + {x_off}; float* Y = A + {y_off};{rdecl}
-  PART({seg.nblk})
-  for (int b = lo; b < hi; ++b) {{
-    const int* rw = rows + b * VL; const int e0 = ep[b], e1 = ep[b + 1];
-    for (int t0 = 0; t0 < {T}; t0 += {tb}) {{
-      const int tb = {T} - t0 < {tb} ? {T} - t0 : {tb};
-      vf acc[{tb}]; float tmp[{tb}][VL];
-{inner}
-      for (int u = 0; u < tb; ++u) VSTORE(tmp[u], acc[u]);
-      for (int u = 0; u < tb; ++u)
-        for (int q = 0; q < VL; ++q) {{
-          const int r = rw[q];
-          if (r < 0) continue;
-          Y[(long)r * {T} + t0 + u] = s_{a}(tmp[u][q] + bias[r]{rexpr});
-        }}
-    }}
-  }}
-}}
-"""
+        has_res = res_off is not None
+        key = f"ck_t{tb}_{a}_{int(has_res)}"
+        self._template(key, _channel_template(key, tb, a, has_res))
+        args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, T]
+        return (f"{_sig(name)} {{\n  static const int k[10] = {{{', '.join(map(str, args))}}};\n"
+                f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 
     def crop(self, name: str, op: ConvOp, T: int, wq: int, tmp_off: int, offs: list[int]) -> str:
         cout, oh, ow = op.out_shape
         a = op.act or "none"
-        rdecl = f" const float* R = A + {offs[op.res]};" if op.res is not None else ""
-        rexpr = " + R[(long)q * %d + x]" % ow if op.res is not None else ""
-        return f"""{_sig(name)} {{
-  const float* S = A + {tmp_off}; float* D = A + {offs[op.dst]};{rdecl}
-  PART({cout * oh})
+        has_res = op.res is not None
+        key = f"crop_{a}_{int(has_res)}"
+        rexpr = " + R[(long)q * ow + x]" if has_res else ""
+        self._template(key, f"""static void {key}(int tid, int nt, float* restrict A, const int* k) {{
+  const float* S = A + k[0]; float* D = A + k[1]; const float* R = A + k[2];
+  const int rows = k[3], oh = k[4], ow = k[5], T = k[6], wq = k[7]; (void)R;
+  PART(rows)
   for (int q = lo; q < hi; ++q) {{
-    const int co = q / {oh}, y = q % {oh};
-    const float* s = S + (long)co * {T} + y * {wq}; float* d = D + (long)q * {ow};
+    const int co = q / oh, y = q % oh;
+    const float* s = S + (long)co * T + y * wq; float* d = D + (long)q * ow;
     #pragma omp simd
-    for (int x = 0; x < {ow}; ++x) d[x] = s_{a}(s[x]{rexpr});
+    for (int x = 0; x < ow; ++x) d[x] = s_{a}(s[x]{rexpr});
   }}
 }}
-"""
+""")
+        args = [tmp_off, offs[op.dst], offs[op.res] if has_res else 0, cout * oh, oh, ow, T, wq]
+        return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[8] = {{{', '.join(map(str, args))}}};\n"
+                f"  {key}(tid, nt, A, k);\n}}\n")
 
     def affine(self, fn: str, op: AffineOp, offs: list[int]) -> str:
         shape = self.g.buffers[op.src].shape
@@ -498,6 +416,7 @@ def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConf
         segments[-1].append(k)
     src = [f"/* npas-env compiler_backend generator v{GENERATOR_VERSION}, isa {isa.name} */",
            prelude(isa), f"double npas_prof[{max(1, len(graph.ops))}];", "int npas_prof_on = 0;"]
+    src.extend(b.templates.values())
     line_map: list[tuple[int, int, str]] = []
     line = sum(s.count("\n") + 1 for s in src) + 1
     for name, text in b.funcs:
@@ -533,6 +452,134 @@ def _segment(si: int, ops: list[int], fn_names: dict[int, str]) -> str:
     const int tid = omp_get_thread_num(); double tp = npas_prof_on ? omp_get_wtime() : 0.0;
 {par}
     (void)tp;
+    }}
+  }}
+}}
+"""
+
+
+_PAD_TEMPLATE = """static void pad_phase(int tid, int nt, float* restrict A, const int* k) {
+  const float* X = A + k[0]; float* P = A + k[1];
+  const int cin = k[2], h = k[3], w = k[4], s = k[5], da = k[6], db = k[7];
+  const int i_lo = k[8], i_hi = k[9], j_lo = k[10], j_hi = k[11], plane = k[12], wq = k[13];
+  PART(cin)
+  for (int c = lo; c < hi; ++c)
+    for (int i = i_lo; i < i_hi; ++i) {
+      const float* sr = X + (long)c * h * w + (s * i + da) * w + db;
+      float* dr = P + (long)c * plane + i * wq;
+      if (s == 1) memcpy(dr + j_lo, sr + j_lo, (size_t)(j_hi - j_lo) * sizeof(float));
+      else for (int j = j_lo; j < j_hi; ++j) dr[j] = sr[s * j];
+    }
+}
+"""
+
+
+def _spatial_template(key: str, p: int, v: int, lanes: int, a: str, has_res: bool) -> str:
+    acc = ", ".join(f"a{q}_{u} = VZERO()" for q in range(p) for u in range(v))
+    loads = " ".join(f"const vf x{u} = VLOAD(xp + {u} * VL);" for u in range(v))
+    fmas = "\n".join(
+        f"        {{ const vf w = VSET1(wp[{q}]); "
+        + " ".join(f"a{q}_{u} = VFMA(w, x{u}, a{q}_{u});" for u in range(v)) + " }"
+        for q in range(p))
+
+    def res(q: int, u: int) -> str:
+        return f" y = VADD(y, VLOAD(R + (long)rw[{q}] * T + t + {u} * VL));" if has_res else ""
+
+    stores = "\n".join(
+        f"      {{ const vf bb = VSET1(bias[rw[{q}]]); float* yp = Y + (long)rw[{q}] * T + t;"
+        + "".join(f" {{ vf y = VADD(a{q}_{u}, bb);{res(q, u)} VSTORE(yp + {u} * VL, v_{a}(y)); }}"
+                  for u in range(v)) + " }" for q in range(p))
+    tacc = ", ".join(f"a{q} = VZERO()" for q in range(p))
+    tfma = " ".join(f"a{q} = VFMA(VSET1(wp[{q}]), x, a{q});" for q in range(p))
+
+    def tres(q: int) -> str:
+        return f" y = VADD(y, VLOADM(R + (long)rw[{q}] * T + t, n));" if has_res else ""
+
+    tstores = "\n".join(
+        f"      {{ vf y = VADD(a{q}, VSET1(bias[rw[{q}]]));{tres(q)} "
+        f"VSTOREM(Y + (long)rw[{q}] * T + t, v_{a}(y), n); }}" for q in range(p))
+    return f"""static void {key}(int tid, int nt, const float* restrict W, const int* restrict I,
+                     float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const int* ep = I + k[1]; const int* off = I + k[2];
+  const float* wt = W + k[3]; const float* bias = W + k[4];
+  const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
+  const int nblk = k[8], nch = k[9], tch = k[10], T = k[11];
+  PART(nblk * nch)
+  for (int it = lo; it < hi; ++it) {{
+    const int b = it / nch, ch = it % nch;
+    const int t0 = ch * tch; const int t1 = t0 + tch < T ? t0 + tch : T;
+    const int* rw = rows + b * {p}; const int e0 = ep[b], e1 = ep[b + 1];
+    int t = t0;
+    for (; t + {v} * VL <= t1; t += {v} * VL) {{
+      vf {acc};
+      for (int e = e0; e < e1; ++e) {{
+        const float* xp = X + off[e] + t; const float* wp = wt + (long)e * {p};
+        {loads}
+{fmas}
+      }}
+{stores}
+    }}
+    for (; t < t1; t += VL) {{
+      const int n = t1 - t < VL ? t1 - t : VL;
+      vf {tacc};
+      for (int e = e0; e < e1; ++e) {{
+        const vf x = VLOADM(X + off[e] + t, n); const float* wp = wt + (long)e * {p};
+        {tfma}
+      }}
+{tstores}
+    }}
+  }}
+}}
+"""
+
+
+def _channel_template(key: str, tb: int, a: str, has_res: bool) -> str:
+    rexpr = " + R[(long)r * T + t0 + u]" if has_res else ""
+    if tb == 1:
+        inner = """      vf c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
+      int e = e0;
+      for (; e + 4 <= e1; e += 4) {
+        c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(X[off[e] + t0]), c0);
+        c1 = VFMA(VLOAD(wt + (long)(e + 1) * VL), VSET1(X[off[e + 1] + t0]), c1);
+        c2 = VFMA(VLOAD(wt + (long)(e + 2) * VL), VSET1(X[off[e + 2] + t0]), c2);
+        c3 = VFMA(VLOAD(wt + (long)(e + 3) * VL), VSET1(X[off[e + 3] + t0]), c3);
+      }
+      for (; e < e1; ++e) c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(X[off[e] + t0]), c0);
+      acc[0] = VADD(VADD(c0, c1), VADD(c2, c3));"""
+    else:
+        full = " ".join(f"acc[{u}] = VFMA(w, VSET1(xp[{u}]), acc[{u}]);" for u in range(tb))
+        inner = f"""      for (int u = 0; u < {tb}; ++u) acc[u] = VZERO();
+      if (tb == {tb}) {{
+        for (int e = e0; e < e1; ++e) {{
+          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e] + t0;
+          {full}
+        }}
+      }} else {{
+        for (int e = e0; e < e1; ++e) {{
+          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e] + t0;
+          for (int u = 0; u < tb; ++u) acc[u] = VFMA(w, VSET1(xp[u]), acc[u]);
+        }}
+      }}"""
+    return f"""static void {key}(int tid, int nt, const float* restrict W, const int* restrict I,
+                     float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const int* ep = I + k[1]; const int* off = I + k[2];
+  const float* wt = W + k[3]; const float* bias = W + k[4];
+  const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
+  const int nblk = k[8], T = k[9];
+  PART(nblk)
+  for (int b = lo; b < hi; ++b) {{
+    const int* rw = rows + b * VL; const int e0 = ep[b], e1 = ep[b + 1];
+    for (int t0 = 0; t0 < T; t0 += {tb}) {{
+      const int tb = T - t0 < {tb} ? T - t0 : {tb};
+      vf acc[{tb}]; float tmp[{tb}][VL];
+{inner}
+      for (int u = 0; u < tb; ++u) VSTORE(tmp[u], acc[u]);
+      for (int u = 0; u < tb; ++u)
+        for (int q = 0; q < VL; ++q) {{
+          const int r = rw[q];
+          if (r < 0) continue;
+          Y[(long)r * T + t0 + u] = s_{a}(tmp[u][q] + bias[r]{rexpr});
+        }}
     }}
   }}
 }}

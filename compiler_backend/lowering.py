@@ -323,7 +323,7 @@ class _Lowerer:
             return False
         srcs = [self._arg_buf(t) for t in tensors]
         out = self._sample_shape(node)
-        if any(s is None for s in srcs) or out is None or len(out) != 3 or dim not in (1, -3):
+        if any(s is None for s in srcs) or out is None or dim not in (1, -len(out)):
             return False
         dst = self._new(node)
         self.graph.ops.append(ConcatOp(str(node.name), [int(s) for s in srcs], dst))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,5 +236,4 @@ class CompiledModel:
 def _timing(times_ms: list[float], threads: int) -> Timing:
     arr = np.asarray(times_ms)
     q10, q25, q50, q75, q90 = np.percentile(arr, [10, 25, 50, 75, 90])
-    del statistics
     return Timing(float(q50), float(q10), float(q90), float(q75 - q25), threads, int(arr.size))

@@ -54,6 +54,9 @@ def keep_top_groups(scores: Tensor, sizes: Tensor, target: float) -> Tensor:
     Returns:
         bool [G], True = kept.
     """
+    if len(scores) and bool((sizes == sizes[0]).all()) and int(sizes[0]) > 0:
+        count = min(max(math.floor(target / int(sizes[0]) + 0.5 + 1e-9), 1), len(scores))
+        return _top_count(scores, count)
     order = torch.argsort(scores, descending=True, stable=True)
     cum = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes[order], 0)]).double()
     err = (cum - target).abs()
@@ -64,6 +67,26 @@ def keep_top_groups(scores: Tensor, sizes: Tensor, target: float) -> Tensor:
     keep = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
     keep[order[:k]] = True
     return keep
+
+
+def _top_count(scores: Tensor, count: int) -> Tensor:
+    """The ``count`` largest scores, ties broken by index (same as a stable descending sort)."""
+    if count >= len(scores):
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = torch.kthvalue(scores, len(scores) - count + 1).values
+    keep = scores > threshold
+    ties = torch.nonzero(scores == threshold).flatten()[: count - int(keep.sum())]
+    keep[ties] = True
+    return keep
+
+
+def _block_counts(rows: int, cols: int, p: int, q: int, device: torch.device) -> Tensor:
+    """Number of entries of each p x q block of a rows x cols grid (ragged edges) -> [rb, cb]."""
+    row_sizes = torch.full((-(-rows // p),), p, dtype=torch.long, device=device)
+    col_sizes = torch.full((-(-cols // q),), q, dtype=torch.long, device=device)
+    row_sizes[-1] = rows - p * (len(row_sizes) - 1)
+    col_sizes[-1] = cols - q * (len(col_sizes) - 1)
+    return row_sizes[:, None] * col_sizes[None, :]
 
 
 def _resolve_block(block_size: BlockSize | None, rows: int, cols: int, scheme: Scheme) -> tuple[int, int]:
@@ -167,7 +190,7 @@ def block_punched_mask(weight: Tensor, rate: float, block_size: BlockSize | None
     rows, cols = weight.shape[:2]
     p, q = _resolve_block(block_size, rows, cols, Scheme.BLOCK_PUNCHED)
     energy = _block_sum(weight.detach().float().square(), p, q)  # [rb, cb, kh, kw]
-    sizes = _block_sum(torch.ones_like(weight, dtype=torch.long), p, q)
+    sizes = _block_counts(rows, cols, p, q, weight.device)[:, :, None, None].expand_as(energy)
     keep = keep_top_groups(energy.sqrt().flatten(), sizes.flatten(), weight.numel() / rate)
     return _expand(keep.reshape(energy.shape), p, q, rows, cols)
 
@@ -188,7 +211,7 @@ def block_based_mask(weight: Tensor, rate: float, block_size: BlockSize | None,
     p, q = _resolve_block(block_size, rows, cols, Scheme.BLOCK_BASED)
     col_rate = math.sqrt(rate) if axis == "both" else rate
     col_energy = _block_sum(matrix.square(), p, 1)  # [rb, Q]
-    col_sizes = _block_sum(torch.ones_like(matrix, dtype=torch.long), p, 1)
+    col_sizes = _block_counts(rows, cols, p, 1, weight.device)
     keep_cols = keep_top_groups(col_energy.sqrt().flatten(), col_sizes.flatten(), matrix.numel() / col_rate)
     mask = _expand(keep_cols.reshape(col_energy.shape), p, 1, rows, cols)
     if axis == "both":

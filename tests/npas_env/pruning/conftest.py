@@ -1,4 +1,4 @@
-"""Shared fixtures for the pruning tests: tiny tensors, one thread."""
+"""Shared fixture for the pruning tests (the root conftest already pins torch to one thread)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,7 @@ import pytest
 import torch
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def gen() -> torch.Generator:
+    """A seeded generator, so every test draws the same tiny random weights."""
     return torch.Generator().manual_seed(0)

@@ -42,6 +42,16 @@ def test_keep_top_groups_breaks_ties_by_index():
     assert keep.tolist() == [True, True, True, False, False, False]
 
 
+@pytest.mark.parametrize("target", [0.0, 7.0, 13.5, 40.0])
+def test_keep_top_groups_fast_path_matches_stable_sort(target, gen):
+    scores = torch.randint(0, 4, (40,), generator=gen).float()
+    keep = keep_top_groups(scores, torch.ones(40, dtype=torch.long), target)
+    count = min(max(math.floor(target + 0.5), 1), 40)
+    expected = torch.zeros(40, dtype=torch.bool)
+    expected[torch.argsort(scores, descending=True, stable=True)[:count]] = True
+    assert torch.equal(keep, expected)
+
+
 # ------------------------------------------------------------------------ all schemes
 @pytest.mark.parametrize("scheme", ["unstructured", "filter", "pattern", "block_punched"])
 def test_rate_one_and_dense_are_all_true(scheme, gen):

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from npas_env.errors import InvalidConfig, InvalidModel
-from npas_env.pruning import DEFAULT_PATTERNS, build_pattern_set, check_pattern_set, default_pattern_set
+from npas_env.pruning import (
+    DEFAULT_PATTERNS,
+    build_pattern_set,
+    check_pattern_set,
+    default_pattern_set,
+)
 
 
 def _key(pattern: torch.Tensor) -> tuple[bool, ...]:

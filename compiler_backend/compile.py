@@ -1,0 +1,89 @@
+"""``compile_model``: trace, lower, (tune), generate C, compile, load."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compiler_backend.codegen import generate
+from compiler_backend.ir import Graph
+from compiler_backend.isa import ISAS, Isa, detect_isa
+from compiler_backend.lowering import lower
+from compiler_backend.runtime import CompiledModel
+from compiler_backend.toolchain import compile_source, find_compiler
+from compiler_backend.tuning.base import KernelConfig, TuningConfig
+from npas_env.errors import BackendError, InvalidConfig
+from npas_env.layers import analyze_model
+
+
+def resolve_isa(name: str | None = None) -> Isa:
+    """``name`` (or ``$NPAS_COMPILER_ISA``) if given, else the detected ISA."""
+    name = name or os.environ.get("NPAS_COMPILER_ISA")
+    if not name:
+        return detect_isa()
+    if name not in ISAS:
+        raise InvalidConfig(f"unknown ISA {name!r}; choose one of {sorted(ISAS)}")
+    return ISAS[name]
+
+
+def lower_model(model: nn.Module, example_input: torch.Tensor,
+                masks: Mapping[str, torch.Tensor] | None = None) -> Graph:
+    """Trace a private eval-mode copy of ``model`` at batch 1 and lower it to the IR."""
+    model = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = analyze_model(model, example_input[:1].detach().float()).graph_module
+    assert gm is not None
+    gm.eval()
+    with torch.no_grad():
+        return lower(gm, masks)
+
+
+def compile_model(model: nn.Module, example_input: torch.Tensor,
+                  masks: Mapping[str, torch.Tensor] | None = None, *, threads: int = 1,
+                  tune: bool | TuningConfig = False, cache_dir: Path | None = None,
+                  isa: str | None = None,
+                  configs: Mapping[str, KernelConfig] | None = None) -> CompiledModel:
+    """Compile ``model`` (eval semantics, BN folded) into one C library for this CPU.
+
+    Args:
+        model: any torch.fx-traceable module; unsupported ops run through PyTorch.
+        example_input: one input batch; its per-sample shape is compiled in.
+        masks: module name -> bool mask of the weight's shape (zeros in weights count too).
+        threads: OpenMP threads (each layer uses 1 or this many).
+        tune: run the auto-tuner (True or a TuningConfig); results go to the tuning log.
+        cache_dir: artifact cache (default ``npas_env.io.cache_dir() / "compiler"``).
+        isa: force ``avx512`` / ``avx2`` / ``generic`` (default: detected; ``$NPAS_COMPILER_ISA``).
+        configs: explicit per-layer kernel configs (override defaults and tuning).
+
+    Returns:
+        The loaded :class:`CompiledModel`.
+
+    Raises:
+        BackendError: no C compiler (install gcc) or a compile failure naming the layer.
+        InvalidModel: the model cannot be traced or the input does not fit.
+    """
+    if threads < 1:
+        raise InvalidConfig(f"threads must be >= 1, got {threads}")
+    find_compiler()
+    target = resolve_isa(isa)
+    graph = lower_model(model, example_input, masks)
+    chosen: dict[str, KernelConfig] = {}
+    if tune:
+        from compiler_backend.tuning.ga import tune_graph
+
+        cfg = tune if isinstance(tune, TuningConfig) else TuningConfig()
+        chosen.update(tune_graph(graph, target, threads, cfg, cache_dir=cache_dir))
+    chosen.update(configs or {})
+    program = generate(graph, target, threads, chosen)
+    artifact = compile_source(program.source, program.line_map, cache=cache_dir)
+    try:
+        return CompiledModel(graph, program, artifact, threads, target.name)
+    except OSError as exc:
+        raise BackendError(f"cannot load compiled model {artifact.path}: {exc}") from None

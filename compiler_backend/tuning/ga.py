@@ -1,0 +1,139 @@
+"""A small genetic algorithm over per-layer kernel configs, measured on this machine.
+
+All layers are tuned at once: individual ``k`` of every layer's population goes into build
+``k`` of the whole model; one profiling run of that build scores every layer's individual.
+Results persist in a JSON tuning log keyed by (layer shape, sparsity signature, machine,
+compiler), so a layer is tuned once per machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import random
+from pathlib import Path
+
+import numpy as np
+
+from compiler_backend.codegen import _conv_geometry, default_config, generate
+from compiler_backend.ir import ConvOp, Graph
+from compiler_backend.isa import Isa
+from compiler_backend.toolchain import compile_source, compiler_version, find_compiler
+from compiler_backend.tuning.base import KernelConfig, TuningConfig
+from npas_env.io import atomic_write_text, cache_dir as default_cache_dir
+
+
+def machine_id(isa: Isa) -> str:
+    """CPU model + ISA + core count (tuning results are only valid on the same machine)."""
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{model}|{isa.name}|{os.cpu_count()}"
+
+
+def layer_key(op: ConvOp, isa: Isa, threads: int) -> str:
+    """Tuning-log key: shape, stride/padding/groups, sparsity signature, machine, compiler."""
+    h = hashlib.sha256()
+    h.update(json.dumps([op.in_shape, op.out_shape, list(op.weight.shape), op.stride,
+                         list(op.padding), op.groups, threads]).encode())
+    h.update(np.packbits(op.kept).tobytes())
+    h.update(machine_id(isa).encode())
+    h.update(compiler_version(find_compiler()).encode())
+    return h.hexdigest()[:24]
+
+
+def _space(op: ConvOp, isa: Isa, threads: int) -> list[KernelConfig]:
+    T = _conv_geometry(op)["T"]
+    out = []
+    for th in sorted({1, threads}):
+        if T <= 64:
+            out.append(KernelConfig("channel", 8, 1, th))
+        for p in (8, 4, 2, 1):
+            for v in range(1, min(8, isa.max_acc // p) + 1):
+                if (v - 1) * isa.lanes < T:
+                    out.append(KernelConfig("spatial", p, v, th))
+    return out
+
+
+def tune_graph(graph: Graph, isa: Isa, threads: int, cfg: TuningConfig,
+               cache_dir: Path | None = None) -> dict[str, KernelConfig]:
+    """Best config per conv/linear layer (from the log, else by GA measurement)."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "compiler"
+    log_path = root / "tuning_log.json"
+    log: dict[str, dict] = {}
+    if cfg.use_log and log_path.exists():
+        try:
+            log = json.loads(log_path.read_text())
+        except (OSError, ValueError):
+            log = {}
+    convs = [op for op in graph.ops if isinstance(op, ConvOp)]
+    keys = {op.name: layer_key(op, isa, threads) for op in convs}
+    best: dict[str, tuple[float, KernelConfig]] = {}
+    todo = []
+    for op in convs:
+        entry = log.get(keys[op.name])
+        if entry:
+            best[op.name] = (entry["time_ms"], KernelConfig(**entry["config"]))
+        else:
+            todo.append(op)
+    if todo:
+        _search(graph, todo, isa, threads, cfg, best, root)
+        for op in todo:
+            t, c = best[op.name]
+            log[keys[op.name]] = {"time_ms": t, "config": c.to_dict(), "layer": op.name}
+        if cfg.use_log:
+            atomic_write_text(log_path, json.dumps(log, indent=1, sort_keys=True))
+    return {name: c for name, (_, c) in best.items()}
+
+
+def _search(graph: Graph, todo: list[ConvOp], isa: Isa, threads: int, cfg: TuningConfig,
+            best: dict[str, tuple[float, KernelConfig]], root: Path) -> None:
+    rng = random.Random(cfg.seed)
+    spaces = {op.name: _space(op, isa, threads) for op in todo}
+    pops = {op.name: [default_config(op, isa, threads)]
+            + rng.sample(spaces[op.name], min(cfg.population - 1, len(spaces[op.name])))
+            for op in todo}
+    seen: dict[str, dict[KernelConfig, float]] = {op.name: {} for op in todo}
+    for _gen in range(cfg.generations):
+        for k in range(cfg.population):
+            configs = {name: pop[k % len(pop)] for name, pop in pops.items()}
+            times = _measure(graph, isa, threads, configs, cfg.repeats, root)
+            for name, c in configs.items():
+                seen[name][c] = min(times[name], seen[name].get(c, float("inf")))
+        for op in todo:  # selection + mutation per layer
+            ranked = sorted(seen[op.name].items(), key=lambda kv: kv[1])
+            parents = [c for c, _ in ranked[:2]]
+            children = list(parents)
+            while len(children) < cfg.population:
+                children.append(_mutate(rng.choice(parents), spaces[op.name], rng))
+            pops[op.name] = children
+    for op in todo:
+        c, t = min(seen[op.name].items(), key=lambda kv: kv[1])
+        best[op.name] = (t, c)
+
+
+def _mutate(parent: KernelConfig, space: list[KernelConfig], rng: random.Random) -> KernelConfig:
+    near = [c for c in space if sum(a != b for a, b in zip(
+        (c.family, c.p_max, c.v, c.threads), (parent.family, parent.p_max, parent.v,
+                                              parent.threads))) == 1]
+    return rng.choice(near or space)
+
+
+def _measure(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConfig],
+             repeats: int, root: Path) -> dict[str, float]:
+    from compiler_backend.runtime import CompiledModel
+
+    program = generate(graph, isa, threads, configs)
+    artifact = compile_source(program.source, program.line_map, cache=root)
+    model = CompiledModel(graph, program, artifact, threads, isa.name)
+    runs = [model.profile(repeats=max(1, repeats // 3), warmup=2) for _ in range(3)]
+    per_op = np.median(np.stack(runs), axis=0)
+    return {info.name: float(per_op[info.op_index]) for info in program.layers}

@@ -1,0 +1,246 @@
+"""``predictor``: gradient-boosted trees fitted on a latency table, stored as plain JSON.
+
+Each layer is mapped to table queries exactly as in ``lut`` (:func:`~evaluators.latency.lut.layer_queries`);
+the trees predict ``log(latency_ms / MACs)`` from the features below, so predictions scale with
+MACs and generalize to shapes between and beyond the table's points. Model latency = sum over
+layers, optionally calibrated on whole-model measurements (``calibrate``: ``a * sum + b``).
+
+The fitted ensemble is exported to JSON (tree arrays) and evaluated with numpy, so ``save`` /
+``load`` never pickle and loading a file from elsewhere cannot run code. scikit-learn is needed
+only to ``fit``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluators.context import ModelContext
+from evaluators.latency.lut import Query, layer_queries
+from evaluators.latency.lut_table import KERNEL_OF, LAYER_TYPES, LatencyTable
+from evaluators.registry import register_latency
+from evaluators.results import LatencyResult
+from npas_env.errors import CacheError, InvalidConfig
+from npas_env.io import atomic_write_text
+from npas_env.plan import LayerAction, PruningPlan, Scheme
+
+PREDICTOR_FORMAT = "npas-latency-predictor"
+_SCHEMES = tuple(s.value for s in Scheme)
+FEATURES = (*(f"type_{t}" for t in LAYER_TYPES), *(f"scheme_{s}" for s in _SCHEMES), "log_channels",
+            "log_fmap", "kernel", "log_rate", "block_rows", "block_cols", "log_macs", "log_kept_macs")
+
+
+def query_macs(q: Query) -> float:
+    """Dense MACs of the table layer a query stands for (times its multiplier)."""
+    k = KERNEL_OF[q.layer_type]
+    per_out = k * k if q.layer_type == "dw3x3" else q.channels * k * k
+    return q.scale * q.channels * per_out * q.fmap * q.fmap
+
+
+def features(q: Query) -> np.ndarray:
+    """Float64 feature vector of shape (len(FEATURES),) for one query."""
+    type_hot = [float(q.layer_type == t) for t in LAYER_TYPES]
+    scheme_hot = [float(q.scheme == s) for s in _SCHEMES]
+    p, c = q.block or (1, 1)
+    p = p or q.channels  # 0 = the whole dimension
+    c = c or q.channels
+    macs = query_macs(q)
+    return np.array([*type_hot, *scheme_hot, math.log(q.channels), math.log(q.fmap),
+                     KERNEL_OF[q.layer_type], math.log(q.rate), math.log2(p), math.log2(c),
+                     math.log(macs), math.log(macs / q.rate)])
+
+
+def _table_queries(table: LatencyTable) -> tuple[list[Query], np.ndarray]:
+    queries, ms = [], []
+    for e in table.entries.values():
+        s = e.setting
+        queries.append(Query(s.layer_type, float(s.channels), float(s.fmap), s.scheme, s.rate, s.block))
+        ms.append(e.latency_ms)
+    return queries, np.asarray(ms)
+
+
+def error_report(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    """MAPE (%), share of predictions within +-10 % and the count."""
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    rel = np.abs(p - m) / m
+    return {"n": int(m.size), "mape_pct": float(100 * rel.mean()) if m.size else float("nan"),
+            "within_10pct": float((rel <= 0.10).mean()) if m.size else float("nan")}
+
+
+class TreeEnsemble:
+    """A boosted tree ensemble as padded numpy arrays (JSON round trip, vectorized predict)."""
+
+    def __init__(self, init: float, learning_rate: float, trees: list[dict[str, list[float]]]) -> None:
+        self.init, self.learning_rate, self.trees = float(init), float(learning_rate), trees
+        width = max((len(t["left"]) for t in trees), default=1)
+        def pad(key: str, fill: float) -> np.ndarray:
+            return np.array([t[key] + [fill] * (width - len(t[key])) for t in trees] or [[fill]])
+        self.left, self.right = pad("left", -1).astype(int), pad("right", -1).astype(int)
+        self.feature, self.threshold = pad("feature", 0).astype(int), pad("threshold", 0.0)
+        self.value = pad("value", 0.0)
+        self.depth = max((int(t.get("depth", width)) for t in trees), default=0)
+
+    @classmethod
+    def from_sklearn(cls, model: Any) -> TreeEnsemble:
+        trees = []
+        for est in model.estimators_[:, 0]:
+            t = est.tree_
+            trees.append({"left": t.children_left.tolist(), "right": t.children_right.tolist(),
+                          "feature": t.feature.tolist(), "threshold": t.threshold.tolist(),
+                          "value": t.value[:, 0, 0].tolist(), "depth": int(t.max_depth)})
+        return cls(float(model.init_.constant_.ravel()[0]), model.learning_rate, trees)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predictions for rows of ``x`` (n, n_features)."""
+        n_trees, n = self.left.shape[0], x.shape[0]
+        node = np.zeros((n_trees, n), dtype=int)
+        rows = np.arange(n_trees)[:, None]
+        for _ in range(self.depth):
+            feat, thr = self.feature[rows, node], self.threshold[rows, node]
+            go_left = x[np.arange(n)[None, :], feat] <= thr
+            nxt = np.where(go_left, self.left[rows, node], self.right[rows, node])
+            node = np.where(nxt >= 0, nxt, node)
+        return self.init + self.learning_rate * self.value[rows, node].sum(axis=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"init": self.init, "learning_rate": self.learning_rate, "trees": self.trees}
+
+
+@register_latency("predictor")
+class LatencyPredictor:
+    """Layer-wise latency regression; see the module docstring.
+
+    Args:
+        path: a saved predictor (JSON) to load.
+        table: a table (or its path) to fit on when no ``path`` is given.
+        n_estimators, max_depth, learning_rate: boosting settings for ``fit``.
+        force: accept a table of another device/backend (passed to ``LatencyTable.load``).
+    """
+
+    name = "predictor"
+
+    def __init__(self, path: str | Path | None = None, *, table: str | Path | LatencyTable | None = None,
+                 n_estimators: int = 300, max_depth: int = 4, learning_rate: float = 0.08,
+                 force: bool = False) -> None:
+        self.params = {"n_estimators": n_estimators, "max_depth": max_depth, "learning_rate": learning_rate}
+        self.ensemble: TreeEnsemble | None = None
+        self.calibration = (1.0, 0.0)
+        self.device, self.backend, self.report = "", "", {}
+        self._memo: dict[tuple[str, int, LayerAction], float] = {}
+        if path is not None:
+            self._load(Path(path))
+        elif table is not None:
+            if not isinstance(table, LatencyTable):
+                table = LatencyTable.load(table, force=force)
+            self.fit(table)
+
+    def config(self) -> dict[str, Any]:
+        return {"device": self.device, "backend": self.backend, **self.params,
+                "calibration": list(self.calibration)}
+
+    def fit(self, table: LatencyTable, holdout: float = 0.2, seed: int = 0) -> LatencyPredictor:
+        """Fit on ``table``; ``report`` gets the error on a random ``holdout`` share (then refit on all)."""
+        try:
+            from sklearn.ensemble import GradientBoostingRegressor
+        except ImportError as exc:  # pragma: no cover - a core dependency
+            raise InvalidConfig(f"fitting a predictor needs scikit-learn: {exc}") from None
+        queries, ms = _table_queries(table)
+        if len(queries) < 5:
+            raise InvalidConfig(f"need at least 5 table entries to fit, got {len(queries)}")
+        x = np.stack([features(q) for q in queries])
+        y = np.log(ms) - x[:, FEATURES.index("log_macs")]
+        rng = np.random.default_rng(seed)
+        test = rng.random(len(y)) < holdout
+        if 0 < test.sum() < len(y) - 4:
+            model = GradientBoostingRegressor(random_state=seed, **self.params).fit(x[~test], y[~test])
+            pred = np.exp(TreeEnsemble.from_sklearn(model).predict(x[test]) + x[test, FEATURES.index("log_macs")])
+            self.report = {"holdout": error_report(pred, ms[test])}
+        model = GradientBoostingRegressor(random_state=seed, **self.params).fit(x, y)
+        self.ensemble = TreeEnsemble.from_sklearn(model)
+        self.report["train"] = error_report(self._predict_queries(queries), ms)
+        self.device, self.backend = table.device, table.backend
+        self._memo.clear()
+        return self
+
+    def _predict_queries(self, queries: Sequence[Query]) -> np.ndarray:
+        if self.ensemble is None:
+            raise InvalidConfig("predictor is not fitted: call fit(table) or load a saved one")
+        if not queries:
+            return np.zeros(0)
+        x = np.stack([features(q) for q in queries])
+        return np.exp(self.ensemble.predict(x) + x[:, FEATURES.index("log_macs")])
+
+    def plan_ms(self, context: ModelContext, plan: PruningPlan) -> float:
+        """Uncalibrated sum of the predicted per-layer latencies (ms)."""
+        fp, missing = context.arch_fingerprint, []
+        for idx, (spec, action) in enumerate(zip(context.layers, plan.actions, strict=True)):
+            if (fp, idx, action) not in self._memo:
+                missing.append((idx, spec, action))
+        if missing:
+            qs = [(idx, action, q) for idx, spec, action in missing for q in layer_queries(spec, action)]
+            preds = self._predict_queries([q for _, _, q in qs])
+            for idx, _, action in missing:
+                self._memo[(fp, idx, action)] = 0.0
+            for (idx, action, _), ms in zip(qs, preds, strict=True):
+                self._memo[(fp, idx, action)] += float(ms)
+        return sum(self._memo[(fp, i, a)] for i, a in enumerate(plan.actions))
+
+    def calibrate(self, context: ModelContext, plans: Sequence[PruningPlan],
+                  measured_ms: Sequence[float]) -> dict[str, float]:
+        """Fit ``latency = a * layer_sum + b`` on whole-model measurements; returns the new error."""
+        sums = np.array([self.plan_ms(context, p) for p in plans])
+        m = np.asarray(measured_ms, float)
+        a, b = np.linalg.lstsq(np.stack([sums, np.ones_like(sums)], 1), m, rcond=None)[0]
+        self.calibration = (float(max(a, 1e-3)), float(b))
+        self.report["calibration"] = error_report(self.calibration[0] * sums + self.calibration[1], m)
+        return self.report["calibration"]
+
+    def measure(self, context: ModelContext, plans: Sequence[PruningPlan]) -> list[LatencyResult]:
+        results = []
+        for plan in plans:
+            if len(plan.actions) != len(context.layers):
+                results.append(LatencyResult.failure(
+                    f"plan has {len(plan.actions)} actions for {len(context.layers)} layers"))
+                continue
+            ms = self.calibration[0] * self.plan_ms(context, plan) + self.calibration[1]
+            results.append(LatencyResult(ms) if ms > 0 else LatencyResult.failure(
+                f"calibrated prediction {ms:.3g} ms <= 0; recalibrate the predictor"))
+        return results
+
+    def save(self, path: str | Path) -> None:
+        """Write the fitted predictor as JSON (atomic)."""
+        if self.ensemble is None:
+            raise InvalidConfig("nothing to save: the predictor is not fitted")
+        data = {"format": PREDICTOR_FORMAT, "version": 1, "features": list(FEATURES),
+                "device": self.device, "backend": self.backend, "params": self.params,
+                "calibration": list(self.calibration), "report": self.report,
+                "ensemble": self.ensemble.to_dict()}
+        atomic_write_text(Path(path), json.dumps(data))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyPredictor:
+        return cls(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CacheError(f"cannot read latency predictor {path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != PREDICTOR_FORMAT or data.get("version") != 1:
+            raise CacheError(f"{path} is not an npas latency predictor ({PREDICTOR_FORMAT} v1)")
+        if data.get("features") != list(FEATURES):
+            raise CacheError(f"{path} uses other features; refit it with this npas-env version")
+        try:
+            ens = data["ensemble"]
+            self.ensemble = TreeEnsemble(ens["init"], ens["learning_rate"], ens["trees"])
+            self.calibration = (float(data["calibration"][0]), float(data["calibration"][1]))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CacheError(f"{path}: malformed predictor ({exc})") from None
+        self.device, self.backend = str(data.get("device", "")), str(data.get("backend", ""))
+        self.params.update(data.get("params") or {})
+        self.report = dict(data.get("report") or {})

@@ -1,0 +1,1 @@
+"""Subcommands of the ``npas`` command line, one module each."""

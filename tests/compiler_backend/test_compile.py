@@ -1,0 +1,112 @@
+"""End-to-end compile of small models, artifact cache, error reporting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compiler_backend import compile_model
+from compiler_backend.codegen import generate
+from compiler_backend.compile import lower_model, resolve_isa
+from compiler_backend.toolchain import compile_source
+from npas_env.errors import BackendError
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.sc = (nn.Sequential() if stride == 1 and cin == cout else
+                   nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.b1(self.c1(x)))
+        return F.relu(self.b2(self.c2(out)) + self.sc(x))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, 4, 1), nn.Conv2d(4, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        return x * w
+
+
+class SmallNet(nn.Module):
+    """Residual blocks, an SE gate (sigmoid -> PyTorch fallback), depthwise, grouped, concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 13, 3, 1, 1), nn.BatchNorm2d(13), nn.ReLU6())
+        self.l1, self.l2 = Block(13, 13, 1), Block(13, 24, 2)
+        self.se = SqueezeExcite(24)
+        self.dw = nn.Conv2d(24, 24, 5, 1, 2, groups=24)
+        self.g = nn.Conv2d(24, 24, 3, 2, 1, groups=3)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.avg = nn.AvgPool2d(2, 1, 1, count_include_pad=False)
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.se(self.l2(self.l1(self.stem(x))))
+        y = self.g(F.hardswish(self.dw(x)))
+        x = torch.cat([y, self.pool(x)], 1)
+        x = self.avg(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    m = SmallNet().eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.5, 0.5)
+    return m
+
+
+def test_small_net_end_to_end_and_cache_hit(compiler_cache) -> None:
+    model = _model()
+    x = torch.randn(2, 3, 16, 16)
+    first = compile_model(model, x, cache_dir=compiler_cache)
+    ref = model(x)
+    assert float((first.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+    report = first.report
+    assert [f.name for f in report.fallbacks] == ["sigmoid"]
+    assert 0.0 < report.fallbacks[0].share < 1.0
+    assert {layer.name for layer in report.layers} >= {"l1.c2", "se.fc1", "fc"}
+    kinds = [op.kind for op in first.graph.ops]
+    assert "affine" not in kinds  # every BN folded
+    second = compile_model(model, x, cache_dir=compiler_cache)
+    assert second.cache_hit and second.artifact.path == first.artifact.path
+    timing = second.benchmark(warmup=2, repeats=5)
+    assert timing.runs >= 5 and timing.median_ms > 0
+
+
+def test_two_threads_end_to_end(compiler_cache) -> None:
+    model = _model()
+    x = torch.randn(1, 3, 16, 16)
+    cm = compile_model(model, x, threads=2, cache_dir=compiler_cache)
+    ref = model(x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+def test_compile_failure_names_the_layer(compiler_cache) -> None:
+    graph = lower_model(_model(), torch.randn(1, 3, 16, 16))
+    program = generate(graph, resolve_isa(), 1, inject_error="l1.c2")
+    with pytest.raises(BackendError, match="l1.c2"):
+        compile_source(program.source, program.line_map, cache=compiler_cache)
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(BackendError, match="apt-get install gcc"):
+        compile_model(_model(), torch.randn(1, 3, 16, 16), cache_dir=tmp_path)

@@ -1,0 +1,139 @@
+"""Every kernel family / sparsity structure matches PyTorch on odd shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from compiler_backend import compile_model
+
+# (out_channels, kernel, stride, padding, groups) on a 12 x 11 x 9 input
+_CASES = [(13, 1, 1, 0, 1), (13, 3, 1, 1, 1), (16, 3, 2, 1, 1), (12, 3, 1, 1, 12),
+          (12, 5, 1, 2, 3), (9, 7, 2, 3, 1), (8, 3, 2, 0, 1), (20, 1, 2, 0, 4), (24, 3, 1, 0, 1)]
+
+
+class Branches(nn.Module):
+    """Parallel convs over one input, each output flattened and concatenated, plus a Linear."""
+
+    def __init__(self, cin: int = 12) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(cin, co, k, s, p, groups=g) for co, k, s, p, g in _CASES)
+        self.fc = nn.Linear(cin, 37)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [c(x).flatten(1) for c in self.convs]
+        outs.append(self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)))
+        return torch.cat(outs, 1)
+
+
+class TinyMap(nn.Module):
+    """1x1 feature maps: 3x3 conv with padding, 1x1 conv, and a wide Linear (channel family)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c3 = nn.Conv2d(16, 21, 3, 1, 1)
+        self.c1 = nn.Conv2d(21, 19, 1)
+        self.fc = nn.Linear(19, 45)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.relu(self.c1(self.c3(x))), 1))
+
+
+def _mask(shape: tuple[int, ...], structure: str, gen: torch.Generator) -> torch.Tensor:
+    co, ci = shape[0], shape[1]
+    taps = shape[2] * shape[3] if len(shape) == 4 else 1
+    w = torch.zeros(co, ci, taps, dtype=torch.bool)
+    if structure == "dense":
+        return torch.ones(shape, dtype=torch.bool)
+    if structure == "filter":
+        w[torch.rand(co, generator=gen) < 0.5] = True
+    elif structure == "block_punched":  # 4 rows x 4 in-channels share the kept taps
+        for r in range(0, co, 4):
+            for c in range(0, ci, 4):
+                keep = torch.rand(taps, generator=gen) < 0.35
+                keep[torch.randint(taps, (1,), generator=gen)] = True
+                w[r:r + 4, c:c + 4] = keep
+    elif structure == "block_based":  # 8 rows keep whole input columns
+        for r in range(0, co, 8):
+            keep = torch.rand(ci, taps, generator=gen) < 0.3
+            w[r:r + 8] = keep
+    elif structure == "pattern":  # 4-of-taps patterns from a set of 4, half the kernels cut
+        patterns = [torch.randperm(taps, generator=gen)[:max(1, min(4, taps - 1))] for _ in range(4)]
+        for r in range(co):
+            for c in range(ci):
+                if torch.rand(1, generator=gen).item() < 0.5:
+                    w[r, c, patterns[int(torch.randint(4, (1,), generator=gen))]] = True
+    elif structure == "unstructured":
+        w = torch.rand(co, ci, taps, generator=gen) < 0.2
+    return w.reshape(shape)
+
+
+def _masks(model: nn.Module, structure: str) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return {n: _mask(tuple(m.weight.shape), structure, gen) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _reference(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    import copy
+
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, m in ref.named_modules():
+            if n in masks:
+                m.weight.mul_(masks[n])
+        return ref(x)
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+STRUCTURES = ["dense", "filter", "block_punched", "block_based", "pattern", "unstructured"]
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_kernels_match_torch_per_structure(structure: str, compiler_cache) -> None:
+    torch.manual_seed(0)
+    model = Branches().eval()
+    masks = _masks(model, structure)
+    x = torch.randn(2, 12, 11, 9)
+    cm = compile_model(model, x, masks, cache_dir=compiler_cache)
+    assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
+    assert not cm.report.fallbacks
+
+
+@pytest.mark.parametrize("structure", ["dense", "block_based", "unstructured"])
+def test_tiny_maps_and_linear_match_torch(structure: str, compiler_cache) -> None:
+    torch.manual_seed(0)
+    model = TinyMap().eval()
+    masks = _masks(model, structure)
+    x = torch.randn(1, 16, 1, 1)
+    cm = compile_model(model, x, masks, cache_dir=compiler_cache)
+    assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
+    assert {layer.family for layer in cm.report.layers} == {"channel"}
+
+
+def test_two_threads_and_forced_configs_match(compiler_cache) -> None:
+    from compiler_backend import KernelConfig
+
+    torch.manual_seed(0)
+    model = Branches().eval()
+    masks = _masks(model, "block_punched")
+    configs = {f"convs.{i}": KernelConfig("spatial", p, v, 2)
+               for i, (p, v) in enumerate([(4, 3), (2, 1), (1, 4), (8, 1), (4, 2), (2, 4), (1, 1),
+                                           (8, 1), (4, 1)])}
+    configs["convs.2"] = KernelConfig("channel", 8, 1, 2)
+    x = torch.randn(1, 12, 11, 9)
+    cm = compile_model(model, x, masks, threads=2, configs=configs, cache_dir=compiler_cache)
+    assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
+
+
+def test_generic_c_fallback_isa_matches(compiler_cache) -> None:
+    torch.manual_seed(0)
+    model = TinyMap().eval()
+    x = torch.randn(1, 16, 1, 1)
+    cm = compile_model(model, x, None, isa="generic", cache_dir=compiler_cache)
+    assert cm.isa == "generic"
+    assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4

@@ -1,0 +1,22 @@
+"""The GA tuner returns valid configs, keeps correctness and reuses its log."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compiler_backend import TuningConfig, compile_model
+
+
+def test_tuning_runs_and_log_is_reused(compiler_cache, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
+    x = torch.randn(1, 8, 12, 12)
+    cfg = TuningConfig(generations=1, population=2, repeats=3)
+    tuned = compile_model(model, x, tune=cfg, cache_dir=tmp_path)
+    with torch.no_grad():
+        ref = model(x)
+    assert float((tuned.run(x) - ref).abs().max()) < 1e-4
+    assert (tmp_path / "tuning_log.json").exists()
+    again = compile_model(model, x, tune=cfg, cache_dir=tmp_path)
+    assert again.cache_hit  # same configs from the log -> same source -> cached artifact
