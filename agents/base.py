@@ -12,6 +12,7 @@ counted, cached (a repeated plan is free) and charged exactly like a whole-plan 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -61,11 +62,20 @@ def allowed_actions(space: SearchSpace, spec: LayerSpec,
     Equivalent index vectors are merged (every scheme at rate 1.0 is "dense"; block-punched on a
     kernel turned 1x1 is block-based...), in first-seen order.
     """
-    mask = space.action_mask(spec, decided)
+    return _distinct_actions(space, spec, space.action_mask(spec, decided).tobytes())
+
+
+@functools.lru_cache(maxsize=4096)
+def _distinct_actions(space: SearchSpace, spec: LayerSpec, mask_bytes: bytes) -> tuple[LayerAction, ...]:
+    mask = np.frombuffer(mask_bytes, dtype=bool)
     bounds = np.concatenate([[0], np.cumsum(space.nvec)])
     per_dim = [np.flatnonzero(mask[bounds[d]:bounds[d + 1]]) for d in range(len(space.nvec))]
-    return tuple({space.decode(spec, np.array(v), decided, check=False): None
-                  for v in itertools.product(*per_dim)})
+    out: dict[LayerAction, None] = {}
+    for f, s, r, b in itertools.product(*per_dim):
+        action = LayerAction(scheme=space.schemes[s], rate=space.rates[r], filter_type=space.filter_types[f],
+                             block_size=space.block_sizes[b])
+        out[space.canonical(spec, action)] = None
+    return tuple(out)
 
 
 class ProblemScorer:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from skopt.acquisition import gaussian_ei, gaussian_lcb, gaussian_pi
 from skopt.learning import GaussianProcessRegressor
 from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern
@@ -197,8 +198,8 @@ class GPSurrogate:
         kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
             length_scale=1.0, length_scale_bounds=(0.01, 100.0), nu=2.5)  # isotropic: few points
         model = GaussianProcessRegressor(kernel=kernel, normalize_y=True, noise="gaussian",
-                                         n_restarts_optimizer=2, random_state=self.seed)
-        with warnings.catch_warnings():
+                                         n_restarts_optimizer=0, random_state=self.seed)
+        with warnings.catch_warnings(), threadpool_limits(1):  # BLAS threads only contend here
             warnings.simplefilter("ignore")
             model.fit(np.asarray(self._x), -np.asarray(self._y))
         self._model = model

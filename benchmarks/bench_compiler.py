@@ -14,6 +14,7 @@ import io
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -107,7 +108,8 @@ def bench_layer(c: int, hw: int, k: int, scheme: str, rate: float, block: tuple[
     else:
         mask = scheme_mask(shape, scheme, rate, gen)
     t0 = time.perf_counter()
-    cm = compile_model(conv, x, {"": mask} if False else {"": mask}, threads=threads, cache_dir=cache)
+    model = nn.Sequential(conv).eval()  # a bare Conv2d traces to F.conv2d, not a module call
+    cm = compile_model(model, x, {"0": mask}, threads=threads, cache_dir=cache)
     ctime = time.perf_counter() - t0
     ms = cm.benchmark(warmup=5, repeats=30, min_seconds=0.1).median_ms
     kept_flops = 2 * int(mask.sum()) * hw * hw
@@ -121,9 +123,10 @@ def main() -> None:
     ap.add_argument("--out", default="docs/benchmarks/compiler.md")
     ap.add_argument("--cache", default=None)
     args = ap.parse_args()
+    warnings.filterwarnings("ignore")
     cache = Path(args.cache) if args.cache else None
     torch.manual_seed(0)
-    lines = [f"# Compiler backend benchmark\n",
+    lines = ["# Compiler backend benchmark\n",
              f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
              f"- machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
              f"ISA used: {resolve_isa().name}",

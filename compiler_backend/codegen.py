@@ -225,7 +225,7 @@ class _Builder:
         i, j = np.divmod(r, kw)
         plane = geo["hq"] * geo["wq"]
         pidx = {p: n for n, p in enumerate(geo["phases"])}
-        phase = np.array([pidx[(a, b)] for a, b in zip(i % s, j % s)], np.int64)
+        phase = np.array([pidx[(a, b)] for a, b in zip(i % s, j % s, strict=False)], np.int64)
         return phase * cin * plane + ci * plane + (i // s) * geo["wq"] + (j // s)
 
     def _template(self, key: str, text: str) -> None:
@@ -259,7 +259,8 @@ class _Builder:
         ro, eo = self.add_i(seg.rows), self.add_i(seg.eptr)
         oo, wo = self.add_i(offsets), self.add_f(seg.weights)
         nch = 1 if lt <= 1 or seg.nblk >= 4 * lt else max(1, min(-(-T // vw), 2 * lt))
-        tch = -(-(-(-T // nch)) // vw) * vw if nch > 1 else T
+        per_chunk = -(-T // nch)
+        tch = -(-per_chunk // vw) * vw if nch > 1 else T
         nch = -(-T // tch)
         a = act or "none"
         has_res = res_off is not None

@@ -89,9 +89,7 @@ class _Lowerer:
                     raise BackendError("the model output must be a single float32 tensor")
                 self.graph.output = self.buf[out]
                 self.graph.output_shape = self.graph.buffers[self.buf[out]].shape
-            elif node.op == "get_attr":
-                self._fallback(node)
-            elif not self._lower(node):
+            elif node.op == "get_attr" or not self._lower(node):
                 self._fallback(node)
         return self.graph
 

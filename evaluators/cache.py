@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -116,19 +117,38 @@ class EvaluationCache:
         self._lock = threading.Lock()
         _check_header(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pid, self._raw = os.getpid(), self._open()
         try:
-            self._conn = sqlite3.connect(str(self.path), timeout=self.timeout_s,
-                                         isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise CacheError(f"cannot open evaluation cache {self.path}: {exc}") from None
-        try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
             self._validate_or_create()
             self._enable_wal()
-            self._conn.execute("PRAGMA synchronous = FULL")
         except BaseException:
-            self._conn.close()
+            self._raw.close()
             raise
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=self.timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot open evaluation cache {self.path}: {exc}") from None
+        return conn
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """This process's connection (a forked child opens its own; SQLite handles must not cross)."""
+        if os.getpid() != self._pid:
+            self._pid, self._raw = os.getpid(), self._open()
+            self._lock = threading.Lock()
+        return self._raw
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle as (path, timeout) so a cache can be handed to worker processes."""
+        return {"path": self.path, "timeout_s": self.timeout_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], timeout_s=state["timeout_s"])  # type: ignore[misc]
 
     # -- opening -------------------------------------------------------------------------------
     def _tables(self) -> set[str]:
@@ -235,7 +255,7 @@ class EvaluationCache:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         with self._lock:
-            self._conn.close()
+            self._raw.close()
 
     def __enter__(self) -> EvaluationCache:
         return self

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import torch
 
-from npas_env.env import NPASEnv
+if TYPE_CHECKING:
+    from npas_env.env import NPASEnv
+
 
 #: id -> zoo model name. Bump the version whenever observation, action or reward meaning changes.
 ZOO_ENV_IDS: dict[str, str] = {
@@ -32,6 +34,7 @@ def make_zoo_env(model_name: str = "small_cnn", dataset: str = "digits", *, pret
         **env_kwargs: passed to :class:`NPASEnv` (accuracy, latency, reward, budget, ...).
     """
     from npas_env.data import load_dataset
+    from npas_env.env import NPASEnv
     from npas_env.zoo import build_model
     from npas_env.zoo import pretrained as load_pretrained
 

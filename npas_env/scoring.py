@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,8 @@ class PlanScorer:
         reward: the reward function.
         latency_budget_ms: budget; None means half of the dense model's latency.
         failure_reward: reward of a plan whose evaluation failed.
+        overlap: measure latency in a second thread while accuracy is evaluated (as the papers
+            overlap on-device measurement with training); give the two different cores.
     """
 
     context: ModelContext
@@ -84,6 +87,7 @@ class PlanScorer:
     reward: RewardFn = field(default_factory=lambda: make_reward(None))
     latency_budget_ms: float | None = None
     failure_reward: float = -1.0
+    overlap: bool = False
     _reference: LatencyResult | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -112,8 +116,18 @@ class PlanScorer:
         plans = list(plans)
         for plan in plans:
             self.check_plan(plan)
-        acc = _guard(lambda: self.accuracy.evaluate(self.context, plans), len(plans), AccuracyResult)
-        lat = _guard(lambda: self.latency.measure(self.context, plans), len(plans), LatencyResult)
+        def measure() -> list[LatencyResult]:
+            return _guard(lambda: self.latency.measure(self.context, plans), len(plans), LatencyResult)
+
+        if self.overlap:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="npas-latency") as pool:
+                pending = pool.submit(measure)
+                acc = _guard(lambda: self.accuracy.evaluate(self.context, plans), len(plans),
+                             AccuracyResult)
+                lat = pending.result()
+        else:
+            acc = _guard(lambda: self.accuracy.evaluate(self.context, plans), len(plans), AccuracyResult)
+            lat = measure()
         return [self._combine(p, a, m) for p, a, m in zip(plans, acc, lat)]
 
     def check_plan(self, plan: PruningPlan) -> None:

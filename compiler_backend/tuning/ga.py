@@ -21,7 +21,8 @@ from compiler_backend.ir import ConvOp, Graph
 from compiler_backend.isa import Isa
 from compiler_backend.toolchain import compile_source, compiler_version, find_compiler
 from compiler_backend.tuning.base import KernelConfig, TuningConfig
-from npas_env.io import atomic_write_text, cache_dir as default_cache_dir
+from npas_env.io import atomic_write_text
+from npas_env.io import cache_dir as default_cache_dir
 
 
 def machine_id(isa: Isa) -> str:
@@ -123,7 +124,7 @@ def _search(graph: Graph, todo: list[ConvOp], isa: Isa, threads: int, cfg: Tunin
 def _mutate(parent: KernelConfig, space: list[KernelConfig], rng: random.Random) -> KernelConfig:
     near = [c for c in space if sum(a != b for a, b in zip(
         (c.family, c.p_max, c.v, c.threads), (parent.family, parent.p_max, parent.v,
-                                              parent.threads))) == 1]
+                                              parent.threads), strict=False)) == 1]
     return rng.choice(near or space)
 
 

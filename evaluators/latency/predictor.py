@@ -1,8 +1,8 @@
-"""``predictor``: gradient-boosted trees fitted on a latency table, stored as plain JSON.
+"""``predictor``: ridge + gradient-boosted trees fitted on a latency table, stored as plain JSON.
 
 Each layer is mapped to table queries exactly as in ``lut`` (:func:`~evaluators.latency.lut.layer_queries`);
-the trees predict ``log(latency_ms / MACs)`` from the features below, so predictions scale with
-MACs and generalize to shapes between and beyond the table's points. Model latency = sum over
+a ridge regression plus boosted trees on its residuals predict ``log(latency_ms / MACs)`` from
+the features below, so predictions scale with MACs and generalize to shapes between and beyond the table's points. Model latency = sum over
 layers, optionally calibrated on whole-model measurements (``calibrate``: ``a * sum + b``).
 
 The fitted ensemble is exported to JSON (tree arrays) and evaluated with numpy, so ``save`` /
@@ -129,6 +129,7 @@ class LatencyPredictor:
                  force: bool = False) -> None:
         self.params = {"n_estimators": n_estimators, "max_depth": max_depth, "learning_rate": learning_rate}
         self.ensemble: TreeEnsemble | None = None
+        self.linear = np.zeros(len(FEATURES) + 1)
         self.calibration = (1.0, 0.0)
         self.device, self.backend, self.report = "", "", {}
         self._memo: dict[tuple[str, int, LayerAction], float] = {}
@@ -157,23 +158,33 @@ class LatencyPredictor:
         rng = np.random.default_rng(seed)
         test = rng.random(len(y)) < holdout
         if 0 < test.sum() < len(y) - 4:
-            model = GradientBoostingRegressor(random_state=seed, **self.params).fit(x[~test], y[~test])
-            pred = np.exp(TreeEnsemble.from_sklearn(model).predict(x[test]) + x[test, FEATURES.index("log_macs")])
-            self.report = {"holdout": error_report(pred, ms[test])}
-        model = GradientBoostingRegressor(random_state=seed, **self.params).fit(x, y)
-        self.ensemble = TreeEnsemble.from_sklearn(model)
+            self._fit_arrays(x[~test], y[~test], GradientBoostingRegressor, seed)
+            self.report = {"holdout": error_report(self._predict_x(x[test]), ms[test])}
+        self._fit_arrays(x, y, GradientBoostingRegressor, seed)
         self.report["train"] = error_report(self._predict_queries(queries), ms)
         self.device, self.backend = table.device, table.backend
         self._memo.clear()
         return self
 
-    def _predict_queries(self, queries: Sequence[Query]) -> np.ndarray:
+    def _fit_arrays(self, x: np.ndarray, y: np.ndarray, gbr: Any, seed: int) -> None:
+        """Ridge in log space (extrapolates), then boosted trees on its residuals."""
+        xa = np.hstack([x, np.ones((len(x), 1))])
+        reg = 1e-3 * np.eye(xa.shape[1])
+        reg[-1, -1] = 0.0
+        self.linear = np.linalg.solve(xa.T @ xa + reg, xa.T @ y)
+        model = gbr(random_state=seed, **self.params).fit(x, y - xa @ self.linear)
+        self.ensemble = TreeEnsemble.from_sklearn(model)
+
+    def _predict_x(self, x: np.ndarray) -> np.ndarray:
         if self.ensemble is None:
             raise InvalidConfig("predictor is not fitted: call fit(table) or load a saved one")
+        linear = x @ self.linear[:-1] + self.linear[-1]
+        return np.exp(linear + self.ensemble.predict(x) + x[:, FEATURES.index("log_macs")])
+
+    def _predict_queries(self, queries: Sequence[Query]) -> np.ndarray:
         if not queries:
             return np.zeros(0)
-        x = np.stack([features(q) for q in queries])
-        return np.exp(self.ensemble.predict(x) + x[:, FEATURES.index("log_macs")])
+        return self._predict_x(np.stack([features(q) for q in queries]))
 
     def plan_ms(self, context: ModelContext, plan: PruningPlan) -> float:
         """Uncalibrated sum of the predicted per-layer latencies (ms)."""
@@ -219,7 +230,7 @@ class LatencyPredictor:
         data = {"format": PREDICTOR_FORMAT, "version": 1, "features": list(FEATURES),
                 "device": self.device, "backend": self.backend, "params": self.params,
                 "calibration": list(self.calibration), "report": self.report,
-                "ensemble": self.ensemble.to_dict()}
+                "linear": self.linear.tolist(), "ensemble": self.ensemble.to_dict()}
         atomic_write_text(Path(path), json.dumps(data))
 
     @classmethod
@@ -238,6 +249,7 @@ class LatencyPredictor:
         try:
             ens = data["ensemble"]
             self.ensemble = TreeEnsemble(ens["init"], ens["learning_rate"], ens["trees"])
+            self.linear = np.asarray(data["linear"], dtype=float).reshape(len(FEATURES) + 1)
             self.calibration = (float(data["calibration"][0]), float(data["calibration"][1]))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CacheError(f"{path}: malformed predictor ({exc})") from None

@@ -14,7 +14,6 @@ comes back as ``LatencyResult.failure("remote: ...")``; nothing raises into a se
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 import warnings

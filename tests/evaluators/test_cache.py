@@ -218,3 +218,21 @@ def test_cached_latency_shares_file_with_accuracy(tmp_path: Path) -> None:
         assert lat.measure(ctx, [plan])[0].latency_ms == 5.0
         assert lat.measure(ctx, [plan])[0].spread_ms == 0.1
         assert (lat.true_evaluations, lat.cache_hits) == (1, 1)
+
+
+def _put_from_child(cache: EvaluationCache, key: str) -> None:
+    cache.put(key, "accuracy", {"accuracy": 0.25})
+
+
+def test_cache_handle_survives_fork_and_pickle(tmp_path: Path) -> None:
+    import pickle
+
+    with EvaluationCache(tmp_path / "c.sqlite") as cache:
+        ctx = multiprocessing.get_context("fork")
+        proc = ctx.Process(target=_put_from_child, args=(cache, "from-child"))
+        proc.start()
+        proc.join(timeout=60)
+        assert proc.exitcode == 0 and cache.get("from-child") is not None
+        clone = pickle.loads(pickle.dumps(cache))
+        assert clone.get("from-child") == ("accuracy", {"accuracy": 0.25})
+        clone.close()

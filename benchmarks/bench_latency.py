@@ -1,0 +1,151 @@
+"""Latency models vs compiled measurements: ``lut`` and ``predictor`` against ``compiled``.
+
+For every zoo model and N random plans (uniform over each layer's allowed actions): share of
+predictions within +-10 %, MAPE, Kendall tau, cost of one prediction (cold = empty memo, warm =
+memo of earlier plans), raw and calibrated (``a * sum + b`` fitted on the first plans, evaluated on
+the rest). Also the LUT build rate. Writes ``docs/benchmarks/latency.md``.
+
+    python -m benchmarks.bench_latency                      # everything (long: builds the LUT)
+    python -m benchmarks.bench_latency --models resnet20 --plans 10 --grid bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import npas_env  # noqa: F401  (import before evaluators: import cycle)
+from benchmarks.machine import machine_summary, write_report
+from evaluators.context import ModelContext
+from evaluators.latency.compiled import CompiledLatency
+from evaluators.latency.lut import LookupTableLatency
+from evaluators.latency.lut_builder import DEFAULT_GRID, QUICK_GRID, GridSpec, build_lut
+from evaluators.latency.predictor import LatencyPredictor, error_report
+from evaluators.latency.profiling import pin_threads
+from npas_env.layers import extract_layers
+from npas_env.plan import PruningPlan
+from npas_env.search_space import SearchSpace, sample_masked_action
+from npas_env.zoo import MODELS, build_model
+
+#: Shapes of the CIFAR zoo models (feature maps 8..32, channels 16..64) with few rates: ~10 min.
+BENCH_GRID = GridSpec(layer_types=("conv1x1", "conv3x3", "fc"), channels=(16, 32, 64), fmaps=(8, 16, 32),
+                      rates=(2.0, 5.0), block_sizes=((8, 16),), max_channel_fmap=1024)
+GRIDS = {"default": DEFAULT_GRID, "quick": QUICK_GRID, "bench": BENCH_GRID}
+
+
+def random_plans(ctx: ModelContext, n: int, seed: int) -> list[PruningPlan]:
+    """``n`` plans, each layer's action uniform over its allowed actions (first plan dense)."""
+    space, rng = ctx.search_space, np.random.default_rng(seed)
+    plans = [PruningPlan.dense(ctx.layer_names, ctx.arch_fingerprint)]
+    while len(plans) < n:
+        decided = []
+        for spec in ctx.layers:
+            mask = space.action_mask(spec, decided)
+            decided.append((spec, space.decode(spec, sample_masked_action(space.nvec, mask, rng), decided)))
+        plans.append(PruningPlan(tuple(a for _, a in decided), ctx.layer_names, ctx.arch_fingerprint))
+    return plans
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+def score(name: str, predicted: np.ndarray, measured: np.ndarray, n_cal: int) -> dict[str, float]:
+    """Raw and calibrated accuracy of predictions against measurements."""
+    raw = error_report(predicted, measured)
+    a, b = np.linalg.lstsq(np.stack([predicted[:n_cal], np.ones(n_cal)], 1), measured[:n_cal], rcond=None)[0]
+    cal = error_report(a * predicted[n_cal:] + b, measured[n_cal:])
+    return {"model": name, "within": raw["within_10pct"], "mape": raw["mape_pct"],
+            "tau": kendall_tau(predicted, measured), "cal_within": cal["within_10pct"], "cal_mape": cal["mape_pct"]}
+
+
+def cost_ms(evaluator, ctx: ModelContext, plans: list[PruningPlan]) -> tuple[float, float]:
+    """(cold, warm) milliseconds per plan: memo cleared before every plan, then one batch."""
+    t0 = time.perf_counter()
+    for plan in plans:
+        evaluator._memo.clear()
+        evaluator.measure(ctx, [plan])
+    cold = (time.perf_counter() - t0) * 1e3 / len(plans)
+    evaluator._memo.clear()
+    evaluator.measure(ctx, plans[: len(plans) // 2])
+    t0 = time.perf_counter()
+    evaluator.measure(ctx, plans[len(plans) // 2:])
+    return cold, (time.perf_counter() - t0) * 1e3 / max(1, len(plans) - len(plans) // 2)
+
+
+def run(args: argparse.Namespace) -> str:
+    pin_threads(args.threads)
+    t0 = time.perf_counter()
+    table = build_lut(args.device, args.lut, GRIDS[args.grid], threads=args.threads, backend="compiled")
+    build = table.machine.get("build", {})
+    predictor = LatencyPredictor().fit(table)
+    lut = LookupTableLatency(table)
+    compiled = CompiledLatency(threads=args.threads, repeats=20, min_seconds=0.05)
+    lines = [f"- LUT: {len(table)} settings, grid `{args.grid}`, built at "
+             f"{build.get('settings_per_min', 'n/a')} settings/min (paper: 512 in ~30 min = 17/min); "
+             f"noise {table.noise()}",
+             f"- predictor hold-out on the table: {predictor.report.get('holdout')}"]
+    rows = []
+    for name in args.models:
+        torch.manual_seed(0)
+        model = build_model(name).eval()
+        x = torch.randn(1, 3, 32, 32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ctx = ModelContext(model, x, tuple(extract_layers(model, x)), SearchSpace(), name)
+        plans = random_plans(ctx, args.plans, args.seed)
+        measured = [r.latency_ms if r.ok else np.nan for r in compiled.measure(ctx, plans)]
+        ok = ~np.isnan(np.asarray(measured, float))
+        m = np.asarray(measured, float)[ok]
+        for label, ev in (("lut", lut), ("predictor", predictor)):
+            res = ev.measure(ctx, plans)
+            pred = np.array([r.latency_ms for r in res], float)[ok]
+            cold, warm = cost_ms(ev, ctx, plans)
+            row = score(name, pred, m, max(3, len(m) // 4))
+            row.update(evaluator=label, n=int(ok.sum()), cold=cold, warm=warm,
+                       extrap=sum(r.extrapolated for r in res) / len(res))
+            rows.append(row)
+        print(f"{name}: measured {ok.sum()}/{len(plans)} plans, {time.perf_counter() - t0:.0f} s", flush=True)
+    return _markdown(args, lines, rows, time.perf_counter() - t0)
+
+
+def _markdown(args: argparse.Namespace, lines: list[str], rows: list[dict], seconds: float) -> str:
+    head = ("| model | evaluator | plans | within ±10 % | MAPE % | Kendall τ | calibrated within ±10 % "
+            "| calibrated MAPE % | extrapolated | ms/plan cold | ms/plan warm |\n" + "|---" * 11 + "|\n")
+    body = "".join(f"| {r['model']} | {r['evaluator']} | {r['n']} | {r['within']:.0%} | {r['mape']:.1f} | "
+                   f"{r['tau']:.2f} | {r['cal_within']:.0%} | {r['cal_mape']:.1f} | {r['extrap']:.0%} | "
+                   f"{r['cold']:.3f} | {r['warm']:.4f} |\n" for r in rows)
+    return (f"# Latency models vs compiled measurements\n\n{machine_summary()}\n\n"
+            f"`python -m benchmarks.bench_latency --models {' '.join(args.models)} --plans {args.plans} "
+            f"--grid {args.grid} --threads {args.threads}` ({seconds:.0f} s). Goals: >= 95 % within ±10 %, "
+            "Kendall τ >= 0.9, < 1 ms per prediction. Calibrated = `a * sum + b` fitted on the first "
+            "quarter of the plans, scored on the rest.\n\n" + "\n".join(lines) + "\n\n" + head + body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=sorted(MODELS))
+    p.add_argument("--plans", type=int, default=30)
+    p.add_argument("--grid", choices=sorted(GRIDS), default="bench")
+    p.add_argument("--lut", type=Path, default=Path("benchmarks/.lut_bench.json"))
+    p.add_argument("--device", default="local")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    md = run(args)
+    print(md)
+    if not args.no_write:
+        print(f"wrote {write_report('latency', md)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""The main job: NPAS phases 1-3 on one model, end to end, into a resumable run directory.
+
+Phase 1 rewrites mobile-unfriendly ops and fine-tunes briefly; phase 2 searches per-layer
+decisions with one-shot accuracy and compiled latency measured on this machine (overlapped);
+phase 3 prunes the best plan with the best of several algorithms and retrains. Every evaluation
+is stored in the run's SQLite cache, so ``--resume`` replays a deterministic search for free up
+to where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evaluators.accuracy.oneshot import OneShotAccuracy
+from evaluators.cache import EvaluationCache
+from evaluators.cached import CachedAccuracy, CachedLatency
+from evaluators.registry import make_latency
+from npas_env.env import NPASEnv
+from npas_env.errors import InvalidConfig
+from npas_env.io import atomic_write_text
+from npas_env.plan import PruningPlan
+from npas_env.problem import SearchProblem, Trial
+from npas_env.reward import make_reward
+
+DONE_MARKER = "DONE"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of one ``npas search`` run (saved as ``config.json`` in the run directory)."""
+
+    model: str = "resnet20"
+    data: str = "digits"
+    agent: str = "qbo"
+    budget: int = 24
+    latency_budget_ms: float | None = None
+    budget_fraction: float = 0.5
+    accuracy_epochs: int = 1
+    accuracy_max_batches: int | None = None
+    phase1_epochs: int = 1
+    phase3_epochs: int = 3
+    phase3_candidates: tuple[str, ...] = ("magnitude", "admm", "group_lasso")
+    threads: int = 1
+    seed: int = 0
+    reward: str = "npas"
+    overlap: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.budget, int) or self.budget <= 0:
+            raise InvalidConfig(f"--budget must be a positive number of evaluations, got {self.budget!r}")
+        if self.latency_budget_ms is not None and not (self.latency_budget_ms > 0):
+            raise InvalidConfig(f"--latency-budget-ms must be > 0, got {self.latency_budget_ms}")
+        if not 0 < self.budget_fraction <= 1:
+            raise InvalidConfig(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+@dataclass
+class RunDirectory:
+    """The files of one run; refuses to clobber a finished run."""
+
+    path: Path
+    files: dict[str, Path] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        names = ["config.json", "cache.sqlite", "phase1.pt", "plan.json", "model.pt", "model.onnx",
+                 "report.md", "pareto.png", "trials.json", "compiled", "tensorboard", DONE_MARKER]
+        self.files = {n: self.path / n for n in names}
+
+    def prepare(self, config: SearchConfig, resume: bool) -> SearchConfig:
+        """Create the directory, or check it for ``--resume``; returns the config to use."""
+        if self.path.is_symlink():
+            raise InvalidConfig(f"output directory {self.path} is a symlink; give a real directory")
+        if self.files[DONE_MARKER].exists():
+            raise InvalidConfig(f"{self.path} holds a finished run; choose another --out (nothing "
+                                "was overwritten)")
+        cfg_path = self.files["config.json"]
+        if self.path.exists() and any(self.path.iterdir()):
+            if not resume:
+                raise InvalidConfig(f"{self.path} exists and holds an unfinished run; pass --resume "
+                                    "to continue it or choose another --out")
+            if cfg_path.exists():
+                saved = json.loads(cfg_path.read_text())
+                saved["phase3_candidates"] = tuple(saved.get("phase3_candidates", ()))
+                return SearchConfig(**saved)
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg_path, config.to_json())
+        return config
+
+
+def fastest_reachable_plan(env: NPASEnv) -> PruningPlan:
+    """The plan with the highest allowed rate on every layer (for budget feasibility)."""
+    problem = SearchProblem.from_env(env)
+    return problem.decode(_max_rate_vectors(env))
+
+
+def _max_rate_vectors(env: NPASEnv) -> Any:
+    import numpy as np
+
+    space = env.search_space
+    vec = []
+    for _ in env.layers:
+        filt = 0
+        scheme = space.schemes.index(space.schemes[0])
+        for preferred in ("block_punched", "block_based", "filter"):
+            names = [s.value for s in space.schemes]
+            if preferred in names:
+                scheme = names.index(preferred)
+                break
+        block = space.block_sizes.index((8, 16)) if (8, 16) in space.block_sizes else 0
+        vec.append([filt, scheme, len(space.rates) - 1, block])
+    return np.array(vec)
+
+
+def build_env(config: SearchConfig, model: torch.nn.Module, splits: Any,
+              cache: EvaluationCache) -> NPASEnv:
+    """The phase-2 env: cached one-shot accuracy and cached compiled latency, overlapped."""
+    accuracy = CachedAccuracy(OneShotAccuracy(dataset=splits, epochs=config.accuracy_epochs,
+                                              seed=config.seed,
+                                              max_train_batches=config.accuracy_max_batches), cache)
+    latency = CachedLatency(make_latency("compiled", threads=config.threads), cache)
+    example = torch.zeros(1, *splits.input_shape)
+    env = NPASEnv(model, example, accuracy=accuracy, latency=latency,
+                  reward=make_reward(config.reward), latency_budget_ms=config.latency_budget_ms,
+                  model_name=f"{config.model}@{config.data}")
+    env.scorer.overlap = config.overlap
+    if config.latency_budget_ms is None:
+        env.scorer.latency_budget_ms = config.budget_fraction * env.scorer.reference_ms
+    return env
+
+
+def check_feasible(env: NPASEnv) -> float:
+    """Latency of the fastest reachable plan; raises if the budget is below it."""
+    score = env.scorer.latency.measure(env.context, [fastest_reachable_plan(env)])[0]
+    fastest = score.latency_ms if score.ok else math.nan
+    budget = env.scorer.budget_ms
+    if math.isfinite(fastest) and budget < fastest:
+        raise InvalidConfig(f"latency budget {budget:.4f} ms cannot be met: the fastest plan we can "
+                            f"reach measures {fastest:.4f} ms (dense: {env.scorer.reference_ms:.4f} ms); "
+                            "raise --latency-budget-ms")
+    return fastest
+
+
+def trials_to_json(trials: list[Trial]) -> str:
+    rows = [{"n_evals": t.n_evals, "reward": t.reward, "accuracy": t.accuracy,
+             "latency_ms": t.latency_ms, "error": t.error, "seconds": t.seconds,
+             "plan": t.plan.to_dict()} for t in trials]
+    return json.dumps(rows, indent=1)
+
+
+def copy_artifact(so_path: Path, dest: Path) -> list[str]:
+    """Copy the compiled library (and its C source / manifest if present) into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for candidate in [so_path, *so_path.parent.glob(so_path.stem + ".*")]:
+        if candidate.is_file() and not (dest / candidate.name).exists():
+            shutil.copy2(candidate, dest / candidate.name)
+            copied.append(candidate.name)
+    return copied
+
+
+class Stopwatch:
+    """Named wall-clock phases for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._start
+        self._start = now
