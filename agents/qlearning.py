@@ -82,7 +82,7 @@ class QLearner:
         """One plan, epsilon-greedy layer by layer; random choices are uniform over index vectors."""
         actions: list[LayerAction] = []
         for idx, spec in enumerate(self.layers):
-            decided = list(zip(self.layers, actions))
+            decided = list(zip(self.layers, actions, strict=False))
             if self.rng.random() < epsilon:
                 vec = sample_masked_action(self.space.nvec, self.space.action_mask(spec, decided), self.rng)
                 actions.append(self.space.decode(spec, vec, decided, check=False))
@@ -105,7 +105,7 @@ class QLearner:
     # ------------------------------------------------------------------ learning
     def tell(self, trajectories: Sequence[Sequence[LayerAction]], rewards: Sequence[float]) -> None:
         """Store evaluated trajectories with their true rewards, update on them, then replay."""
-        for actions, reward in zip(trajectories, rewards):
+        for actions, reward in zip(trajectories, rewards, strict=False):
             self.memory.append((tuple(actions), float(reward)))
             self.update(actions, float(reward))
             self.replay(self.replay_size)
@@ -148,11 +148,11 @@ class QLearner:
     def _allowed_sets(self, idx: int, prefix: Sequence[LayerAction]):
         spec = self.layers[idx]
         group = () if spec.coupled_group is None else tuple(
-            a for s, a in zip(self.layers, prefix) if s.coupled_group == spec.coupled_group)
+            a for s, a in zip(self.layers, prefix, strict=False) if s.coupled_group == spec.coupled_group)
         key = (idx, group)
         hit = self._allowed.get(key)
         if hit is None:
-            distinct = allowed_actions(self.space, spec, list(zip(self.layers, prefix)))
+            distinct = allowed_actions(self.space, spec, list(zip(self.layers, prefix, strict=False)))
             hit = (distinct, frozenset(distinct))
             self._allowed[key] = hit
         return hit

@@ -71,7 +71,8 @@ class SB3Agent:
         env = make_problem_env(problem, limit)
         model = self.build(env)
         layers = len(env.layers)
-        model.learn(total_timesteps=4 * budget * layers, callback=BudgetCallback(problem, limit))
+        # Repeated plans are free, so cap the episodes like the baselines cap proposals.
+        model.learn(total_timesteps=(50 * budget + 100) * layers, callback=BudgetCallback(problem, limit))
         return max(problem.trials[start:], key=lambda t: t.reward, default=None)
 
     def build(self, env: gym.Env) -> Any:

@@ -98,7 +98,7 @@ class SequenceObservation(gym.ObservationWrapper):
     def _record(self, layer_action: Any) -> None:
         row = self._rows[self._n_decided]
         row[COL_DECIDED] = 1.0
-        for offset, idx in zip(self._offsets, self.search_space.encode(layer_action)):
+        for offset, idx in zip(self._offsets, self.search_space.encode(layer_action), strict=False):
             row[offset + int(idx)] = 1.0
         self._n_decided += 1
 

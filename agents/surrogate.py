@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from skopt.acquisition import gaussian_ei, gaussian_lcb, gaussian_pi
 from skopt.learning import GaussianProcessRegressor
 from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern
+from threadpoolctl import threadpool_limits
 
 from agents.base import allowed_actions
 from npas_env.errors import InvalidConfig, InvalidPlan
@@ -63,7 +63,7 @@ class PlanEncoder:
                               f"{plan.arch_fingerprint!r}); the surrogate's model has {len(self.layers)} layers, "
                               f"fingerprint {self.fingerprint!r}")
         decided: list[tuple[LayerSpec, LayerAction]] = []
-        for idx, (spec, action) in enumerate(zip(self.layers, plan.actions)):
+        for idx, (spec, action) in enumerate(zip(self.layers, plan.actions, strict=False)):
             group = () if spec.coupled_group is None else tuple(
                 a for s, a in decided if s.coupled_group == spec.coupled_group)
             key = (idx, group)
@@ -81,7 +81,7 @@ class PlanEncoder:
         out = np.zeros((len(plans), self.dim))
         n_ft = len(self.space.filter_types)
         for row, plan in enumerate(plans):
-            for i, (spec, action) in enumerate(zip(self.layers, plan.actions)):
+            for i, (spec, action) in enumerate(zip(self.layers, plan.actions, strict=False)):
                 base = i * self.layer_dim
                 out[row, base + self.space.filter_types.index(action.filter_type)] = 1.0
                 if action.is_dense:
@@ -90,7 +90,7 @@ class PlanEncoder:
                 out[row, base + self.layer_dim - 3] = math.log(action.rate) / self._max_log_rate
                 if action.block_size is not None:
                     rows, cols = spec.out_channels, spec.in_channels // spec.groups
-                    p, q = (v if v else dim for v, dim in zip(action.block_size, (rows, cols)))
+                    p, q = (v if v else dim for v, dim in zip(action.block_size, (rows, cols), strict=False))
                     out[row, base + self.layer_dim - 2] = math.log2(p) / max(math.log2(rows), 1.0)
                     out[row, base + self.layer_dim - 1] = math.log2(q) / max(math.log2(cols), 1.0)
         return out
@@ -148,11 +148,11 @@ class GPSurrogate:
         """
         if len(plans) != len(scores):
             raise InvalidConfig(f"tell got {len(plans)} plans and {len(scores)} scores")
-        for plan, score in zip(plans, scores):
+        for plan, score in zip(plans, scores, strict=False):
             self.encoder.check(plan)
             if not math.isfinite(score):
                 raise InvalidConfig(f"scores must be finite, got {score!r}")
-        for plan, x, score in zip(plans, self.encoder.encode(plans), scores):
+        for plan, x, score in zip(plans, self.encoder.encode(plans), scores, strict=False):
             key = plan.key()
             if key in self._keys:  # repeated plan: keep the latest score
                 self._y[self._keys[key]] = float(score)

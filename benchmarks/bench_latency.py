@@ -33,7 +33,7 @@ from npas_env.search_space import SearchSpace, sample_masked_action
 from npas_env.zoo import MODELS, build_model
 
 #: Shapes of the CIFAR zoo models (feature maps 8..32, channels 16..64) with few rates: ~10 min.
-BENCH_GRID = GridSpec(layer_types=("conv1x1", "conv3x3", "fc"), channels=(16, 32, 64), fmaps=(8, 16, 32),
+BENCH_GRID = GridSpec(layer_types=("conv1x1", "conv3x3", "dw3x3", "fc"), channels=(16, 32, 64), fmaps=(8, 16, 32),
                       rates=(2.0, 5.0), block_sizes=((8, 16),), max_channel_fmap=1024)
 GRIDS = {"default": DEFAULT_GRID, "quick": QUICK_GRID, "bench": BENCH_GRID}
 
@@ -101,18 +101,21 @@ def run(args: argparse.Namespace) -> str:
             warnings.simplefilter("ignore")
             ctx = ModelContext(model, x, tuple(extract_layers(model, x)), SearchSpace(), name)
         plans = random_plans(ctx, args.plans, args.seed)
-        measured = [r.latency_ms if r.ok else np.nan for r in compiled.measure(ctx, plans)]
-        ok = ~np.isnan(np.asarray(measured, float))
-        m = np.asarray(measured, float)[ok]
+        measured = np.array([r.latency_ms if r.ok else np.nan for r in compiled.measure(ctx, plans)])
         for label, ev in (("lut", lut), ("predictor", predictor)):
             res = ev.measure(ctx, plans)
-            pred = np.array([r.latency_ms for r in res], float)[ok]
+            pred = np.array([r.latency_ms if r.ok else np.nan for r in res], float)
+            ok = ~np.isnan(measured) & ~np.isnan(pred)
+            if ok.sum() < 4:
+                print(f"{name}/{label}: too few results: {[r.error for r in res if not r.ok][:1]}")
+                continue
+            pred, m = pred[ok], measured[ok]
             cold, warm = cost_ms(ev, ctx, plans)
             row = score(name, pred, m, max(3, len(m) // 4))
             row.update(evaluator=label, n=int(ok.sum()), cold=cold, warm=warm,
                        extrap=sum(r.extrapolated for r in res) / len(res))
             rows.append(row)
-        print(f"{name}: measured {ok.sum()}/{len(plans)} plans, {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{name}: measured {(~np.isnan(measured)).sum()}/{len(plans)} plans, {time.perf_counter() - t0:.0f} s", flush=True)
     return _markdown(args, lines, rows, time.perf_counter() - t0)
 
 
@@ -134,12 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=sorted(MODELS))
     p.add_argument("--plans", type=int, default=30)
     p.add_argument("--grid", choices=sorted(GRIDS), default="bench")
-    p.add_argument("--lut", type=Path, default=Path("benchmarks/.lut_bench.json"))
+    p.add_argument("--lut", type=Path, default=None,
+                   help="table file (default: <npas cache>/lut-<device>-<grid>.json; resumed)")
     p.add_argument("--device", default="local")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
+    if args.lut is None:
+        from npas_env.io import cache_dir
+
+        args.lut = cache_dir() / f"lut-{args.device}-{args.grid}.json"
     md = run(args)
     print(md)
     if not args.no_write:

@@ -9,12 +9,12 @@ split the model into segments; PyTorch runs between them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from compiler_backend.heuristics import chunking, conv_geometry, default_config
 from compiler_backend.ir import (
     AffineOp,
     ConcatOp,
@@ -25,11 +25,20 @@ from compiler_backend.ir import (
     PoolOp,
 )
 from compiler_backend.isa import Isa, prelude
+from compiler_backend.kernels import (
+    NOINLINE,
+    PAD_TEMPLATE,
+    channel_template,
+    crop_template,
+    spatial_template,
+)
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "1"
-_SLACK = 64  # floats after every buffer: wide-row over-reads stay inside the arena
+GENERATOR_VERSION = "2"
+_SLACK = 256  # floats after every buffer: wide-row / full-tile over-reads stay in the arena
+_conv_geometry = conv_geometry  # backwards-compatible names
+__all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "generate"]
 
 
 @dataclass
@@ -61,32 +70,6 @@ class Program:
     op_kinds: list[str]
     layers: list[LayerInfo]
     line_map: list[tuple[int, int, str]] = field(default_factory=list)
-
-
-def default_config(op: ConvOp, isa: Isa, threads: int) -> KernelConfig:
-    """The untuned choice: channel family for tiny maps, P=8, widest tile that fits."""
-    t = _conv_geometry(op)["T"]
-    flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
-    lt = threads if flops > 4_000_000 else 1
-    if t < 2 * isa.lanes:
-        return KernelConfig("channel", 8, 1, lt)
-    v = max(1, min(isa.max_acc // 8, math.ceil(t / isa.lanes)))
-    return KernelConfig("spatial", 8, v, lt)
-
-
-def _conv_geometry(op: ConvOp) -> dict[str, Any]:
-    cin, h, w = op.in_shape
-    cout, oh, ow = op.out_shape
-    kh, kw = op.weight.shape[2], op.weight.shape[3]
-    s, (ph, pw) = op.stride, op.padding
-    if s == 1 and ph == 0 and pw == 0:
-        return dict(direct=True, hq=h, wq=w, s=1, phases=[(0, 0)], T=oh * w, crop=(w != ow),
-                    kh=kh, kw=kw)
-    hp, wp = h + 2 * ph, w + 2 * pw
-    hq, wq = -(-hp // s), -(-wp // s)
-    phases = [(a, b) for a in range(min(s, kh)) for b in range(min(s, kw))]
-    return dict(direct=False, hq=hq, wq=wq, s=s, phases=phases, T=oh * wq, crop=(wq != ow),
-                kh=kh, kw=kw, ph=ph, pw=pw)
 
 
 class _Builder:
@@ -198,7 +181,7 @@ class _Builder:
             else:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p))
                 parts.append(self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
-                                                 res_off, act, T, v, cfg.threads))
+                                                 res_off, act, T, v, cfg.threads, geo, cin))
             calls.append(f"{name}(tid, nt, W, I, A);")
         if geo["crop"]:
             calls.append("_Pragma(\"omp barrier\")")
@@ -236,7 +219,7 @@ class _Builder:
         cin, h, w = op.in_shape
         s, ph, pw, hq, wq = geo["s"], geo["ph"], geo["pw"], geo["hq"], geo["wq"]
         plane = hq * wq
-        self._template("pad", _PAD_TEMPLATE)
+        self._template("pad", PAD_TEMPLATE)
         calls = []
         for n, (a, b) in enumerate(geo["phases"]):
             i_lo = max(0, -(-(ph - a) // s))
@@ -246,28 +229,32 @@ class _Builder:
             if i_hi <= i_lo or j_hi <= j_lo:
                 continue
             args = [src, dst + n * cin * plane, cin, h, w, s, a - ph, b - pw, i_lo, i_hi, j_lo,
-                    j_hi, plane, wq]
-            calls.append(f"  {{ static const int k[14] = {{{', '.join(map(str, args))}}}; "
+                    j_hi, plane, wq, w]
+            calls.append(f"  {{ static const int k[15] = {{{', '.join(map(str, args))}}}; "
                          "pad_phase(tid, nt, A, k); }")
         return f"{_sig(name)} {{\n  (void)W; (void)I;\n" + "\n".join(calls) + "\n}\n"
 
     def spatial_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                        x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
-                       v: int, lt: int) -> str:
+                       v: int, lt: int, geo: dict[str, Any], cin: int) -> str:
         p, lanes = seg.p, self.isa.lanes
         vw = v * lanes
         ro, eo = self.add_i(seg.rows), self.add_i(seg.eptr)
         oo, wo = self.add_i(offsets), self.add_f(seg.weights)
-        nch = 1 if lt <= 1 or seg.nblk >= 4 * lt else max(1, min(-(-T // vw), 2 * lt))
-        per_chunk = -(-T // nch)
-        tch = -(-per_chunk // vw) * vw if nch > 1 else T
-        nch = -(-T // tch)
+        nch, tch, ccs = chunking(T, vw, geo, 4 * seg.weights.size, seg.nblk, lt)
+        ci = seg.cols // (geo["kh"] * geo["kw"])
+        ncc = max(1, -(-cin // ccs))
+        bounds = np.arange(ncc + 1) * ccs
+        cp = np.stack([seg.eptr[b] + np.searchsorted(ci[seg.eptr[b]:seg.eptr[b + 1]], bounds)
+                       for b in range(seg.nblk)]) if seg.nblk else np.zeros((0, ncc + 1))
+        co = self.add_i(cp)
         a = act or "none"
         has_res = res_off is not None
         key = f"sk_p{p}_v{v}_{a}_{int(has_res)}"
-        self._template(key, _spatial_template(key, p, v, lanes, a, has_res))
-        args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T]
-        return (f"{_sig(name)} {{\n  static const int k[12] = {{{', '.join(map(str, args))}}};\n"
+        self._template(key, spatial_template(key, p, v, a, has_res))
+        args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, T, 0,
+                co, ncc]
+        return (f"{_sig(name)} {{\n  static const int k[16] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 
     def channel_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
@@ -279,7 +266,7 @@ class _Builder:
         a = act or "none"
         has_res = res_off is not None
         key = f"ck_t{tb}_{a}_{int(has_res)}"
-        self._template(key, _channel_template(key, tb, a, has_res))
+        self._template(key, channel_template(key, tb, a, has_res))
         args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, T]
         return (f"{_sig(name)} {{\n  static const int k[10] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
@@ -289,19 +276,7 @@ class _Builder:
         a = op.act or "none"
         has_res = op.res is not None
         key = f"crop_{a}_{int(has_res)}"
-        rexpr = " + R[(long)q * ow + x]" if has_res else ""
-        self._template(key, f"""static void {key}(int tid, int nt, float* restrict A, const int* k) {{
-  const float* S = A + k[0]; float* D = A + k[1]; const float* R = A + k[2];
-  const int rows = k[3], oh = k[4], ow = k[5], T = k[6], wq = k[7]; (void)R;
-  PART(rows)
-  for (int q = lo; q < hi; ++q) {{
-    const int co = q / oh, y = q % oh;
-    const float* s = S + (long)co * T + y * wq; float* d = D + (long)q * ow;
-    #pragma omp simd
-    for (int x = 0; x < ow; ++x) d[x] = s_{a}(s[x]{rexpr});
-  }}
-}}
-""")
+        self._template(key, crop_template(key, a, has_res))
         args = [tmp_off, offs[op.dst], offs[op.res] if has_res else 0, cout * oh, oh, ow, T, wq]
         return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[8] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, A, k);\n}}\n")
@@ -398,8 +373,8 @@ class _Builder:
 
 
 def _sig(name: str) -> str:
-    return (f"static void {name}(int tid, int nt, const float* restrict W, const int* restrict I, "
-            "float* restrict A)")
+    return (f"static {NOINLINE} void {name}(int tid, int nt, const float* restrict W, "
+            "const int* restrict I, float* restrict A)")
 
 
 def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConfig] | None = None,
@@ -453,134 +428,6 @@ def _segment(si: int, ops: list[int], fn_names: dict[int, str]) -> str:
     const int tid = omp_get_thread_num(); double tp = npas_prof_on ? omp_get_wtime() : 0.0;
 {par}
     (void)tp;
-    }}
-  }}
-}}
-"""
-
-
-_PAD_TEMPLATE = """static void pad_phase(int tid, int nt, float* restrict A, const int* k) {
-  const float* X = A + k[0]; float* P = A + k[1];
-  const int cin = k[2], h = k[3], w = k[4], s = k[5], da = k[6], db = k[7];
-  const int i_lo = k[8], i_hi = k[9], j_lo = k[10], j_hi = k[11], plane = k[12], wq = k[13];
-  PART(cin)
-  for (int c = lo; c < hi; ++c)
-    for (int i = i_lo; i < i_hi; ++i) {
-      const float* sr = X + (long)c * h * w + (s * i + da) * w + db;
-      float* dr = P + (long)c * plane + i * wq;
-      if (s == 1) memcpy(dr + j_lo, sr + j_lo, (size_t)(j_hi - j_lo) * sizeof(float));
-      else for (int j = j_lo; j < j_hi; ++j) dr[j] = sr[s * j];
-    }
-}
-"""
-
-
-def _spatial_template(key: str, p: int, v: int, lanes: int, a: str, has_res: bool) -> str:
-    acc = ", ".join(f"a{q}_{u} = VZERO()" for q in range(p) for u in range(v))
-    loads = " ".join(f"const vf x{u} = VLOAD(xp + {u} * VL);" for u in range(v))
-    fmas = "\n".join(
-        f"        {{ const vf w = VSET1(wp[{q}]); "
-        + " ".join(f"a{q}_{u} = VFMA(w, x{u}, a{q}_{u});" for u in range(v)) + " }"
-        for q in range(p))
-
-    def res(q: int, u: int) -> str:
-        return f" y = VADD(y, VLOAD(R + (long)rw[{q}] * T + t + {u} * VL));" if has_res else ""
-
-    stores = "\n".join(
-        f"      {{ const vf bb = VSET1(bias[rw[{q}]]); float* yp = Y + (long)rw[{q}] * T + t;"
-        + "".join(f" {{ vf y = VADD(a{q}_{u}, bb);{res(q, u)} VSTORE(yp + {u} * VL, v_{a}(y)); }}"
-                  for u in range(v)) + " }" for q in range(p))
-    tacc = ", ".join(f"a{q} = VZERO()" for q in range(p))
-    tfma = " ".join(f"a{q} = VFMA(VSET1(wp[{q}]), x, a{q});" for q in range(p))
-
-    def tres(q: int) -> str:
-        return f" y = VADD(y, VLOADM(R + (long)rw[{q}] * T + t, n));" if has_res else ""
-
-    tstores = "\n".join(
-        f"      {{ vf y = VADD(a{q}, VSET1(bias[rw[{q}]]));{tres(q)} "
-        f"VSTOREM(Y + (long)rw[{q}] * T + t, v_{a}(y), n); }}" for q in range(p))
-    return f"""static void {key}(int tid, int nt, const float* restrict W, const int* restrict I,
-                     float* restrict A, const int* k) {{
-  const int* rows = I + k[0]; const int* ep = I + k[1]; const int* off = I + k[2];
-  const float* wt = W + k[3]; const float* bias = W + k[4];
-  const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
-  const int nblk = k[8], nch = k[9], tch = k[10], T = k[11];
-  PART(nblk * nch)
-  for (int it = lo; it < hi; ++it) {{
-    const int b = it / nch, ch = it % nch;
-    const int t0 = ch * tch; const int t1 = t0 + tch < T ? t0 + tch : T;
-    const int* rw = rows + b * {p}; const int e0 = ep[b], e1 = ep[b + 1];
-    int t = t0;
-    for (; t + {v} * VL <= t1; t += {v} * VL) {{
-      vf {acc};
-      for (int e = e0; e < e1; ++e) {{
-        const float* xp = X + off[e] + t; const float* wp = wt + (long)e * {p};
-        {loads}
-{fmas}
-      }}
-{stores}
-    }}
-    for (; t < t1; t += VL) {{
-      const int n = t1 - t < VL ? t1 - t : VL;
-      vf {tacc};
-      for (int e = e0; e < e1; ++e) {{
-        const vf x = VLOADM(X + off[e] + t, n); const float* wp = wt + (long)e * {p};
-        {tfma}
-      }}
-{tstores}
-    }}
-  }}
-}}
-"""
-
-
-def _channel_template(key: str, tb: int, a: str, has_res: bool) -> str:
-    rexpr = " + R[(long)r * T + t0 + u]" if has_res else ""
-    if tb == 1:
-        inner = """      vf c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
-      int e = e0;
-      for (; e + 4 <= e1; e += 4) {
-        c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(X[off[e] + t0]), c0);
-        c1 = VFMA(VLOAD(wt + (long)(e + 1) * VL), VSET1(X[off[e + 1] + t0]), c1);
-        c2 = VFMA(VLOAD(wt + (long)(e + 2) * VL), VSET1(X[off[e + 2] + t0]), c2);
-        c3 = VFMA(VLOAD(wt + (long)(e + 3) * VL), VSET1(X[off[e + 3] + t0]), c3);
-      }
-      for (; e < e1; ++e) c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(X[off[e] + t0]), c0);
-      acc[0] = VADD(VADD(c0, c1), VADD(c2, c3));"""
-    else:
-        full = " ".join(f"acc[{u}] = VFMA(w, VSET1(xp[{u}]), acc[{u}]);" for u in range(tb))
-        inner = f"""      for (int u = 0; u < {tb}; ++u) acc[u] = VZERO();
-      if (tb == {tb}) {{
-        for (int e = e0; e < e1; ++e) {{
-          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e] + t0;
-          {full}
-        }}
-      }} else {{
-        for (int e = e0; e < e1; ++e) {{
-          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e] + t0;
-          for (int u = 0; u < tb; ++u) acc[u] = VFMA(w, VSET1(xp[u]), acc[u]);
-        }}
-      }}"""
-    return f"""static void {key}(int tid, int nt, const float* restrict W, const int* restrict I,
-                     float* restrict A, const int* k) {{
-  const int* rows = I + k[0]; const int* ep = I + k[1]; const int* off = I + k[2];
-  const float* wt = W + k[3]; const float* bias = W + k[4];
-  const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
-  const int nblk = k[8], T = k[9];
-  PART(nblk)
-  for (int b = lo; b < hi; ++b) {{
-    const int* rw = rows + b * VL; const int e0 = ep[b], e1 = ep[b + 1];
-    for (int t0 = 0; t0 < T; t0 += {tb}) {{
-      const int tb = T - t0 < {tb} ? T - t0 : {tb};
-      vf acc[{tb}]; float tmp[{tb}][VL];
-{inner}
-      for (int u = 0; u < tb; ++u) VSTORE(tmp[u], acc[u]);
-      for (int u = 0; u < tb; ++u)
-        for (int q = 0; q < VL; ++q) {{
-          const int r = rw[q];
-          if (r < 0) continue;
-          Y[(long)r * T + t0 + u] = s_{a}(tmp[u][q] + bias[r]{rexpr});
-        }}
     }}
   }}
 }}

@@ -172,6 +172,7 @@ def _default_checkpoints(budget: int) -> list[int]:
 
 
 def _default_env(model: str, dataset: str, accuracy: str, latency: str, env_kwargs: dict[str, Any]) -> Any:
+    import npas_env.tabular  # noqa: F401  (registers the "tabular" evaluators)
     from npas_env.registration import make_zoo_env
 
     return make_zoo_env(model, dataset, accuracy=accuracy, latency=latency, **env_kwargs)

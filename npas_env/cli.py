@@ -34,8 +34,8 @@ _OPTIONAL: list[tuple[str, str]] = [
     ("npas_env.commands.search", "add_parser"),
     ("npas_env.commands.compile", "add_parser"),
     ("npas_env.bench", "add_bench_parser"),
-    ("evaluators.latency.profiling", "add_build_lut_parser"),
-    ("npas_env.device_server", "add_parser"),
+    ("evaluators.latency.lut_builder", "add_build_lut_parser"),
+    ("npas_env.device_server", "add_device_serve_parser"),
 ]
 
 
@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        handler = getattr(args, "handler", None) or args.func
+        return int(handler(args) or 0)
     except NpasError as exc:
         print(f"npas {args.command}: error: {exc}", file=sys.stderr)
         return 2

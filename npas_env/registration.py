@@ -57,3 +57,6 @@ def register_envs() -> None:
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point="npas_env.registration:make_zoo_env",
                          kwargs={"model_name": model_name})
+    from npas_env.tabular import register_tabular_envs
+
+    register_tabular_envs()

@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                             "zoo_model": args.model, "dataset": args.dataset, "seed": args.seed,
                             "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "build_seconds": None, "stand_in": stand_in, "note": note,
-                            "model": "accuracy = base - sum drop; latency = dense + sum delta"})
+                            "score_model": "accuracy = base - sum drop; latency = dense + sum delta"})
     table.metadata["build_seconds"] = round(time.perf_counter() - start, 1)
     table.save(args.out)
+    args.out.chmod(0o644)  # package data: readable by everyone
     print(f"\nwrote {args.out}: {table.metadata['entries']} entries, base accuracy "
           f"{table.base_accuracy:.4f}, dense latency {table.dense_latency_ms:.4f} ms", file=sys.stderr)
     return 0

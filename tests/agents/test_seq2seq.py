@@ -22,7 +22,7 @@ class Recorder(BaseCallback):
         self.repaired = 0
 
     def _on_step(self) -> bool:
-        for info, done, reward in zip(self.locals["infos"], self.locals["dones"], self.locals["rewards"]):
+        for info, done, reward in zip(self.locals["infos"], self.locals["dones"], self.locals["rewards"], strict=False):
             self.repaired += bool(info.get("action_repaired"))
             if done:
                 self.rewards.append(float(reward))
@@ -69,7 +69,7 @@ def test_seq2seq_policy_save_load_round_trip(tmp_path, algo):
     assert isinstance(loaded.policy.features_extractor, Seq2SeqExtractor)
     obs, _ = env.reset(seed=1)
     kwargs = {"action_masks": env.action_masks()} if algo == "maskable_ppo" else {}
-    for a, b in zip(model.policy.state_dict().values(), loaded.policy.state_dict().values()):
+    for a, b in zip(model.policy.state_dict().values(), loaded.policy.state_dict().values(), strict=False):
         assert torch.equal(a, b)
     assert np.array_equal(model.predict(obs, deterministic=True, **kwargs)[0],
                           loaded.predict(obs, deterministic=True, **kwargs)[0])

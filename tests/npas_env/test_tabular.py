@@ -9,8 +9,8 @@ from gymnasium.utils.env_checker import check_env
 from npas_env.env import NPASEnv
 from npas_env.errors import EvaluatorNotFound, InvalidAction
 from npas_env.search_space import sample_masked_action
-from npas_env.tabular import TabularNPASEnv, register_tabular_envs
 from npas_env.tables import TabularTable, build_table, load_table, table_names
+from npas_env.tabular import TabularNPASEnv, register_tabular_envs
 from tests.conftest import TinyNet
 
 

@@ -1,0 +1,128 @@
+"""Untuned kernel choices: conv geometry, a register-tile cost model and pixel chunking.
+
+The spatial micro-kernel keeps ``P x V`` accumulators (``P`` output rows x ``V`` vectors of
+output pixels). Per kept (input channel, tap) entry it issues ``V`` pixel loads, ``P`` weight
+broadcasts (memory-operand loads) and ``P * V`` FMAs. On an 8-lane AVX2 core with 16 ymm
+registers and 2 FMA pipes (latency 4) the cost model below picks the tile that minimises the
+estimated cycles per useful FLOP, including padding waste in the last pixel tile and in row
+blocks. AVX-512 keeps the original choice (P = 8, widest V that fits 24 accumulators).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from compiler_backend.ir import ConvOp
+from compiler_backend.isa import Isa
+from compiler_backend.tuning.base import KernelConfig
+
+#: FMA pipes, FMA latency (cycles), vector loads per cycle, loop overhead (cycles / entry).
+_FMA_PIPES, _FMA_LAT, _LOADS, _OVERHEAD = 2, 4, 2, 1.0
+#: Input bytes one (pixel chunk, input-channel chunk) may touch (most of a 32 KB L1d).
+_L1_BYTES = 24 * 1024
+#: Weights above this size are re-streamed less often (wider pixel chunks).
+_BIG_WEIGHTS = 1 << 20
+#: Minimum kept FLOPs before a layer uses more than one thread.
+_MT_FLOPS = 4_000_000
+
+
+def conv_geometry(op: ConvOp) -> dict[str, Any]:
+    """Wide-row geometry: ``T`` pixels per output channel, padded plane ``hq x wq``, phases."""
+    cin, h, w = op.in_shape
+    cout, oh, ow = op.out_shape
+    kh, kw = op.weight.shape[2], op.weight.shape[3]
+    s, (ph, pw) = op.stride, op.padding
+    if s == 1 and ph == 0 and pw == 0:
+        return dict(direct=True, hq=h, wq=w, s=1, phases=[(0, 0)], T=oh * w, crop=(w != ow),
+                    kh=kh, kw=kw, ph=0, pw=0)
+    hp, wp = h + 2 * ph, w + 2 * pw
+    hq, wq = -(-hp // s), -(-wp // s)
+    phases = [(a, b) for a in range(min(s, kh)) for b in range(min(s, kw))]
+    return dict(direct=False, hq=hq, wq=wq, s=s, phases=phases, T=oh * wq, crop=(wq != ow),
+                kh=kh, kw=kw, ph=ph, pw=pw)
+
+
+def tile_cycles(p: int, v: int) -> float:
+    """Estimated cycles per entry of one ``p x v`` tile (FMA, latency and load bounds)."""
+    fma = p * v / _FMA_PIPES
+    lat = float(_FMA_LAT)
+    loads = (p + v) / _LOADS
+    return max(fma, lat, loads) + _OVERHEAD
+
+
+def tile_efficiency(p: int, v: int, lanes: int, T: int, rows: int) -> float:
+    """Useful FLOP fraction of peak for tile ``p x v`` on ``T`` pixels and ``rows`` rows."""
+    vw = v * lanes
+    tiles = math.ceil(T / vw)
+    pix_eff = T / (tiles * vw)
+    blocks = math.ceil(rows / p)
+    row_eff = rows / (blocks * p)
+    ideal = p * v / _FMA_PIPES
+    return ideal / tile_cycles(p, v) * pix_eff * row_eff
+
+
+def best_tile(isa: Isa, T: int, rows: int) -> tuple[int, int]:
+    """The (P, V) the cost model prefers for ``T`` pixels and ``rows`` rows per row group."""
+    best = (-1.0, 8, 1)
+    for p in (8, 4, 2, 1):
+        for v in range(1, min(8, isa.max_acc // p) + 1):
+            if (v - 1) * isa.lanes >= T:
+                break
+            eff = tile_efficiency(p, v, isa.lanes, T, max(rows, 1))
+            if eff > best[0] + 1e-9:
+                best = (eff, p, v)
+    return best[1], best[2]
+
+
+def _row_group(op: ConvOp) -> int:
+    """Typical number of rows sharing one kept-entry list (block height of the mask)."""
+    kf = op.kept.reshape(op.kept.shape[0], -1)
+    keys = [np.packbits(r).tobytes() for r in kf]
+    runs, n = [], 1
+    for a, b in zip(keys, keys[1:], strict=False):
+        if a == b:
+            n += 1
+        else:
+            runs.append(n)
+            n = 1
+    runs.append(n)
+    return int(np.median(runs))
+
+
+def default_config(op: ConvOp, isa: Isa, threads: int) -> KernelConfig:
+    """The untuned choice: channel family for tiny maps, else the cost model's tile."""
+    t = conv_geometry(op)["T"]
+    flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
+    lt = threads if flops > _MT_FLOPS else 1
+    if t < 2 * isa.lanes:
+        return KernelConfig("channel", 8, 1, lt)
+    if isa.name == "avx512":
+        v = max(1, min(isa.max_acc // 8, math.ceil(t / isa.lanes)))
+        return KernelConfig("spatial", 8, v, lt)
+    group = _row_group(op)
+    if group == 1 and op.kept.all():
+        group = op.out_shape[0]
+    p, v = best_tile(isa, t, min(group, 8) if group < 8 else 8 * (group // 8))
+    return KernelConfig("spatial", p, v, lt)
+
+
+def chunking(T: int, vw: int, geo: dict[str, Any], weight_bytes: int, nblk: int,
+             lt: int) -> tuple[int, int, int]:
+    """(pixel chunks, chunk width, input channels per channel chunk) for the spatial kernel.
+
+    A chunk is a few pixel tiles (more when the weights are large, to re-stream them less);
+    the input-channel chunk is sized so its slice of the input for one pixel chunk fits in
+    ``_L1_BYTES``, so every row block re-reads it from L1.
+    """
+    tiles = math.ceil(T / vw)
+    per = 2 if weight_bytes <= _BIG_WEIGHTS else 8
+    if lt > 1 and nblk * math.ceil(tiles / per) < 4 * lt:  # give every thread a few items
+        per = max(1, min(per, tiles // math.ceil(4 * lt / max(nblk, 1))))
+    tch = min(tiles, per) * vw
+    nch = math.ceil(T / tch)
+    span = tch + (geo["kh"] - 1) * geo["wq"] + geo["kw"] - 1 + 8
+    ccs = max(1, _L1_BYTES // (4 * span))
+    return nch, tch, ccs

@@ -1,0 +1,211 @@
+"""C text of the shared kernel templates (one instantiation per distinct tile shape).
+
+Each template is a ``static`` C function taking the runtime arenas and a pointer to a small
+``static const int`` parameter array, so all layers of one tile shape share one compiled body:
+this keeps the number of template instantiations (and gcc time) small. Templates are marked
+``noinline`` so gcc compiles each once instead of once per call site.
+"""
+
+from __future__ import annotations
+
+NOINLINE = "__attribute__((noinline))"
+
+PAD_TEMPLATE = f"""static {NOINLINE} void pad_phase(int tid, int nt, float* restrict A, const int* k) {{
+  const float* X = A + k[0]; float* P = A + k[1];
+  const int cin = k[2], h = k[3], w = k[4], s = k[5], da = k[6], db = k[7];
+  const int i_lo = k[8], i_hi = k[9], j_lo = k[10], j_hi = k[11], plane = k[12], wq = k[13];
+  const int xs = k[14];  /* source row stride (w, or w + 2 for a wide-row source) */
+  PART(cin)
+  for (int c = lo; c < hi; ++c)
+    for (int i = i_lo; i < i_hi; ++i) {{
+      const float* sr = X + (long)c * h * xs + (s * i + da) * xs + db;
+      float* dr = P + (long)c * plane + i * wq;
+      if (s == 1) memcpy(dr + j_lo, sr + j_lo, (size_t)(j_hi - j_lo) * sizeof(float));
+      else for (int j = j_lo; j < j_hi; ++j) dr[j] = sr[s * j];
+    }}
+}}
+"""
+
+#: Zero the two junk columns a wide-row conv leaves in a padded (pad 1) destination.
+BORDER_TEMPLATE = f"""static {NOINLINE} void zero_border(int tid, int nt, float* restrict A, const int* k) {{
+  float* D = A + k[0]; const int c = k[1], h = k[2], wq = k[3], plane = k[4];
+  PART(c)
+  for (int q = lo; q < hi; ++q) {{
+    float* d = D + (long)q * plane;
+    for (int y = 1; y <= h; ++y) {{ d[y * wq + wq - 1] = 0.f; d[(y + 1) * wq] = 0.f; }}
+  }}
+}}
+"""
+
+
+def spatial_template(key: str, p: int, v: int, a: str, has_res: bool) -> str:
+    """The register-tiled spatial kernel: ``p`` rows x ``v`` vectors of output pixels.
+
+    Parameter array ``k``: rows, eptr, offsets (I arena), weights, bias (W arena), x, y, res
+    (A arena), nblk, nch (pixel chunks), tch (chunk width), T (pixels per row), ys (channel
+    stride of the output and residual), yo (store shift: a wide-row output lands inside a
+    padded destination plane when ``yo = wq + 1``), cp (I arena: per block ``ncc + 1`` entry
+    starts of each input-channel chunk), ncc.
+
+    Work items are chunk-major (pixel chunk, row block); a thread takes a contiguous range.
+    Inside one pixel chunk the kernel walks input-channel chunks outermost so that the input
+    slice they touch stays in L1 while every row block consumes it; partial sums go through
+    the output buffer. The last tile of a chunk is computed full width and stored with masks
+    (loads may over-read into the arena slack).
+    """
+    acc = " ".join(f"vf a{q}_{u};" for q in range(p) for u in range(v))
+    zero = " ".join(f"a{q}_{u} = VZERO();" for q in range(p) for u in range(v))
+    reload = " ".join(f"a{q}_{u} = VLOAD(Y + (long)rr[{q}] * ys + t + yo + {u} * VL);"
+                      for q in range(p) for u in range(v))
+    loads = " ".join(f"const vf x{u} = VLOAD(xp + {u} * VL);" for u in range(v))
+    fmas = "\n".join(
+        f"          {{ const vf w = VSET1(wp[{q}]); "
+        + " ".join(f"a{q}_{u} = VFMA(w, x{u}, a{q}_{u});" for u in range(v)) + " }"
+        for q in range(p))
+
+    def res(q: int, u: int, masked: bool) -> str:
+        if not has_res:
+            return ""
+        if masked:
+            return f" y = VADD(y, VLOADM(R + (long)rw[{q}] * ys + t + yo + {u} * VL, n{u}));"
+        return f" y = VADD(y, VLOAD(R + (long)rw[{q}] * ys + t + yo + {u} * VL));"
+
+    def store(q: int, u: int, masked: bool, final: bool) -> str:
+        dst = f"yp + {u} * VL"
+        body = f"vf y = VADD(a{q}_{u}, bb);{res(q, u, masked)} y = v_{a}(y);" if final else \
+            f"vf y = a{q}_{u};"
+        if masked:
+            return f" if (n{u} > 0) {{ {body} VSTOREM({dst}, y, n{u}); }}"
+        return f" {{ {body} VSTORE({dst}, y); }}"
+
+    def stores(masked: bool, final: bool) -> str:
+        bb = "const vf bb = VSET1(bias[r]); " if final else ""
+        return "\n".join(
+            f"          {{ const int r = rw[{q}]; if (r >= 0) {{ {bb}"
+            f"float* yp = Y + (long)r * ys + t + yo;"
+            + "".join(store(q, u, masked, final) for u in range(v)) + " } }" for q in range(p))
+
+    counts = " ".join(f"const int n{u} = t1 - t - {u} * VL < VL ? t1 - t - {u} * VL : VL;"
+                      for u in range(v))
+    rr = ", ".join(f"rw[{q}] < 0 ? 0 : rw[{q}]" for q in range(p))
+    return f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
+    const int* restrict I, float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const int* off = I + k[2]; const int* cp = I + k[14];
+  const float* wt = W + k[3]; const float* bias = W + k[4];
+  const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
+  const int nblk = k[8], nch = k[9], tch = k[10], T = k[11], ys = k[12], yo = k[13];
+  const int ncc = k[15];
+  PART(nblk * nch)
+  for (int it = lo; it < hi;) {{
+    const int ch = it / nblk, b0 = it % nblk;
+    const int b1 = b0 + (hi - it) < nblk ? b0 + (hi - it) : nblk;
+    it += b1 - b0;
+    const int t0 = ch * tch; const int t1 = t0 + tch < T ? t0 + tch : T;
+    for (int cc = 0; cc < ncc; ++cc) {{
+      const int first = cc == 0, last = cc == ncc - 1;
+      for (int b = b0; b < b1; ++b) {{
+        const int* rw = rows + b * {p};
+        const int rr[{p}] = {{{rr}}}; (void)rr;
+        const int e0 = cp[b * (ncc + 1) + cc], e1 = cp[b * (ncc + 1) + cc + 1];
+        const float* wb = wt + (long)e0 * {p};
+        for (int t = t0; t < t1; t += {v} * VL) {{
+          __asm__ volatile("" ::: "memory");  /* keep bias broadcasts out of the hot loop */
+          {acc}
+          if (first) {{ {zero} }} else {{ {reload} }}
+          const float* wp = wb;
+          for (int e = e0; e < e1; ++e, wp += {p}) {{
+            const float* xp = X + off[e] + t;
+            {loads}
+{fmas}
+          }}
+          if (t + {v} * VL <= t1) {{
+            if (last) {{
+{stores(False, True)}
+            }} else {{
+{stores(False, False)}
+            }}
+          }} else {{
+            {counts}
+            if (last) {{
+{stores(True, True)}
+            }} else {{
+{stores(True, False)}
+            }}
+          }}
+        }}
+      }}
+    }}
+  }}
+}}
+"""
+
+
+def channel_template(key: str, tb: int, a: str, has_res: bool) -> str:
+    """GEMV-style kernel vectorised along output channels (Linear, tiny maps)."""
+    rexpr = " + R[(long)r * T + t0 + u]" if has_res else ""
+    if tb == 1:
+        inner = """      vf c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
+      int e = e0;
+      for (; e + 4 <= e1; e += 4) {
+        c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(X[off[e] + t0]), c0);
+        c1 = VFMA(VLOAD(wt + (long)(e + 1) * VL), VSET1(X[off[e + 1] + t0]), c1);
+        c2 = VFMA(VLOAD(wt + (long)(e + 2) * VL), VSET1(X[off[e + 2] + t0]), c2);
+        c3 = VFMA(VLOAD(wt + (long)(e + 3) * VL), VSET1(X[off[e + 3] + t0]), c3);
+      }
+      for (; e < e1; ++e) c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(X[off[e] + t0]), c0);
+      acc[0] = VADD(VADD(c0, c1), VADD(c2, c3));"""
+    else:
+        full = " ".join(f"acc[{u}] = VFMA(w, VSET1(xp[{u}]), acc[{u}]);" for u in range(tb))
+        inner = f"""      for (int u = 0; u < {tb}; ++u) acc[u] = VZERO();
+      if (tb == {tb}) {{
+        for (int e = e0; e < e1; ++e) {{
+          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e] + t0;
+          {full}
+        }}
+      }} else {{
+        for (int e = e0; e < e1; ++e) {{
+          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e] + t0;
+          for (int u = 0; u < tb; ++u) acc[u] = VFMA(w, VSET1(xp[u]), acc[u]);
+        }}
+      }}"""
+    return f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
+    const int* restrict I, float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const int* ep = I + k[1]; const int* off = I + k[2];
+  const float* wt = W + k[3]; const float* bias = W + k[4];
+  const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
+  const int nblk = k[8], T = k[9];
+  PART(nblk)
+  for (int b = lo; b < hi; ++b) {{
+    const int* rw = rows + b * VL; const int e0 = ep[b], e1 = ep[b + 1];
+    for (int t0 = 0; t0 < T; t0 += {tb}) {{
+      const int tb = T - t0 < {tb} ? T - t0 : {tb};
+      vf acc[{tb}]; float tmp[{tb}][VL];
+{inner}
+      for (int u = 0; u < tb; ++u) VSTORE(tmp[u], acc[u]);
+      for (int u = 0; u < tb; ++u)
+        for (int q = 0; q < VL; ++q) {{
+          const int r = rw[q];
+          if (r < 0) continue;
+          Y[(long)r * T + t0 + u] = s_{a}(tmp[u][q] + bias[r]{rexpr});
+        }}
+    }}
+  }}
+}}
+"""
+
+
+def crop_template(key: str, a: str, has_res: bool) -> str:
+    """Copy a wide-row scratch output (row stride wq) to CHW, fusing residual + activation."""
+    rexpr = " + R[(long)q * ow + x]" if has_res else ""
+    return f"""static {NOINLINE} void {key}(int tid, int nt, float* restrict A, const int* k) {{
+  const float* S = A + k[0]; float* D = A + k[1]; const float* R = A + k[2];
+  const int rows = k[3], oh = k[4], ow = k[5], T = k[6], wq = k[7]; (void)R;
+  PART(rows)
+  for (int q = lo; q < hi; ++q) {{
+    const int co = q / oh, y = q % oh;
+    const float* s = S + (long)co * T + y * wq; float* d = D + (long)q * ow;
+    #pragma omp simd
+    for (int x = 0; x < ow; ++x) d[x] = s_{a}(s[x]{rexpr});
+  }}
+}}
+"""

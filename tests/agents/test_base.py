@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+from agents.base import BUDGET_EXHAUSTED, SearchAgent, make_problem_env
+from agents.sb3_agent import SB3Agent
+from npas_env.problem import SearchProblem
+from npas_env.search_space import sample_masked_action
+from tests.agents.conftest import make_target_env
+
+
+def _episode(env, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    while True:
+        _, reward, done, _, info = env.step(sample_masked_action(env.action_space.nvec, env.action_masks(), rng))
+        if done:
+            return reward, info
+
+
+def test_problem_env_charges_episodes_to_the_problem_and_stops_at_the_limit(target_problem):
+    env = make_problem_env(target_problem, limit=3)
+    rewards = [_episode(env, seed)[0] for seed in range(30)]
+    assert target_problem.n_evals == 3
+    reward, info = _episode(env, 99)
+    assert info["error"] is None or BUDGET_EXHAUSTED in info["error"]
+    assert len(rewards) == 30
+
+
+@pytest.mark.parametrize("algo, seq2seq", [("a2c", False), ("dqn", False), ("ppo", False),
+                                           ("maskable_ppo", True)])
+def test_sb3_agents_spend_exactly_the_budget(algo, seq2seq):
+    problem = SearchProblem.from_env(make_target_env())
+    agent = SB3Agent(algo, seq2seq=seq2seq, seed=0, k_episodes=2)
+    assert isinstance(agent, SearchAgent)
+    best = agent.run(problem, 6)
+    assert problem.n_evals == 6 and best is not None and best.reward == problem.best.reward
