@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from evaluators.results import AccuracyResult, LatencyResult
@@ -111,7 +112,10 @@ class ProblemScorer:
         """Score plans through the problem; plans past the budget come back as failures."""
         out: list[Score] = []
         for plan in plans:
-            got = [] if self.exhausted and not self._is_seen(plan) else self.problem.evaluate([plan])
+            # evaluators may draw from torch's global RNG (e.g. building replacement modules) only
+            # on cache misses; isolate it so the agent's sampling does not depend on cache state
+            with torch.random.fork_rng(devices=[]):
+                got = [] if self.exhausted and not self._is_seen(plan) else self.problem.evaluate([plan])
             out.append(got[0] if got else self._refused(plan))
         return out
 

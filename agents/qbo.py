@@ -40,6 +40,8 @@ class QBOSearch:
             budget // 5))`` (NAS-BOWL 30, scaled down).
         learning_rate, discount, q_init, replay_size: Q-learning settings (MetaQNN defaults).
         epsilon_schedule: (epsilon, models) pairs, scaled to the budget (MetaQNN).
+        mutation_share: share of each BO pool made of one/two-layer mutations of the top-10
+            evaluated plans (NAS-BOWL uses half); 0 = the whole pool comes from the Q-policy.
         tensorboard_log: directory for ``search/*`` scalars (None = no logging).
         progress_bar: show a tqdm bar over true evaluations.
     """
@@ -49,15 +51,19 @@ class QBOSearch:
                  n_init: int | None = None, learning_rate: float = 0.01, discount: float = 1.0,
                  q_init: float = 0.5, replay_size: int = 128,
                  epsilon_schedule: Sequence[tuple[float, int]] = METAQNN_SCHEDULE,
-                 tensorboard_log: str | None = None, progress_bar: bool = False) -> None:
+                 mutation_share: float = 0.0, tensorboard_log: str | None = None,
+                 progress_bar: bool = False) -> None:
         if pool_size < 1 or batch_size < 1:
             raise InvalidConfig(f"pool_size and batch_size must be >= 1, got {pool_size}, {batch_size}")
+        if not 0.0 <= mutation_share <= 1.0:
+            raise InvalidConfig(f"mutation_share must be in [0, 1], got {mutation_share}")
+        self.mutation_share = mutation_share
         self.problem, self.pool_size, self.batch_size = problem, pool_size, batch_size
         self.use_surrogate, self.n_init, self.epsilon_schedule = use_surrogate, n_init, tuple(epsilon_schedule)
         self.tensorboard_log, self.progress_bar = tensorboard_log, progress_bar
         self.q = QLearner(problem, learning_rate, discount, q_init, replay_size, seed)
         self.surrogate = GPSurrogate(problem, acquisition=acquisition, pool_size=pool_size,
-                                     candidates=lambda n, rng: self._propose(n), seed=seed)
+                                     candidates=lambda n, rng: self._pool(n), seed=seed)
         self.proposed: list[PruningPlan] = []
         self._trajectories: dict[str, tuple[LayerAction, ...]] = {}
         self._epsilon = 1.0
@@ -98,11 +104,28 @@ class QBOSearch:
         run_trials = self.problem.trials[start:]
         return max(run_trials, key=lambda t: t.reward, default=None)
 
+    def _pool(self, n: int) -> list[PruningPlan]:
+        """A BO candidate pool: mutations of the best evaluated plans, the rest from the Q-policy."""
+        top = sorted(self.problem.trials, key=lambda t: -t.reward)[:10]
+        n_mut = round(n * self.mutation_share) if top else 0
+        seen = {t.plan.key() for t in self.problem.trials}
+        out: dict[str, PruningPlan] = {}
+        for _ in range(5 * n_mut):
+            if len(out) >= n_mut:
+                break
+            parent = top[self.q.rng.integers(len(top))].plan
+            plan, actions = self.q.mutate(parent.actions, n_layers=int(self.q.rng.integers(1, 3)))
+            if plan.key() not in seen and plan.key() not in out:
+                out[plan.key()] = plan
+                self._trajectories[plan.key()] = actions
+        self.proposed.extend(out.values())
+        return list(out.values()) + self._propose(n - len(out))
+
     def _propose(self, n: int) -> list[PruningPlan]:
         """Up to ``n`` distinct plans not evaluated yet, epsilon-greedy from the Q-table."""
         seen = {t.plan.key() for t in self.problem.trials}
         out: dict[str, PruningPlan] = {}
-        for attempt in range(20 * n):
+        for attempt in range(20 * n if n > 0 else 0):
             eps = self._epsilon if attempt < 5 * n else 1.0  # greedy stuck on known plans: explore
             plan, actions = self.q.sample(eps)
             key = plan.key()

@@ -91,6 +91,21 @@ class QLearner:
         plan = self.problem.make_plan(actions)
         return plan, plan.actions
 
+    def mutate(self, actions: Sequence[LayerAction], n_layers: int = 1) -> tuple[PruningPlan, tuple[LayerAction, ...]]:
+        """A neighbour of a plan: ``n_layers`` random layers get a random allowed action.
+
+        Later layers whose action became masked (coupled groups) are resampled too.
+        """
+        chosen = set(self.rng.choice(len(self.layers), size=min(n_layers, len(self.layers)), replace=False).tolist())
+        out: list[LayerAction] = []
+        for idx, action in enumerate(actions):
+            options, option_set = self._allowed_sets(idx, out)
+            if idx in chosen or action not in option_set:
+                action = options[self.rng.integers(len(options))]
+            out.append(action)
+        plan = self.problem.make_plan(out)
+        return plan, plan.actions
+
     def _greedy(self, idx: int, prefix: Sequence[LayerAction]) -> LayerAction:
         options, option_set = self._allowed_sets(idx, prefix)
         row = self.q.get(self._state(idx, prefix), {})

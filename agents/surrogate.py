@@ -6,7 +6,8 @@ plans by an acquisition function; only the best few are evaluated for real.
 
 Plan encoding (:class:`PlanEncoder`), per layer: one-hot filter type, one-hot scheme (all zero
 when dense), ``log(rate) / log(max rate)``, and for block schemes ``log2(p) / log2(rows)``,
-``log2(q) / log2(cols)`` of the effective block (0 = whole dimension counts as the dimension).
+``log2(q) / log2(cols)`` of the effective block (0 = whole dimension counts as the dimension);
+then two whole-plan features, the kept share of MACs and of weights (scaled by sqrt(layers)).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from agents.base import allowed_actions
 from npas_env.errors import InvalidConfig, InvalidPlan
 from npas_env.layers import LayerSpec
-from npas_env.plan import LayerAction, PruningPlan
+from npas_env.plan import FilterType, LayerAction, PruningPlan
 from npas_env.problem import SearchProblem
 
 Acquisition = Literal["ei", "pi", "lcb"]
@@ -41,9 +42,15 @@ class Surrogate(Protocol):
 
 
 class PlanEncoder:
-    """Validates plans of one model and turns them into fixed-length float vectors."""
+    """Validates plans of one model and turns them into fixed-length float vectors.
 
-    def __init__(self, problem: SearchProblem) -> None:
+    Args:
+        problem: the problem whose model and search space plans belong to.
+        summary_weight: weight of the two whole-plan features appended after the per-layer
+            blocks (kept share of MACs and of weights, from filter types and rates).
+    """
+
+    def __init__(self, problem: SearchProblem, summary_weight: float = 1.0) -> None:
         self.problem = problem
         self.layers: tuple[LayerSpec, ...] = problem.layers
         self.space = problem.space
@@ -51,7 +58,11 @@ class PlanEncoder:
         self.layer_names, self.fingerprint = ctx.layer_names, ctx.arch_fingerprint
         self._max_log_rate = math.log(max(self.space.rates)) or 1.0
         self.layer_dim = len(self.space.filter_types) + len(self.space.schemes) + 3
-        self.dim = self.layer_dim * len(self.layers)
+        self.dim = self.layer_dim * len(self.layers) + 2
+        # the two whole-plan features count like sqrt(layers) one-hot flips in the distance
+        self._summary_scale = summary_weight * math.sqrt(len(self.layers))
+        self._macs = np.array([s.macs for s in self.layers], dtype=float)
+        self._params = np.array([s.params for s in self.layers], dtype=float)
         self._allowed: dict[tuple[object, ...], frozenset[LayerAction]] = {}
 
     def check(self, plan: PruningPlan) -> None:
@@ -93,7 +104,18 @@ class PlanEncoder:
                     p, q = (v if v else dim for v, dim in zip(action.block_size, (rows, cols), strict=False))
                     out[row, base + self.layer_dim - 2] = math.log2(p) / max(math.log2(rows), 1.0)
                     out[row, base + self.layer_dim - 1] = math.log2(q) / max(math.log2(cols), 1.0)
+            keep = np.array([_kept_share(spec, a) for spec, a in zip(self.layers, plan.actions, strict=False)])
+            out[row, -2] = self._summary_scale * float(keep @ self._macs) / max(self._macs.sum(), 1.0)
+            out[row, -1] = self._summary_scale * float(keep @ self._params) / max(self._params.sum(), 1.0)
         return out
+
+
+def _kept_share(spec: LayerSpec, action: LayerAction) -> float:
+    """Rough share of a layer's weights (and MACs) a decision keeps: filter type, then rate."""
+    taps = spec.kernel_size[0] * spec.kernel_size[1] if spec.is_conv else 1
+    share = {FilterType.KEEP: 1.0, FilterType.CONV1X1: 1.0 / taps, FilterType.SKIP: 0.0,
+             FilterType.DW_SEPARABLE: 1.0 / taps + 1.0 / max(spec.out_channels, 1)}[action.filter_type]
+    return share / action.rate
 
 
 class GPSurrogate:

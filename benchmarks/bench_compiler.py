@@ -1,73 +1,52 @@
-"""Benchmark the compiler backend: per-layer (mapping paper Fig. 9 shapes) and end to end.
+"""Benchmark the compiler backend: machine peak, per-layer (mapping paper Fig. 9) and end to end.
 
 Usage: python benchmarks/bench_compiler.py [--quick] [--threads 1 2] [--out docs/benchmarks/compiler.md]
 
-References measured in the same run: onnxruntime dense (needs the `bench` extra), PyTorch eager.
-Ratios are reported against ORT dense, never only against eager.
+Every comparison runs interleaved in one process (ours / ORT / torch alternate, median of
+repeats), because the CPU may be shared. The dense reference is onnxruntime (ORT_ENABLE_ALL,
+same thread count); every ratio names its reference. "frac peak" divides kept GFLOP/s by the
+FMA peak measured at the start of this run with the same thread count.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
-import platform
+import math
+import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import cpu_model, machine_summary  # noqa: E402
 from compiler_backend import compile_model, resolve_isa  # noqa: E402
+from compiler_backend.peak import MachinePeak, measure_peak  # noqa: E402
+from npas_env.pruning import prune_mask  # noqa: E402
 
-PEAK_GFLOPS_PER_CORE = 263.6  # AVX-512 FMA peak measured on the reference Zen 5 box (PERF_NOTES)
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
+BLOCKS = [(1, 1), (4, 4), (8, 4), (4, 16), (8, 16), (16, 32)]
+Fn = Callable[[], object]
 
 
-def block_mask(shape: tuple[int, ...], rate: float, p: int, q: int, gen: torch.Generator) -> torch.Tensor:
-    """Block-punched (kxk) / block-based (1x1) mask: p rows x q in-channels share kept taps."""
-    co, ci, kh, kw = shape
-    taps = ci * kh * kw if kh * kw == 1 else kh * kw
-    mask = torch.zeros(shape, dtype=torch.bool)
-    for r in range(0, co, p):
-        if kh * kw == 1:  # block-based: keep 1/rate of the input columns per row block
-            keep = torch.randperm(ci, generator=gen)[:max(1, round(ci / rate))]
-            mask[r:r + p, keep] = True
-            continue
-        for c in range(0, ci, q):
-            n = int(taps / rate + torch.rand(1, generator=gen).item())
-            keep = torch.randperm(taps, generator=gen)[:n]
-            m = torch.zeros(taps, dtype=torch.bool)
-            m[keep] = True
-            mask[r:r + p, c:c + q] = m.view(kh, kw)
-    return mask
+def layer_mask(weight: torch.Tensor, scheme: str, rate: float,
+               block: tuple[int, int] = (8, 16)) -> torch.Tensor | None:
+    """Mask by ``npas_env.pruning.prune_mask`` (None = dense); block schemes by kernel size."""
+    if rate <= 1:
+        return None
+    if scheme == "block":
+        scheme = "block_punched" if weight.shape[2] * weight.shape[3] > 1 else "block_based"
+    return prune_mask(weight, scheme, rate, block)
 
 
-def scheme_mask(shape: tuple[int, ...], scheme: str, rate: float, gen: torch.Generator) -> torch.Tensor:
-    co, ci, kh, kw = shape
-    if scheme == "unstructured":
-        return torch.rand(shape, generator=gen) < 1.0 / rate
-    if scheme == "filter":
-        mask = torch.zeros(shape, dtype=torch.bool)
-        mask[torch.randperm(co, generator=gen)[:round(co / rate)]] = True
-        return mask
-    if scheme == "pattern":  # 4-of-9 patterns (8 per layer) + connectivity, 4 filters share
-        pats = [torch.randperm(9, generator=gen)[:4] for _ in range(8)]
-        mask = torch.zeros(co, ci, 9, dtype=torch.bool)
-        keep_frac = 9 / 4 / rate
-        for r in range(0, co, 4):
-            for c in range(ci):
-                if torch.rand(1, generator=gen).item() < keep_frac:
-                    mask[r:r + 4, c, pats[int(torch.randint(8, (1,), generator=gen))]] = True
-        return mask.view(shape)
-    raise ValueError(scheme)
-
-
-def ort_session(model: nn.Module, x: torch.Tensor, threads: int):
+def ort_fn(model: nn.Module, x: torch.Tensor, threads: int) -> Fn | None:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -84,116 +63,223 @@ def ort_session(model: nn.Module, x: torch.Tensor, threads: int):
     return lambda: sess.run(None, feed)
 
 
-def time_ms(fn, warmup: int = 5, repeats: int = 30, min_s: float = 0.1) -> float:
-    for _ in range(warmup):
-        fn()
-    ts: list[float] = []
-    t_start = time.perf_counter()
-    while len(ts) < repeats or time.perf_counter() - t_start < min_s:
+def interleaved(fns: dict[str, Fn], budget_s: float = 1.0, reps: int = 9) -> dict[str, float]:
+    """Median ms of each fn, measured round-robin so load changes hit all of them alike."""
+    for f in fns.values():
+        f()
+    est = {}
+    for k, f in fns.items():
         t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    ts.sort()
-    return ts[len(ts) // 2]
+        f()
+        est[k] = time.perf_counter() - t0
+    inner = max(1, int(budget_s / reps / max(sum(est.values()), 1e-6)))
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                f()
+            ts[k].append((time.perf_counter() - t0) / inner * 1e3)
+    return {k: float(np.median(v)) for k, v in ts.items()}
 
 
-def bench_layer(c: int, hw: int, k: int, scheme: str, rate: float, block: tuple[int, int],
-                threads: int, cache: Path | None) -> tuple[float, float, float]:
-    gen = torch.Generator().manual_seed(0)
-    conv = nn.Conv2d(c, c, k, padding=k // 2, bias=False).eval()
-    x = torch.randn(1, c, hw, hw)
-    shape = tuple(conv.weight.shape)
-    if scheme == "block":
-        mask = block_mask(shape, rate, *block, gen) if rate > 1 else torch.ones(shape, dtype=torch.bool)
-    else:
-        mask = scheme_mask(shape, scheme, rate, gen)
+def ours(model: nn.Module, x: torch.Tensor, masks: dict[str, torch.Tensor], threads: int,
+         cache: Path | None) -> tuple[Fn, float, object]:
     t0 = time.perf_counter()
-    model = nn.Sequential(conv).eval()  # a bare Conv2d traces to F.conv2d, not a module call
-    cm = compile_model(model, x, {"0": mask}, threads=threads, cache_dir=cache)
-    ctime = time.perf_counter() - t0
-    ms = cm.benchmark(warmup=5, repeats=30, min_seconds=0.1).median_ms
-    kept_flops = 2 * int(mask.sum()) * hw * hw
-    return ms, kept_flops / ms / 1e6, ctime
+    cm = compile_model(model, x, masks, threads=threads, cache_dir=cache)
+    ct = time.perf_counter() - t0
+    cm.view(cm.graph.input).copy_(x[:1])
+    return cm._run_sample, ct, cm
+
+
+def layer_rows(peak: MachinePeak, threads: list[int], cache: Path | None,
+               quick: bool) -> list[str]:
+    out = ["## Per layer: block-punched 3x3 / block-based 1x1, block 8x16, batch 1\n",
+           "ORT dense = onnxruntime on the unpruned layer (the reference). `x ORT` = ORT dense "
+           "time / ours; `x own dense` = our dense / ours; GFLOP/s counts kept weights only.\n",
+           "| layer | thr | ORT dense us | rate | ours us | x ORT dense | x own dense | "
+           "GFLOP/s kept | frac peak | compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in (3, 1):
+        for c, hw in SHAPES:
+            for th in threads:
+                torch.set_num_threads(th)
+                torch.manual_seed(0)
+                conv = nn.Conv2d(c, c, k, padding=k // 2, bias=False).eval()
+                model = nn.Sequential(conv).eval()
+                x = torch.randn(1, c, hw, hw)
+                fns: dict[str, Fn] = {}
+                ref = ort_fn(model, x, th)
+                if ref:
+                    fns["ort"] = ref
+                meta = {}
+                for rate in (1, 2, 4, 8):
+                    mask = layer_mask(conv.weight, "block", rate)
+                    fn, ct, _ = ours(model, x, {"0": mask} if mask is not None else {}, th, cache)
+                    fns[f"r{rate}"] = fn
+                    kept = int(mask.sum()) if mask is not None else conv.weight.numel()
+                    meta[rate] = (2 * kept * hw * hw, ct)
+                r = interleaved(fns, 0.6 if quick else 1.5)
+                ort_ms = r.get("ort", math.nan)
+                for rate, (flops, ct) in meta.items():
+                    ms = r[f"r{rate}"]
+                    gf = flops / ms / 1e6
+                    out.append(f"| conv{k}x{k} {c}@{hw} | {th} | {ort_ms * 1e3:.0f} | {rate}x | "
+                               f"{ms * 1e3:.0f} | {ort_ms / ms:.2f}x | {r['r1'] / ms:.2f}x | "
+                               f"{gf:.0f} | {gf / peak.gflops[th]:.2f} | {ct:.1f} |")
+                print("\n".join(out[-4:]), flush=True)
+    return out
+
+
+def sweep_rows(threads: int, cache: Path | None, quick: bool) -> list[str]:
+    out = ["\n## Block-size sweep at 4x, and other schemes (1 thread unless noted)\n",
+           "Same interleaved run per layer: ORT dense, our dense, then every variant.\n",
+           "| layer | scheme | block | rate | ours us | x ORT dense | x own dense | GFLOP/s kept |",
+           "|---|---|---|---|---|---|---|---|"]
+    torch.set_num_threads(threads)
+    cases = [(3, 128, 28), (1, 128, 28)] + ([] if quick else [(3, 64, 56)])
+    for k, c, hw in cases:
+        torch.manual_seed(0)
+        conv = nn.Conv2d(c, c, k, padding=k // 2, bias=False).eval()
+        model = nn.Sequential(conv).eval()
+        x = torch.randn(1, c, hw, hw)
+        fns: dict[str, Fn] = {"ort": ort_fn(model, x, threads) or (lambda: None)}
+        fns["dense"] = ours(model, x, {}, threads, cache)[0]
+        variants = [("block", b, 4.0) for b in BLOCKS]
+        if k == 3:
+            variants += [("pattern", (0, 0), 8.0)]
+        variants += [("unstructured", (0, 0), 10.0), ("filter", (0, 0), 2.0)]
+        flops = {}
+        for scheme, blk, rate in variants:
+            mask = layer_mask(conv.weight, scheme, rate, blk)
+            key = f"{scheme}|{blk[0]}x{blk[1]}|{rate:g}"
+            fns[key] = ours(model, x, {"0": mask}, threads, cache)[0]
+            flops[key] = 2 * int(mask.sum()) * hw * hw
+        r = interleaved(fns, 0.6 if quick else 1.5)
+        for key, fl in flops.items():
+            scheme, blk, rate = key.split("|")
+            if scheme == "block":
+                scheme = "block_punched" if k == 3 else "block_based"
+            ms = r[key]
+            out.append(f"| conv{k}x{k} {c}@{hw} | {scheme} | {blk if 'block' in scheme else '-'} | "
+                       f"{rate}x | {ms * 1e3:.0f} | {r['ort'] / ms:.2f}x | {r['dense'] / ms:.2f}x | "
+                       f"{fl / ms / 1e6:.0f} |")
+        out.append(f"| conv{k}x{k} {c}@{hw} | (ORT dense {r['ort'] * 1e3:.0f} us, our dense "
+                   f"{r['dense'] * 1e3:.0f} us) | | | | | | |")
+        print("\n".join(out[-len(flops) - 1:]), flush=True)
+    return out
+
+
+def model_masks(model: nn.Module, rate: float) -> dict[str, torch.Tensor]:
+    """Block 8x16 masks on every prunable conv (not the stem, not depthwise, not Linear)."""
+    masks = {}
+    if rate <= 1:
+        return masks
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    for n, m in convs:
+        if m.groups == 1 and m.in_channels >= 16:
+            masks[n] = layer_mask(m.weight, "block", rate)
+    return masks
+
+
+def torch_compiled(model: nn.Module, x: torch.Tensor, limit_s: float) -> tuple[Fn | None, str]:
+    import torch._inductor.config as icfg
+
+    icfg.freezing = True
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            fn = torch.compile(model)
+            fn(x)
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        return None, f"failed: {type(exc).__name__}"
+    ct = time.perf_counter() - t0
+    if ct > limit_s:
+        return None, f"compiled in {ct:.0f} s (> {limit_s:.0f} s limit), not timed"
+
+    def run() -> object:
+        with torch.no_grad():
+            return fn(x)
+    return run, f"{ct:.0f}"
+
+
+def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
+    from npas_env.zoo import build_model
+
+    out = ["\n## End to end (zoo models, random weights, batch 1, CIFAR 32x32 input)\n",
+           "Masks: `prune_mask` block-punched 8x16 (3x3) / block-based 8x16 (1x1) on every conv "
+           "except the stem and depthwise convs, at the same rate per layer. Reference = ORT "
+           "dense.\n",
+           "| model | thr | variant | ms | x ORT dense | x torch eager | compile s |",
+           "|---|---|---|---|---|---|---|"]
+    tc_note = []
+    for name in ("resnet20", "vgg16", "mobilenetv2"):
+        torch.manual_seed(0)
+        model = build_model(name).eval()
+        x = torch.randn(1, 3, 32, 32)
+        for th in threads:
+            torch.set_num_threads(th)
+            fns: dict[str, Fn] = {"ORT dense": ort_fn(model, x, th) or (lambda: None)}
+
+            def eager(model: nn.Module = model, x: torch.Tensor = x) -> object:
+                with torch.no_grad():
+                    return model(x)
+            fns["torch eager"] = eager
+            cts = {}
+            if not quick or name == "resnet20":
+                tcf, note = torch_compiled(model, x, 60.0)
+                if tcf:
+                    fns["torch.compile freezing"] = tcf
+                    cts["torch.compile freezing"] = note
+                else:
+                    tc_note.append(f"{name} {th}T: torch.compile {note}")
+            for rate in (1, 2, 4, 8):
+                fn, ct, _ = ours(model, x, model_masks(model, rate), th, cache)
+                key = "ours dense" if rate == 1 else f"ours block 8x16 {rate}x"
+                fns[key] = fn
+                cts[key] = f"{ct:.1f}"
+            r = interleaved(fns, 1.0 if quick else 3.0)
+            for key, ms in r.items():
+                out.append(f"| {name} | {th} | {key} | {ms:.3f} | {r['ORT dense'] / ms:.2f}x | "
+                           f"{r['torch eager'] / ms:.2f}x | {cts.get(key, '-')} |")
+            print("\n".join(out[-len(r):]), flush=True)
+    if tc_note:
+        out.append("\n" + "; ".join(tc_note) + ".")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer layer configs")
+    ap.add_argument("--quick", action="store_true", help="shorter timings, fewer sweep layers")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--out", default="docs/benchmarks/compiler.md")
     ap.add_argument("--cache", default=None)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     cache = Path(args.cache) if args.cache else None
-    torch.manual_seed(0)
+    start = time.perf_counter()
+    isa = resolve_isa()
+    load0 = os.getloadavg()[0]
+    peak = measure_peak(isa, tuple(args.threads), cache=cache)
     lines = ["# Compiler backend benchmark\n",
-             f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
-             f"- machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-             f"ISA used: {resolve_isa().name}",
+             f"- machine: {machine_summary()}",
+             f"- CPU: {cpu_model()}; ISA used by the generator: **{isa.name}** "
+             f"({isa.lanes} fp32 lanes, P*V <= {isa.max_acc} accumulators)",
              f"- command: `python {' '.join(sys.argv)}`",
-             "- CPU shared with other jobs during the run: timings are noisy.",
-             f"- fraction of peak uses {PEAK_GFLOPS_PER_CORE} GFLOP/s per core (AVX-512 box); on an AVX2-only "
-             "CPU the FMA peak is half of that at the same clock.\n"]
-    # ---------------- per layer
-    lines.append("## Per layer, block-punched (3x3) / block-based (1x1), block 8x16, batch 1\n")
-    lines.append("| layer | thr | ORT dense us | rate | ours us | vs ORT dense | vs own dense | GFLOP/s kept | frac peak | compile s |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    rates = [1, 4] if args.quick else [1, 2, 4, 8]
-    for k in (3, 1):
-        for c, hw in SHAPES:
-            for th in args.threads:
-                torch.set_num_threads(th)
-                conv = nn.Conv2d(c, c, k, padding=k // 2, bias=False).eval()
-                x = torch.randn(1, c, hw, hw)
-                ort_fn = ort_session(conv, x, th)
-                ort_us = time_ms(ort_fn) * 1e3 if ort_fn else float("nan")
-                own_dense = None
-                for rate in rates:
-                    ms, gf, ct = bench_layer(c, hw, k, "block", rate, (8, 16), th, cache)
-                    own_dense = own_dense or ms
-                    lines.append(f"| conv{k}x{k} {c}@{hw} | {th} | {ort_us:.0f} | {rate}x | {ms * 1e3:.0f} | "
-                                 f"{ort_us / (ms * 1e3):.2f}x | {own_dense / ms:.2f}x | {gf:.0f} | "
-                                 f"{gf / (PEAK_GFLOPS_PER_CORE * th):.2f} | {ct:.1f} |")
-                print("\n".join(lines[-len(rates):]), flush=True)
-    # ---------------- other schemes on one shape
-    lines.append("\n## Other schemes, conv3x3 128@28, 1 thread\n")
-    lines.append("| scheme | rate | ours us | vs own dense | GFLOP/s kept |")
-    lines.append("|---|---|---|---|---|")
-    torch.set_num_threads(1)
-    dense_ms = bench_layer(128, 28, 3, "block", 1, (8, 16), 1, cache)[0]
-    configs = [("pattern", 8.0, (0, 0)), ("unstructured", 10.0, (0, 0)), ("filter", 2.0, (0, 0))]
-    configs += [("block", 4.0, b) for b in ([(8, 16), (1, 1), (4, 16), (16, 32)] if not args.quick else [(1, 1), (16, 32)])]
-    for scheme, rate, blk in configs:
-        ms, gf, _ = bench_layer(128, 28, 3, scheme, rate, blk, 1, cache)
-        name = scheme + (f" {blk[0]}x{blk[1]}" if scheme == "block" else "")
-        lines.append(f"| {name} | {rate:g}x | {ms * 1e3:.0f} | {dense_ms / ms:.2f}x | {gf:.0f} |")
-        print(lines[-1], flush=True)
-    # ---------------- end to end
-    lines.append("\n## End to end, CIFAR ResNet-20 (zoo), batch 1\n")
-    lines.append("| threads | variant | ms | vs ORT dense | vs torch eager | compile s |")
-    lines.append("|---|---|---|---|---|---|")
-    from npas_env.zoo import build_model
-
-    model = build_model("resnet20").eval()
-    x = torch.randn(1, 3, 32, 32)
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][1:]
+             "",
+             "## Machine limits measured at the start of this run (best of 3)\n",
+             "| threads | FMA peak GFLOP/s | DRAM GB/s (256 MB) | L2 GB/s (256 KB/thread) |",
+             "|---|---|---|---|"]
     for th in args.threads:
-        torch.set_num_threads(th)
-        ort_fn = ort_session(model, x, th)
-        ort_ms = time_ms(ort_fn) if ort_fn else float("nan")
-        with torch.no_grad():
-            eager_ms = time_ms(lambda: model(x))
-        lines.append(f"| {th} | ORT dense | {ort_ms:.3f} | 1.00x | {eager_ms / ort_ms:.2f}x | - |")
-        lines.append(f"| {th} | torch eager | {eager_ms:.3f} | {ort_ms / eager_ms:.2f}x | 1.00x | - |")
-        for variant, rate in (("dense", 1), ("block 8x16 2x", 2), ("block 8x16 4x", 4), ("block 8x16 8x", 8)):
-            gen = torch.Generator().manual_seed(0)
-            masks = {} if rate == 1 else {n: block_mask(tuple(model.get_submodule(n).weight.shape), rate, 8, 16, gen) for n in convs}
-            t0 = time.perf_counter()
-            cm = compile_model(model, x, masks, threads=th, cache_dir=cache)
-            ct = time.perf_counter() - t0
-            ms = cm.benchmark(warmup=10, repeats=50, min_seconds=0.2).median_ms
-            lines.append(f"| {th} | ours {variant} | {ms:.3f} | {ort_ms / ms:.2f}x | {eager_ms / ms:.2f}x | {ct:.1f} |")
-            print(lines[-1], flush=True)
+        lines.append(f"| {th} | {peak.gflops[th]:.1f} | {peak.dram_gbs[th]:.1f} | "
+                     f"{peak.l2_gbs[th]:.1f} |")
+    print("\n".join(lines), flush=True)
+    lines.append("")
+    lines += layer_rows(peak, args.threads, cache, args.quick)
+    lines += sweep_rows(1, cache, args.quick)
+    lines += e2e_rows(args.threads, cache, args.quick)
+    load1 = os.getloadavg()[0]
+    lines.insert(4, f"- load average (1 min) at start / end: {load0:.1f} / {load1:.1f} on "
+                    f"{os.cpu_count()} vCPUs; run took {time.perf_counter() - start:.0f} s")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ split the model into segments; PyTorch runs between them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +27,17 @@ from compiler_backend.ir import (
 )
 from compiler_backend.isa import Isa, prelude
 from compiler_backend.kernels import (
+    ACT_CODES,
+    ACT_HELPERS,
+    BORDER_TEMPLATE,
     NOINLINE,
     PAD_TEMPLATE,
+    POOL_TEMPLATE,
     channel_template,
     crop_template,
     spatial_template,
 )
+from compiler_backend.layout import plan_padded, strides, writes_wide_padded
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
@@ -86,6 +92,9 @@ class _Builder:
         self.layers: list[LayerInfo] = []
         self.extra_bufs: list[int] = []
         self.templates: dict[str, str] = {}
+        self.padded = plan_padded(graph)
+        self.pad_scratch: dict[tuple[int, ...], int] = {}
+        self.crop_off, self.crop_size = -1, 0
 
     # -------------------------------------------------------------- arenas
     def add_f(self, arr: np.ndarray) -> int:
@@ -121,29 +130,36 @@ class _Builder:
         return offsets
 
     # -------------------------------------------------------------- ops
-    def emit_op(self, k: int, op: Any, offs: list[int]) -> str:
+    def emit_op(self, k: int, op: Any, offs: list[int]) -> list[tuple[str, int]]:
+        """Emit ``op``'s C functions; returns its steps: (function, work-item count G).
+
+        A step function ``f(g, G, W, I, A)`` does slice ``g`` of ``G`` (PART); slices of one
+        step are independent, consecutive steps are ordered (the segment waits in between).
+        """
         fn = f"op_{k}"
         if isinstance(op, ConvOp):
-            body = self.conv(fn, k, op, offs)
-        elif isinstance(op, AffineOp):
-            body = self.affine(fn, op, offs)
-        elif isinstance(op, EltwiseOp):
-            body = self.eltwise(fn, op, offs)
-        elif isinstance(op, PoolOp):
-            body = self.pool(fn, op, offs)
-        elif isinstance(op, ConcatOp):
-            body = self.concat(fn, op, offs)
+            body, steps = self.conv(fn, k, op, offs)
         else:
-            raise TypeError(op)
+            if isinstance(op, AffineOp):
+                body, lt = self.affine(fn, op, offs)
+            elif isinstance(op, EltwiseOp):
+                body, lt = self.eltwise(fn, op, offs)
+            elif isinstance(op, PoolOp):
+                body, lt = self.pool(fn, op, offs)
+            elif isinstance(op, ConcatOp):
+                body, lt = self.concat(fn, op, offs), 1
+            else:
+                raise TypeError(op)
+            steps = [(fn, _items(lt, 2))]
         if self.inject_error is not None and getattr(op, "name", None) == self.inject_error:
             body = body.replace("{", "{ this_is_not_c ", 1)
         self.funcs.append((op.name, body))
-        return fn
+        return steps
 
     def _lt(self, numel: int) -> int:
         return self.threads if numel >= 32768 else 1
 
-    def conv(self, fn: str, k: int, op: ConvOp, offs: list[int]) -> str:
+    def conv(self, fn: str, k: int, op: ConvOp, offs: list[int]) -> tuple[str, list[tuple[str, int]]]:
         cfg = self.configs.get(op.name) or default_config(op, self.isa, self.threads)
         geo = _conv_geometry(op)
         cin, h, w = op.in_shape
@@ -151,19 +167,31 @@ class _Builder:
         T, wq, hq = geo["T"], geo["wq"], geo["hq"]
         parts: list[str] = []
         calls: list[str] = []
-        # source: the input itself or a padded / phase-split copy
-        if geo["direct"]:
+        pad_step = not (geo["direct"] or op.src in self.padded)
+        # source: the input itself (plain, or already padded by its producer) or a padded /
+        # phase-split copy in a scratch buffer shared by convs of the same input geometry
+        if geo["direct"] or op.src in self.padded:
             x_off = offs[op.src]
         else:
             nph = len(geo["phases"])
-            pbuf = self.g.new_buffer((nph, cin, hq, wq), pinned=True)
-            x_off = self._alloc(pbuf)
+            gkey = (nph, cin, hq, wq, geo["s"], geo["ph"], geo["pw"], h, w)
+            if gkey not in self.pad_scratch:
+                self.pad_scratch[gkey] = self._alloc(
+                    self.g.new_buffer((nph, cin, hq, wq), pinned=True))
+            x_off = self.pad_scratch[gkey]
             parts.append(self.prologue(f"{fn}_pad", op, geo, offs[op.src], x_off))
-            calls.append(f"{fn}_pad(tid, nt, W, I, A);\n  _Pragma(\"omp barrier\")")
-        # destination: final output, or a wide-row scratch buffer + crop epilogue
-        if geo["crop"]:
-            tmp = self.g.new_buffer((cout, T))
-            y_off, res_off, act = self._alloc(tmp), None, None
+        # destination: straight into a padded output (wide rows shifted by wq + 1), the plain
+        # output, or a shared wide-row scratch buffer + crop epilogue
+        wide = (cfg.family == "spatial" and op.dst in self.padded and writes_wide_padded(op)
+                and (op.res is None or op.res in self.padded))
+        use_crop = not wide and (geo["crop"] or op.dst in self.padded or op.res in self.padded)
+        ys, yo = T, 0
+        if wide:
+            y_off, act = offs[op.dst], op.act
+            res_off = offs[op.res] if op.res is not None else None
+            ys, yo = hq * wq, wq + 1
+        elif use_crop:
+            y_off, res_off, act = self._crop_scratch(cout * T), None, None
         else:
             y_off = offs[op.dst]
             res_off = offs[op.res] if op.res is not None else None
@@ -181,19 +209,27 @@ class _Builder:
             else:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p))
                 parts.append(self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
-                                                 res_off, act, T, v, cfg.threads, geo, cin))
+                                                 res_off, act, T, v, cfg.threads, geo, cin,
+                                                 ys, yo))
             calls.append(f"{name}(tid, nt, W, I, A);")
-        if geo["crop"]:
-            calls.append("_Pragma(\"omp barrier\")")
+        g = _items(cfg.threads, 4)
+        steps: list[tuple[str, int]] = [(f"{fn}_pad", _items(cfg.threads, 2))] if pad_step else []
+        parts.append(f"{_sig(fn + '_k')} {{\n  " + "\n  ".join(calls) + "\n}\n")
+        steps.append((f"{fn}_k", g))
+        if use_crop:
             parts.append(self.crop(f"{fn}_crop", op, T, wq, y_off, offs))
-            calls.append(f"{fn}_crop(tid, nt, W, I, A);")
+            steps.append((f"{fn}_crop", _items(cfg.threads, 2)))
+        if wide:  # the two junk columns per row landed on the zero border
+            self._template("zero_border", BORDER_TEMPLATE)
+            zb = [y_off, cout, oh, wq, hq * wq]
+            parts.append(f"{_sig(fn + '_zb')} {{\n  (void)W; (void)I;\n  static const int kb[5] = "
+                         f"{{{', '.join(map(str, zb))}}};\n  zero_border(tid, nt, A, kb);\n}}\n")
+            steps.append((f"{fn}_zb", _items(cfg.threads, 2)))
         kept = int(op.kept.sum())
         self.layers.append(LayerInfo(
             op.name, k, cfg.family, structure_label(op.kept), sorted({s.p for s in segs}),
             kept / max(op.kept.size, 1), 2 * op.kept.size * oh * ow, 2 * kept * oh * ow, cfg))
-        head = _sig(fn)
-        clamp = f"nt = {cfg.threads} < nt ? {cfg.threads} : nt;"
-        return "\n".join(parts) + f"\n{head} {{\n  {clamp}\n  " + "\n  ".join(calls) + "\n}\n"
+        return "\n".join(parts), steps
 
     def _alloc(self, buf: int) -> int:
         self.extra_bufs.append(buf)
@@ -236,7 +272,8 @@ class _Builder:
 
     def spatial_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                        x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
-                       v: int, lt: int, geo: dict[str, Any], cin: int) -> str:
+                       v: int, lt: int, geo: dict[str, Any], cin: int, ys: int,
+                       yo: int) -> str:
         p, lanes = seg.p, self.isa.lanes
         vw = v * lanes
         ro, eo = self.add_i(seg.rows), self.add_i(seg.eptr)
@@ -245,16 +282,20 @@ class _Builder:
         ci = seg.cols // (geo["kh"] * geo["kw"])
         ncc = max(1, -(-cin // ccs))
         bounds = np.arange(ncc + 1) * ccs
-        cp = np.stack([seg.eptr[b] + np.searchsorted(ci[seg.eptr[b]:seg.eptr[b + 1]], bounds)
-                       for b in range(seg.nblk)]) if seg.nblk else np.zeros((0, ncc + 1))
+        blk = np.repeat(np.arange(seg.nblk, dtype=np.int64), np.diff(seg.eptr))
+        keys = blk * (cin + 1) + ci  # sorted: blocks in order, channels ascending inside
+        want = np.arange(seg.nblk, dtype=np.int64)[:, None] * (cin + 1) + np.minimum(bounds, cin)
+        cp = np.searchsorted(keys, want)
         co = self.add_i(cp)
-        a = act or "none"
-        has_res = res_off is not None
-        key = f"sk_p{p}_v{v}_{a}_{int(has_res)}"
-        self._template(key, spatial_template(key, p, v, a, has_res))
-        args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, T, 0,
-                co, ncc]
-        return (f"{_sig(name)} {{\n  static const int k[16] = {{{', '.join(map(str, args))}}};\n"
+        nonempty = np.diff(cp, axis=1) > 0 if seg.nblk else np.zeros((0, ncc), bool)
+        first = np.where(nonempty.any(1), nonempty.argmax(1), 0)
+        last = np.where(nonempty.any(1), ncc - 1 - nonempty[:, ::-1].argmax(1), 0)
+        flo = self.add_i(np.stack([first, last], 1) if seg.nblk else np.zeros(2))
+        key = f"sk_p{p}_v{v}"
+        self._template(key, spatial_template(key, p, v))
+        args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,
+                co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo]
+        return (f"{_sig(name)} {{\n  static const int k[19] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 
     def channel_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
@@ -263,25 +304,33 @@ class _Builder:
         ro, eo = self.add_i(seg.rows), self.add_i(seg.eptr)
         oo, wo = self.add_i(offsets), self.add_f(seg.weights)
         tb = min(T, 8)
-        a = act or "none"
-        has_res = res_off is not None
-        key = f"ck_t{tb}_{a}_{int(has_res)}"
-        self._template(key, channel_template(key, tb, a, has_res))
-        args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, T]
-        return (f"{_sig(name)} {{\n  static const int k[10] = {{{', '.join(map(str, args))}}};\n"
+        key = f"ck_t{tb}"
+        self._template(key, channel_template(key, tb))
+        args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, T,
+                ACT_CODES[act or "none"], int(res_off is not None)]
+        return (f"{_sig(name)} {{\n  static const int k[12] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 
     def crop(self, name: str, op: ConvOp, T: int, wq: int, tmp_off: int, offs: list[int]) -> str:
         cout, oh, ow = op.out_shape
-        a = op.act or "none"
-        has_res = op.res is not None
-        key = f"crop_{a}_{int(has_res)}"
-        self._template(key, crop_template(key, a, has_res))
-        args = [tmp_off, offs[op.dst], offs[op.res] if has_res else 0, cout * oh, oh, ow, T, wq]
-        return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[8] = {{{', '.join(map(str, args))}}};\n"
-                f"  {key}(tid, nt, A, k);\n}}\n")
+        key = "crop"
+        self._template(key, crop_template(key))
+        dp, dr, do = strides(self.g, op.dst, self.padded)
+        rp, rr, ro = strides(self.g, op.res, self.padded) if op.res is not None else (0, 0, 0)
+        res = offs[op.res] if op.res is not None else 0
+        args = [tmp_off, offs[op.dst], res, cout * oh, oh, ow, T, wq, dp, dr, do, rp, rr, ro,
+                ACT_CODES[op.act or "none"], int(op.res is not None)]
+        return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[16] = "
+                f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, A, k);\n}}\n")
 
-    def affine(self, fn: str, op: AffineOp, offs: list[int]) -> str:
+    def _crop_scratch(self, numel: int) -> int:
+        """One wide-row scratch region shared by every crop epilogue (ops run in sequence)."""
+        if numel > self.crop_size:
+            self.crop_off = self._alloc(self.g.new_buffer((numel,)))
+            self.crop_size = numel
+        return self.crop_off
+
+    def affine(self, fn: str, op: AffineOp, offs: list[int]) -> tuple[str, int]:
         shape = self.g.buffers[op.src].shape
         c = shape[0]
         hw = int(np.prod(shape[1:])) if len(shape) > 1 else 1
@@ -289,17 +338,16 @@ class _Builder:
         a = op.act or "none"
         return f"""{_sig(fn)} {{
   const float* S = A + {offs[op.src]}; float* D = A + {offs[op.dst]};
-  const float* sc = W + {so}; const float* sh = W + {ho};
-  nt = {self._lt(c * hw)} < nt ? {self._lt(c * hw)} : nt;
+  const float* sc = W + {so}; const float* sh = W + {ho}; (void)I;
   PART({c})
   for (int c = lo; c < hi; ++c) {{
     #pragma omp simd
     for (int i = 0; i < {hw}; ++i) D[(long)c * {hw} + i] = s_{a}(S[(long)c * {hw} + i] * sc[c] + sh[c]);
   }}
 }}
-"""
+""", self._lt(c * hw)
 
-    def eltwise(self, fn: str, op: EltwiseOp, offs: list[int]) -> str:
+    def eltwise(self, fn: str, op: EltwiseOp, offs: list[int]) -> tuple[str, int]:
         shape = self.g.buffers[op.dst].shape
         n = int(np.prod(shape))
         a = op.act or "none"
@@ -314,18 +362,17 @@ class _Builder:
         bdecl = f" const float* B = A + {offs[op.b]};" if op.b is not None else ""
         return f"""{_sig(fn)} {{
   const float* X = A + {offs[op.a]}; float* D = A + {offs[op.dst]};{bdecl}
-  nt = {lt} < nt ? {lt} : nt;
   PART({n})
   #pragma omp simd
   for (int i = lo; i < hi; ++i) D[i] = s_{a}({expr});
 }}
-"""
+""", lt
 
-    def pool(self, fn: str, op: PoolOp, offs: list[int]) -> str:
+    def pool(self, fn: str, op: PoolOp, offs: list[int]) -> tuple[str, int]:
         c, h, w = self.g.buffers[op.src].shape
         oc, oh, ow = self.g.buffers[op.dst].shape
         head = f"{_sig(fn)} {{\n  const float* X = A + {offs[op.src]}; float* D = A + {offs[op.dst]};\n"
-        head += f"  nt = {self._lt(c * h * w)} < nt ? {self._lt(c * h * w)} : nt;\n  PART({c * oh})\n"
+        head += f"  PART({c * oh})\n"
         loop = f"  for (int q = lo; q < hi; ++q) {{\n    const int c = q / {oh}, oy = q % {oh};\n"
         loop += f"    const float* x = X + (long)c * {h * w};\n"
         if op.op == "adaptive_avg":
@@ -359,7 +406,7 @@ class _Builder:
       (void)ye0; (void)xe0;
       D[(long)q * {ow} + ox] = {fin};
     }}"""
-        return head + loop + body + "\n  }\n}\n"
+        return head + loop + body + "\n  }\n}\n", self._lt(c * h * w)
 
     def concat(self, fn: str, op: ConcatOp, offs: list[int]) -> str:
         lines, pos = [], 0
@@ -379,19 +426,25 @@ def _sig(name: str) -> str:
 
 def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConfig] | None = None,
              *, inject_error: str | None = None) -> Program:
-    """Generate the C program for ``graph`` (see the module docstring for the runtime model)."""
+    """Generate the C program for ``graph`` (see the module docstring for the runtime model).
+
+    The graph is not modified: scratch buffers and layouts go to a private copy of its buffer
+    list, so repeated calls (tuning) give identical sources for identical configs.
+    """
+    graph = Graph([dataclasses.replace(buf) for buf in graph.buffers], graph.ops, graph.input,
+                  graph.output, graph.output_shape)
     b = _Builder(graph, isa, threads, configs or {}, inject_error)
     offs = b.plan_memory()
     segments: list[list[int]] = [[]]
-    fn_names: dict[int, str] = {}
+    steps: dict[int, list[tuple[str, int]]] = {}
     for k, op in enumerate(graph.ops):
         if isinstance(op, FallbackOp):
             segments.append([])
             continue
-        fn_names[k] = b.emit_op(k, op, offs)
+        steps[k] = b.emit_op(k, op, offs)
         segments[-1].append(k)
     src = [f"/* npas-env compiler_backend generator v{GENERATOR_VERSION}, isa {isa.name} */",
-           prelude(isa), f"double npas_prof[{max(1, len(graph.ops))}];", "int npas_prof_on = 0;"]
+           prelude(isa), ACT_HELPERS, f"double npas_prof[{max(1, len(graph.ops))}];", "int npas_prof_on = 0;"]
     src.extend(b.templates.values())
     line_map: list[tuple[int, int, str]] = []
     line = sum(s.count("\n") + 1 for s in src) + 1
@@ -400,9 +453,16 @@ def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConf
         line_map.append((line, line + n, name))
         src.append(text)
         line += n
+    nsteps = max([sum(len(steps[k]) for k in ops) for ops in segments] + [1])
+    src.append(POOL_TEMPLATE.replace("{nsteps}", str(nsteps)))
     for si, ops in enumerate(segments):
-        src.append(_segment(si, ops, fn_names))
+        src.append(_segment(si, ops, steps))
     src.append(f"int npas_nops(void) {{ return {len(graph.ops)}; }}")
+    if len(segments) == 1:  # no PyTorch fallbacks: whole batches run inside C
+        n_in = int(np.prod(graph.buffers[graph.input].shape))
+        n_out = int(np.prod(graph.buffers[graph.output].shape))
+        src.append(_BATCH.format(i_off=offs[graph.input], n_in=n_in, o_off=offs[graph.output],
+                                 n_out=n_out))
     weights = np.concatenate(b.f_parts) if b.f_parts else np.zeros(16, np.float32)
     ints = np.concatenate(b.i_parts) if b.i_parts else np.zeros(1, np.int32)
     names = [getattr(op, "name", f"op{k}") for k, op in enumerate(graph.ops)]
@@ -411,24 +471,51 @@ def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConf
                    b.layers, line_map)
 
 
-def _segment(si: int, ops: list[int], fn_names: dict[int, str]) -> str:
+def _items(lt: int, per_thread: int) -> int:
+    """Work items of a step: 1 for single-threaded ops, else a few per thread (balance)."""
+    return 1 if lt <= 1 else per_thread * lt
+
+
+def _segment(si: int, ops: list[int], steps: dict[int, list[tuple[str, int]]]) -> str:
     prof = ("if (npas_prof_on && tid == 0) {{ const double t1 = omp_get_wtime(); "
             "npas_prof[{k}] += t1 - tp; tp = t1; }}")
-    serial = "\n".join(f"    {fn_names[k]}(0, 1, W, I, A); " + prof.format(k=k) for k in ops)
-    par = "\n".join(f"    {fn_names[k]}(tid, nt, W, I, A);\n    _Pragma(\"omp barrier\")\n    "
-                    + prof.format(k=k) for k in ops)
-    return f"""void seg_{si}(const float* restrict W, const int* restrict I, float* restrict A, int nt) {{
-  if (nt <= 1) {{
+    serial, par = [], []
+    n = 0
+    for k in ops:
+        for f, _ in steps[k]:
+            serial.append(f"    {f}(0, 1, W, I, A);")
+        serial.append("    " + prof.format(k=k))
+        for f, g in steps[k]:
+            par.append(f"    NPAS_STEP({n}, {f}, {g});")
+            n += 1
+        par.append("    " + prof.format(k=k))
+    body_s, body_p = "\n".join(serial), "\n".join(par)
+    any_par = any(g > 1 for k in ops for _, g in steps[k])
+    return f"""static void seg_{si}_job(long gen, int tid, const float* restrict W, const int* restrict I,
+                      float* restrict A) {{
+  double tp = npas_prof_on && tid == 0 ? omp_get_wtime() : 0.0;
+{body_p}
+  (void)tp;
+}}
+
+void seg_{si}(const float* restrict W, const int* restrict I, float* restrict A, int nt) {{
+  if (nt <= 1 || {int(not any_par)}) {{  /* no multi-threaded step: run inline */
     const int tid = 0; double tp = npas_prof_on ? omp_get_wtime() : 0.0;
-{serial}
+{body_s}
     (void)tp;
   }} else {{
-    #pragma omp parallel num_threads(nt)
-    {{
-    const int tid = omp_get_thread_num(); double tp = npas_prof_on ? omp_get_wtime() : 0.0;
-{par}
-    (void)tp;
-    }}
+    npas_run(nt, seg_{si}_job, {max(n, 1)}, W, I, A);
+  }}
+}}
+"""
+
+
+_BATCH = """void run_batch(const float* restrict W, const int* restrict I, float* restrict A, int nt,
+               int n, const float* restrict x, float* restrict y) {{
+  for (int i = 0; i < n; ++i) {{
+    memcpy(A + {i_off}, x + (long)i * {n_in}, {n_in} * sizeof(float));
+    seg_0(W, I, A, nt);
+    memcpy(y + (long)i * {n_out}, A + {o_off}, {n_out} * sizeof(float));
   }}
 }}
 """

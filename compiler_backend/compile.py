@@ -36,9 +36,14 @@ def lower_model(model: nn.Module, example_input: torch.Tensor,
                 masks: Mapping[str, torch.Tensor] | None = None) -> Graph:
     """Trace a private eval-mode copy of ``model`` at batch 1 and lower it to the IR."""
     model = copy.deepcopy(model).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gm = analyze_model(model, example_input[:1].detach().float()).graph_module
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # shape propagation of tiny batch-1 convs: 1 thread, no oneDNN JIT
+    try:
+        with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):
+            warnings.simplefilter("ignore")
+            gm = analyze_model(model, example_input[:1].detach().float()).graph_module
+    finally:
+        torch.set_num_threads(prev_threads)
     assert gm is not None
     gm.eval()
     with torch.no_grad():

@@ -22,7 +22,7 @@ from compiler_backend.tuning.base import KernelConfig
 #: FMA pipes, FMA latency (cycles), vector loads per cycle, loop overhead (cycles / entry).
 _FMA_PIPES, _FMA_LAT, _LOADS, _OVERHEAD = 2, 4, 2, 1.0
 #: Input bytes one (pixel chunk, input-channel chunk) may touch (most of a 32 KB L1d).
-_L1_BYTES = 24 * 1024
+_L1_BYTES = 12 * 1024
 #: Weights above this size are re-streamed less often (wider pixel chunks).
 _BIG_WEIGHTS = 1 << 20
 #: Minimum kept FLOPs before a layer uses more than one thread.
@@ -49,7 +49,7 @@ def tile_cycles(p: int, v: int) -> float:
     """Estimated cycles per entry of one ``p x v`` tile (FMA, latency and load bounds)."""
     fma = p * v / _FMA_PIPES
     lat = float(_FMA_LAT)
-    loads = (p + v) / _LOADS
+    loads = (1.5 * p + v) / _LOADS  # memory-operand broadcasts cost more than plain loads
     return max(fma, lat, loads) + _OVERHEAD
 
 
@@ -102,9 +102,12 @@ def default_config(op: ConvOp, isa: Isa, threads: int) -> KernelConfig:
     if isa.name == "avx512":
         v = max(1, min(isa.max_acc // 8, math.ceil(t / isa.lanes)))
         return KernelConfig("spatial", 8, v, lt)
-    group = _row_group(op)
-    if group == 1 and op.kept.all():
-        group = op.out_shape[0]
+    if op.groups > 1:  # rows of one group share entries; other groups' rows never do
+        group = max(1, op.out_shape[0] // op.groups) if op.kept.all() else 1
+    else:
+        group = _row_group(op)
+        if group == 1 and op.kept.all():
+            group = op.out_shape[0]
     p, v = best_tile(isa, t, min(group, 8) if group < 8 else 8 * (group // 8))
     return KernelConfig("spatial", p, v, lt)
 

@@ -9,6 +9,105 @@ this keeps the number of template instantiations (and gcc time) small. Templates
 from __future__ import annotations
 
 NOINLINE = "__attribute__((noinline))"
+#: Runtime activation codes of the epilogues (one template body serves every activation).
+ACT_CODES = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3}
+
+ACT_HELPERS = """static inline vf v_act(vf y, int act) {
+  switch (act) { case 1: return v_relu(y); case 2: return v_relu6(y);
+                 case 3: return v_hardswish(y); default: return y; }
+}
+static inline float s_act(float y, int act) {
+  switch (act) { case 1: return s_relu(y); case 2: return s_relu6(y);
+                 case 3: return s_hardswish(y); default: return y; }
+}
+"""
+
+#: A persistent worker pool (instead of an OpenMP parallel region per call). Each step's G
+#: slices are taken from a generation-tagged counter; the caller waits only until all slices
+#: of a step are *done*, never for a worker to arrive, so a worker descheduled on a busy CPU
+#: costs nothing (an OpenMP fork / join waits for it every call). Idle workers spin briefly,
+#: then sleep on a condition variable. ``{nsteps}`` is the largest step count of a segment.
+POOL_TEMPLATE = r"""
+#include <pthread.h>
+#include <sched.h>
+#if defined(__x86_64__) || defined(__i386__)
+#define NPAS_PAUSE() __builtin_ia32_pause()
+#else
+#define NPAS_PAUSE() __asm__ volatile("" ::: "memory")
+#endif
+typedef void (*npas_job_fn)(long, int, const float*, const int*, float*);
+static long npas_ctr[{nsteps}], npas_done[{nsteps}];
+static long npas_gen = 0;
+static npas_job_fn npas_job;
+static const float* npas_W; static const int* npas_I; static float* npas_A;
+static int npas_workers = 0, npas_sleepers = 0;
+static pthread_mutex_t npas_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t npas_cv = PTHREAD_COND_INITIALIZER;
+
+static inline int npas_grab(long* c, long g, int G) {
+  long v = __atomic_load_n(c, __ATOMIC_ACQUIRE);
+  for (;;) {
+    if ((v >> 32) != g || (int)(v & 0xffffffffL) >= G) return -1;
+    if (__atomic_compare_exchange_n(c, &v, v + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+      return (int)(v & 0xffffffffL);
+  }
+}
+static inline int npas_wait_done(long* d, long g, int G) {
+  int spins = 0;
+  for (;;) {
+    const long v = __atomic_load_n(d, __ATOMIC_ACQUIRE);
+    if ((v >> 32) != g) return 0;
+    if ((int)(v & 0xffffffffL) >= G) return 1;
+    if (++spins < 4000) NPAS_PAUSE(); else { sched_yield(); spins = 0; }
+  }
+}
+#define NPAS_STEP(s, f, G) do { int g_; \
+    while ((g_ = npas_grab(&npas_ctr[s], gen, (G))) >= 0) { \
+      f(g_, (G), W, I, A); __atomic_fetch_add(&npas_done[s], 1L, __ATOMIC_RELEASE); } \
+    if (!npas_wait_done(&npas_done[s], gen, (G))) return; } while (0)
+
+static void* npas_worker(void* arg) {
+  const int tid = (int)(long)arg;
+  long seen = __atomic_load_n(&npas_gen, __ATOMIC_ACQUIRE);
+  for (;;) {
+    long g; int idle = 0;
+    while ((g = __atomic_load_n(&npas_gen, __ATOMIC_SEQ_CST)) == seen) {
+      if (++idle < 20000) { NPAS_PAUSE(); continue; }
+      pthread_mutex_lock(&npas_mu);
+      __atomic_fetch_add(&npas_sleepers, 1, __ATOMIC_SEQ_CST);
+      while (__atomic_load_n(&npas_gen, __ATOMIC_SEQ_CST) == seen)
+        pthread_cond_wait(&npas_cv, &npas_mu);
+      __atomic_fetch_sub(&npas_sleepers, 1, __ATOMIC_SEQ_CST);
+      pthread_mutex_unlock(&npas_mu);
+      idle = 0;
+    }
+    seen = g;
+    npas_job(g, tid, npas_W, npas_I, npas_A);  /* a stale job finds no slices left */
+  }
+  return 0;
+}
+
+static void npas_run(int nt, npas_job_fn job, int nsteps, const float* W, const int* I,
+                     float* A) {
+  while (npas_workers < nt - 1) {
+    pthread_t th; pthread_attr_t at; pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&th, &at, npas_worker, (void*)(long)(npas_workers + 1)) != 0) break;
+    ++npas_workers;
+  }
+  const long g = npas_gen + 1;
+  for (int s = 0; s < nsteps; ++s) {
+    __atomic_store_n(&npas_ctr[s], g << 32, __ATOMIC_RELAXED);
+    __atomic_store_n(&npas_done[s], g << 32, __ATOMIC_RELAXED);
+  }
+  npas_job = job; npas_W = W; npas_I = I; npas_A = A;
+  __atomic_store_n(&npas_gen, g, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&npas_sleepers, __ATOMIC_SEQ_CST) > 0) {
+    pthread_mutex_lock(&npas_mu); pthread_cond_broadcast(&npas_cv); pthread_mutex_unlock(&npas_mu);
+  }
+  job(g, 0, W, I, A);
+}
+"""
 
 PAD_TEMPLATE = f"""static {NOINLINE} void pad_phase(int tid, int nt, float* restrict A, const int* k) {{
   const float* X = A + k[0]; float* P = A + k[1];
@@ -38,14 +137,15 @@ BORDER_TEMPLATE = f"""static {NOINLINE} void zero_border(int tid, int nt, float*
 """
 
 
-def spatial_template(key: str, p: int, v: int, a: str, has_res: bool) -> str:
+def spatial_template(key: str, p: int, v: int) -> str:
     """The register-tiled spatial kernel: ``p`` rows x ``v`` vectors of output pixels.
 
     Parameter array ``k``: rows, eptr, offsets (I arena), weights, bias (W arena), x, y, res
     (A arena), nblk, nch (pixel chunks), tch (chunk width), T (pixels per row), ys (channel
     stride of the output and residual), yo (store shift: a wide-row output lands inside a
     padded destination plane when ``yo = wq + 1``), cp (I arena: per block ``ncc + 1`` entry
-    starts of each input-channel chunk), ncc.
+    starts of each input-channel chunk), ncc, act (``ACT_CODES``), has_res, fl (I arena: per
+    block its first and last non-empty channel chunk).
 
     Work items are chunk-major (pixel chunk, row block); a thread takes a contiguous range.
     Inside one pixel chunk the kernel walks input-channel chunks outermost so that the input
@@ -64,15 +164,13 @@ def spatial_template(key: str, p: int, v: int, a: str, has_res: bool) -> str:
         for q in range(p))
 
     def res(q: int, u: int, masked: bool) -> str:
-        if not has_res:
-            return ""
         if masked:
-            return f" y = VADD(y, VLOADM(R + (long)rw[{q}] * ys + t + yo + {u} * VL, n{u}));"
-        return f" y = VADD(y, VLOAD(R + (long)rw[{q}] * ys + t + yo + {u} * VL));"
+            return f" if (hr) y = VADD(y, VLOADM(R + (long)rw[{q}] * ys + t + yo + {u} * VL, n{u}));"
+        return f" if (hr) y = VADD(y, VLOAD(R + (long)rw[{q}] * ys + t + yo + {u} * VL));"
 
     def store(q: int, u: int, masked: bool, final: bool) -> str:
         dst = f"yp + {u} * VL"
-        body = f"vf y = VADD(a{q}_{u}, bb);{res(q, u, masked)} y = v_{a}(y);" if final else \
+        body = f"vf y = VADD(a{q}_{u}, bb);{res(q, u, masked)} y = v_act(y, act);" if final else \
             f"vf y = a{q}_{u};"
         if masked:
             return f" if (n{u} > 0) {{ {body} VSTOREM({dst}, y, n{u}); }}"
@@ -94,7 +192,7 @@ def spatial_template(key: str, p: int, v: int, a: str, has_res: bool) -> str:
   const float* wt = W + k[3]; const float* bias = W + k[4];
   const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
   const int nblk = k[8], nch = k[9], tch = k[10], T = k[11], ys = k[12], yo = k[13];
-  const int ncc = k[15];
+  const int ncc = k[15], act = k[16], hr = k[17]; const int* fl = I + k[18];
   PART(nblk * nch)
   for (int it = lo; it < hi;) {{
     const int ch = it / nblk, b0 = it % nblk;
@@ -102,11 +200,14 @@ def spatial_template(key: str, p: int, v: int, a: str, has_res: bool) -> str:
     it += b1 - b0;
     const int t0 = ch * tch; const int t1 = t0 + tch < T ? t0 + tch : T;
     for (int cc = 0; cc < ncc; ++cc) {{
-      const int first = cc == 0, last = cc == ncc - 1;
       for (int b = b0; b < b1; ++b) {{
+        /* fl[b] = (first, last) non-empty channel chunk of block b: skip empty ones */
+        const int cf = fl[2 * b], cl = fl[2 * b + 1];
+        const int e0 = cp[b * (ncc + 1) + cc], e1 = cp[b * (ncc + 1) + cc + 1];
+        if (cc < cf || cc > cl || (e0 == e1 && cc != cf && cc != cl)) continue;
+        const int first = cc == cf, last = cc == cl;
         const int* rw = rows + b * {p};
         const int rr[{p}] = {{{rr}}}; (void)rr;
-        const int e0 = cp[b * (ncc + 1) + cc], e1 = cp[b * (ncc + 1) + cc + 1];
         const float* wb = wt + (long)e0 * {p};
         for (int t = t0; t < t1; t += {v} * VL) {{
           __asm__ volatile("" ::: "memory");  /* keep bias broadcasts out of the hot loop */
@@ -140,9 +241,12 @@ def spatial_template(key: str, p: int, v: int, a: str, has_res: bool) -> str:
 """
 
 
-def channel_template(key: str, tb: int, a: str, has_res: bool) -> str:
-    """GEMV-style kernel vectorised along output channels (Linear, tiny maps)."""
-    rexpr = " + R[(long)r * T + t0 + u]" if has_res else ""
+def channel_template(key: str, tb: int) -> str:
+    """GEMV-style kernel vectorised along output channels (Linear, tiny maps).
+
+    Parameter array ``k``: rows, eptr, offsets, weights, bias, x, y, res, nblk, T, act, has_res.
+    """
+    rexpr = " + (hr ? R[(long)r * T + t0 + u] : 0.f)"
     if tb == 1:
         inner = """      vf c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
       int e = e0;
@@ -173,7 +277,7 @@ def channel_template(key: str, tb: int, a: str, has_res: bool) -> str:
   const int* rows = I + k[0]; const int* ep = I + k[1]; const int* off = I + k[2];
   const float* wt = W + k[3]; const float* bias = W + k[4];
   const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
-  const int nblk = k[8], T = k[9];
+  const int nblk = k[8], T = k[9], act = k[10], hr = k[11];
   PART(nblk)
   for (int b = lo; b < hi; ++b) {{
     const int* rw = rows + b * VL; const int e0 = ep[b], e1 = ep[b + 1];
@@ -186,7 +290,7 @@ def channel_template(key: str, tb: int, a: str, has_res: bool) -> str:
         for (int q = 0; q < VL; ++q) {{
           const int r = rw[q];
           if (r < 0) continue;
-          Y[(long)r * T + t0 + u] = s_{a}(tmp[u][q] + bias[r]{rexpr});
+          Y[(long)r * T + t0 + u] = s_act(tmp[u][q] + bias[r]{rexpr}, act);
         }}
     }}
   }}
@@ -194,18 +298,28 @@ def channel_template(key: str, tb: int, a: str, has_res: bool) -> str:
 """
 
 
-def crop_template(key: str, a: str, has_res: bool) -> str:
-    """Copy a wide-row scratch output (row stride wq) to CHW, fusing residual + activation."""
-    rexpr = " + R[(long)q * ow + x]" if has_res else ""
+def crop_template(key: str) -> str:
+    """Copy a wide-row scratch output (row stride wq) to its destination layout (plain CHW or
+    padded), fusing residual (in its own layout) and activation.
+
+    Parameter array ``k``: scratch, dst, res, rows (cout * oh), oh, ow, T, wq, dst channel
+    stride / row stride / offset, res channel stride / row stride / offset, act, has_res.
+    """
     return f"""static {NOINLINE} void {key}(int tid, int nt, float* restrict A, const int* k) {{
   const float* S = A + k[0]; float* D = A + k[1]; const float* R = A + k[2];
-  const int rows = k[3], oh = k[4], ow = k[5], T = k[6], wq = k[7]; (void)R;
+  const int rows = k[3], oh = k[4], ow = k[5], T = k[6], wq = k[7];
+  const int dp = k[8], dr = k[9], dof = k[10], rp = k[11], rr = k[12], rof = k[13];
+  const int act = k[14], hr = k[15];
   PART(rows)
   for (int q = lo; q < hi; ++q) {{
     const int co = q / oh, y = q % oh;
-    const float* s = S + (long)co * T + y * wq; float* d = D + (long)q * ow;
-    #pragma omp simd
-    for (int x = 0; x < ow; ++x) d[x] = s_{a}(s[x]{rexpr});
+    const float* s = S + (long)co * T + y * wq; float* d = D + (long)co * dp + y * dr + dof;
+    const float* r = R + (long)co * rp + y * rr + rof;
+    if (hr) {{
+      for (int x = 0; x < ow; ++x) d[x] = s_act(s[x] + r[x], act);
+    }} else {{
+      for (int x = 0; x < ow; ++x) d[x] = s_act(s[x], act);
+    }}
   }}
 }}
 """

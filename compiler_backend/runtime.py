@@ -109,6 +109,13 @@ class CompiledModel:
                 self._steps.append(("c", (fn, ptrs)))
             if si < len(fallbacks):
                 self._steps.append(("py", fallbacks[si]))
+        self._batch_fn = getattr(self._lib, "run_batch", None) if len(program.segments) == 1 \
+            else None
+        if self._batch_fn is not None:
+            self._batch_fn.restype = None
+            self._batch_fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_int,
+                                                                ctypes.c_void_p, ctypes.c_void_p]
+        self._ptrs = ptrs
         self._fb_index = {id(op): k for k, op in enumerate(graph.ops)}
         self._env: dict[str, Any] = {}
         self._fb_time = np.zeros(len(graph.ops))
@@ -161,6 +168,12 @@ class CompiledModel:
             raise BackendError(f"input shape {tuple(x.shape)} does not match the compiled shape "
                                f"[N, {', '.join(map(str, in_view.shape[1:]))}]")
         x = x.detach().to(torch.float32).cpu()
+        if self._batch_fn is not None:  # the whole batch in one C call
+            xc = x.contiguous()
+            out = torch.empty((x.shape[0], *self.graph.output_shape), dtype=torch.float32)
+            w, i, a, nt = self._ptrs
+            self._batch_fn(w, i, a, nt, int(x.shape[0]), xc.data_ptr(), out.data_ptr())
+            return out
         outs = []
         out_view = self.view(self.graph.output)
         for i in range(x.shape[0]):

@@ -51,13 +51,16 @@ def full_matrices(weight: np.ndarray, kept: np.ndarray, groups: int) -> tuple[np
     """Expand a grouped [Cout, Cin/g, kh, kw] weight to [Cout, Cin*kh*kw] (weights, kept)."""
     cout, cin_g, kh, kw = weight.shape
     per = cin_g * kh * kw
+    if groups == 1:
+        return (np.ascontiguousarray(weight.reshape(cout, per), np.float32),
+                np.ascontiguousarray(kept.reshape(cout, per), bool))
     out_g = cout // groups
     wf = np.zeros((cout, groups * per), np.float32)
     kf = np.zeros((cout, groups * per), bool)
-    for g in range(groups):
-        rs = slice(g * out_g, (g + 1) * out_g)
-        wf[rs, g * per:(g + 1) * per] = weight[rs].reshape(out_g, per)
-        kf[rs, g * per:(g + 1) * per] = kept[rs].reshape(out_g, per)
+    rows = np.arange(cout)[:, None]
+    cols = (rows // out_g) * per + np.arange(per)[None, :]
+    wf[rows, cols] = weight.reshape(cout, per)
+    kf[rows, cols] = kept.reshape(cout, per)
     return wf, kf
 
 
@@ -141,20 +144,22 @@ def plan_channel_blocks(kf: np.ndarray, lanes: int) -> list[list[int]]:
 
 def pack(wf: np.ndarray, kf: np.ndarray, blocks: list[list[int]], p: int) -> Segment:
     """Pack blocks of rows (each of length <= p; shorter ones padded with -1) into a Segment."""
-    rows = np.full((len(blocks), p), -1, np.int32)
-    eptr = np.zeros(len(blocks) + 1, np.int32)
-    cols_list, w_list = [], []
+    nblk = len(blocks)
+    rows = np.full((nblk, p), -1, np.int32)
     for b, blk in enumerate(blocks):
         rows[b, :len(blk)] = blk
-        cols = np.flatnonzero(kf[blk].any(0))
-        w = np.zeros((cols.size, p), np.float32)
-        w[:, :len(blk)] = wf[np.asarray(blk)][:, cols].T
-        cols_list.append(cols)
-        w_list.append(w)
-        eptr[b + 1] = eptr[b] + cols.size
-    cols = np.concatenate(cols_list) if cols_list else np.zeros(0, np.int64)
-    weights = np.concatenate(w_list) if w_list else np.zeros((0, p), np.float32)
-    return Segment(p, rows, eptr, cols.astype(np.int64), weights)
+    if nblk == 0:
+        return Segment(p, rows, np.zeros(1, np.int32), np.zeros(0, np.int64),
+                       np.zeros((0, p), np.float32))
+    lens = (rows >= 0).sum(1)
+    flat = rows[rows >= 0]
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    union = np.logical_or.reduceat(kf[flat], starts, axis=0)  # [nblk, ncols]
+    b_idx, cols = np.nonzero(union)
+    eptr = np.concatenate([[0], np.cumsum(union.sum(1))]).astype(np.int32)
+    re = rows[b_idx]  # [nnz, p]
+    weights = wf[np.clip(re, 0, None), cols[:, None]] * (re >= 0)
+    return Segment(p, rows, eptr, cols.astype(np.int64), weights.astype(np.float32))
 
 
 def build_segments(weight: np.ndarray, kept: np.ndarray, groups: int, *, family: str,

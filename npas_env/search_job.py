@@ -145,7 +145,7 @@ def check_feasible(env: NPASEnv) -> float:
     score = env.scorer.latency.measure(env.context, [fastest_reachable_plan(env)])[0]
     fastest = score.latency_ms if score.ok else math.nan
     budget = env.scorer.budget_ms
-    if math.isfinite(fastest) and budget < fastest:
+    if math.isfinite(fastest) and budget < 0.9 * fastest:  # 10% margin for timing noise
         raise InvalidConfig(f"latency budget {budget:.4f} ms cannot be met: the fastest plan we can "
                             f"reach measures {fastest:.4f} ms (dense: {env.scorer.reference_ms:.4f} ms); "
                             "raise --latency-budget-ms")
@@ -159,15 +159,30 @@ def trials_to_json(trials: list[Trial]) -> str:
     return json.dumps(rows, indent=1)
 
 
-def copy_artifact(so_path: Path, dest: Path) -> list[str]:
-    """Copy the compiled library (and its C source / manifest if present) into ``dest``."""
+def save_artifact(compiled: Any, dest: Path) -> list[str]:
+    """Store the compiled model: generated C, shared library, packed weights / indices, manifest.
+
+    The library's entry points are called with the packed float32 weights and int32 indices
+    (``weights.npy``, ``ints.npy``) and an arena of ``arena_floats`` floats; ``manifest.json``
+    lists the op segments and any op that runs through PyTorch.
+    """
+    import numpy as np
+
     dest.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for candidate in [so_path, *so_path.parent.glob(so_path.stem + ".*")]:
-        if candidate.is_file() and not (dest / candidate.name).exists():
+    so_path = Path(compiled.artifact.path)
+    written = []
+    for candidate in [so_path, so_path.with_suffix(".c")]:
+        if candidate.is_file():
             shutil.copy2(candidate, dest / candidate.name)
-            copied.append(candidate.name)
-    return copied
+            written.append(candidate.name)
+    program = compiled.program
+    np.save(dest / "weights.npy", np.asarray(program.weights, dtype=np.float32))
+    np.save(dest / "ints.npy", np.asarray(program.ints, dtype=np.int32))
+    manifest = {"library": so_path.name, "arena_floats": int(program.arena_floats),
+                "segments": program.segments, "ops": list(zip(program.op_names, program.op_kinds)),
+                "threads": compiled.threads, "isa": str(compiled.isa)}
+    atomic_write_text(dest / "manifest.json", json.dumps(manifest, indent=1, default=str))
+    return [*written, "weights.npy", "ints.npy", "manifest.json"]
 
 
 class Stopwatch:

@@ -99,7 +99,7 @@ class AnalyticLatency:
         if action.scheme is Scheme.PATTERN:
             return m.pattern_efficiency
         rows = action.block_size[0] if action.block_size else 8
-        sharing = 1.0 if rows == 0 else _ROW_SHARING[min((k for k in _ROW_SHARING if k >= min(rows, 8)))]
+        sharing = 1.0 if rows == 0 else _ROW_SHARING[min(k for k in _ROW_SHARING if k >= min(rows, 8))]
         return m.dense_efficiency * sharing
 
 

@@ -20,7 +20,7 @@ from npas_env.search_job import (
     Stopwatch,
     build_env,
     check_feasible,
-    copy_artifact,
+    save_artifact,
     trials_to_json,
 )
 
@@ -97,7 +97,7 @@ def run_search(config: SearchConfig, out: Path, *, resume: bool = False) -> RunS
         _log_tensorboard(run_dir.files["tensorboard"], problem.trials)
         best = _best_feasible(problem)
         atomic_write_text(run_dir.files["trials.json"], trials_to_json(problem.trials))
-        _stage(f"phase 3: prune the best plan ({best.plan.key()[:0]}reward {best.reward:.4f})")
+        _stage(f"phase 3: prune the best plan (reward {best.reward:.4f})")
         summary = _phase3_and_finish(config, env, best, splits, run_dir, p1, clock, problem)
     atomic_write_text(run_dir.files[DONE_MARKER], "finished\n")
     return summary
@@ -170,7 +170,7 @@ def _phase3_and_finish(config: SearchConfig, env: Any, best: Any, splits: Any, r
     plan.save(run_dir.files["plan.json"])
     torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()},
                run_dir.files["model.pt"])
-    copy_artifact(compiled.artifact.path, run_dir.files["compiled"])
+    save_artifact(compiled, run_dir.files["compiled"])
     _export_onnx(result.model, example, run_dir.files["model.onnx"], summary)
     clock.lap("final compile and export")
     write_pareto_plot(run_dir.files["pareto.png"], problem.trials, summary)

@@ -8,12 +8,13 @@ from npas_env.data.splits import (
     DataSplits,
     ImageTensorDataset,
     as_loader,
+    first_sample,
     make_loader,
     stratified_indices,
 )
 
 __all__ = [
     "DataSplits", "ImageTensorDataset", "as_loader", "check_dataset", "dataset_names",
-    "load_cifar10", "load_cifar100", "load_dataset", "load_digits", "make_loader", "random_crop",
-    "read_batch", "register_dataset", "stratified_indices",
+    "first_sample", "load_cifar10", "load_cifar100", "load_dataset", "load_digits", "make_loader",
+    "random_crop", "read_batch", "register_dataset", "stratified_indices",
 ]

@@ -11,7 +11,7 @@ from torch import nn
 
 from npas_env.data.cifar import load_cifar10, load_cifar100
 from npas_env.data.digits import load_digits
-from npas_env.data.splits import DataSplits
+from npas_env.data.splits import DataSplits, first_sample
 from npas_env.errors import EvaluatorNotFound, InvalidData
 
 _DATASETS: dict[str, Callable[..., DataSplits]] = {}
@@ -58,7 +58,7 @@ def load_dataset(name: str, **kwargs: Any) -> DataSplits:
 def check_dataset(splits: DataSplits, model: nn.Module) -> None:
     """Check that ``splits`` is non-empty and fits ``model``; raise InvalidData if not.
 
-    Checks: every split has samples; ``train[0]`` is an ``(image, label)`` pair with the image of
+    Checks: every split has samples; the first training item is an ``(image, label)`` pair with the image of
     ``splits.input_shape`` and an integer label in range; the model maps a batch of that shape to
     ``[batch, num_classes]`` logits.
     """
@@ -66,10 +66,10 @@ def check_dataset(splits: DataSplits, model: nn.Module) -> None:
         if size == 0:
             raise InvalidData(f"the {which} split of dataset {splits.name!r} is empty")
     try:
-        image, label = splits.train[0]
+        image, label = first_sample(splits.train)
     except Exception as exc:
-        raise InvalidData(f"dataset {splits.name!r}: train[0] must be an (image, label) pair "
-                          f"({type(exc).__name__}: {exc})") from None
+        raise InvalidData(f"dataset {splits.name!r}: the first train item must be an (image, "
+                          f"label) pair ({type(exc).__name__}: {exc})") from None
     shape = tuple(getattr(image, "shape", ()))
     if shape != splits.input_shape:
         raise InvalidData(f"dataset {splits.name!r}: sample shape {shape} != declared "

@@ -52,15 +52,16 @@ class DataSplits:
     """Train / validation / test datasets of one classification task.
 
     Attributes:
-        train, val, test: map-style datasets of ``(float32 image [C, H, W], int64 label)``.
+        train, val, test: map-style datasets of ``(float32 image [C, H, W], int64 label)``, or
+            user DataLoaders yielding batches of them (used as they are by :func:`as_loader`).
         num_classes: labels lie in ``[0, num_classes)``.
         input_shape: the shape of one image, (C, H, W).
         name: a short dataset name (part of pretrained-model cache keys).
     """
 
-    train: Dataset
-    val: Dataset
-    test: Dataset
+    train: Dataset | DataLoader
+    val: Dataset | DataLoader
+    test: Dataset | DataLoader
     num_classes: int
     input_shape: tuple[int, ...]
     name: str = "custom"
@@ -82,24 +83,34 @@ class DataSplits:
         return {k: _len(getattr(self, k)) for k in ("train", "val", "test")}
 
     @classmethod
-    def from_datasets(cls, train: Dataset, val: Dataset, test: Dataset, *, num_classes: int,
+    def from_datasets(cls, train: Dataset | DataLoader, val: Dataset | DataLoader,
+                      test: Dataset | DataLoader, *, num_classes: int,
                       input_shape: Sequence[int] | None = None,
                       name: str = "custom") -> DataSplits:
-        """Wrap user datasets; ``input_shape`` defaults to the shape of ``train[0][0]``."""
+        """Wrap user datasets or loaders; ``input_shape`` defaults to the first sample's shape."""
         if input_shape is None:
             try:
-                input_shape = tuple(train[0][0].shape)
+                input_shape = tuple(first_sample(train)[0].shape)
             except Exception as exc:
                 raise InvalidData(f"cannot infer input_shape from train[0]: {exc}. Pass "
                                   "input_shape=(C, H, W) or yield (image tensor, label) items.") from None
         return cls(train, val, test, num_classes, tuple(input_shape), name)
 
 
-def _len(dataset: Dataset) -> int:
+def _len(data: Dataset | DataLoader) -> int:
     try:
-        return len(dataset)  # type: ignore[arg-type]
+        return len(data.dataset if isinstance(data, DataLoader) else data)  # type: ignore[arg-type]
     except TypeError:
         return -1
+
+
+def first_sample(data: Dataset | DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``(input, label)`` item of a dataset, or of a loader's first batch."""
+    if isinstance(data, DataLoader):
+        inputs, labels = next(iter(data))[:2]
+        return inputs[0], labels[0]
+    item = data[0]
+    return item[0], item[1]
 
 
 def make_loader(dataset: Dataset, batch_size: int = 128, *, shuffle: bool = False, seed: int = 0,

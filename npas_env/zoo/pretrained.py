@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from npas_env.data.augment import random_crop
 from npas_env.data.registry import check_dataset, load_dataset
-from npas_env.data.splits import DataSplits, make_loader
+from npas_env.data.splits import DataSplits, as_loader, make_loader
 from npas_env.errors import InvalidConfig, InvalidModel
 from npas_env.io import atomic_write_bytes, atomic_write_text
 from npas_env.io import cache_dir as default_cache_dir
@@ -39,8 +40,6 @@ from npas_env.zoo.train import evaluate_accuracy, make_sgd, train_epochs
 CHECKPOINT_FORMAT = "npas-pretrained/1"
 #: Dataset options that locate data without changing it: left out of the cache key.
 _LOCATION_KWARGS = frozenset({"root"})
-#: Built-in datasets whose split takes a ``seed`` (defaulted to the training seed).
-_SEEDED_DATASETS = frozenset({"digits", "cifar10", "cifar100"})
 
 
 def package_version() -> str:
@@ -83,7 +82,9 @@ def pretrained(name: str, dataset: str = "digits", *, seed: int = 0,
     Args:
         name: zoo model name (see ``npas_env.zoo.MODELS``).
         dataset: registered dataset name (``"digits"`` needs no files).
-        seed: seeds model init, data order and augmentation (and the digits split).
+        seed: seeds model init, data order and augmentation. The dataset split keeps the
+            loader's own default seed (so every model sees the same test set) unless
+            ``dataset_kwargs`` sets one.
         recipe: training recipe; default :func:`~npas_env.zoo.recipes.default_recipe`.
         cache_dir: directory holding the checkpoints; default ``cache_dir() / "pretrained"``.
         progress: show a tqdm bar while training.
@@ -91,7 +92,7 @@ def pretrained(name: str, dataset: str = "digits", *, seed: int = 0,
             warning) instead of raising.
         model_kwargs: options for ``build_model`` (e.g. ``width_mult``); part of the key.
         dataset_kwargs: options for ``load_dataset`` (e.g. ``root``); part of the key except
-            ``root``. ``seed`` defaults to this function's ``seed``.
+            ``root``.
 
     Returns:
         The model in eval mode, on CPU.
@@ -113,8 +114,6 @@ def pretrained(name: str, dataset: str = "digits", *, seed: int = 0,
             if not retrain_corrupt:
                 raise
             warnings.warn(f"{exc}; retraining (retrain_corrupt=True)", stacklevel=2)
-    if dataset in _SEEDED_DATASETS:
-        dataset_kwargs.setdefault("seed", seed)
     splits = load_dataset(dataset, **dataset_kwargs)
     model, meta = _train_model(name, splits, recipe, seed, model_kwargs, progress)
     meta.update(model=name, dataset=dataset, seed=seed, recipe=asdict(recipe),
@@ -154,8 +153,9 @@ def _train_model(name: str, splits: DataSplits, recipe: TrainRecipe, seed: int,
         torch.manual_seed(seed)
         model = build_model(name, num_classes=splits.num_classes, **model_kwargs)
         check_dataset(splits, model)
-        loader = make_loader(splits.train, recipe.batch_size, shuffle=True, seed=seed,
-                             drop_last=len(splits.train) > recipe.batch_size)  # type: ignore[arg-type]
+        loader = splits.train if isinstance(splits.train, DataLoader) else make_loader(
+            splits.train, recipe.batch_size, shuffle=True, seed=seed,
+            drop_last=len(splits.train) > recipe.batch_size)  # type: ignore[arg-type]
         steps = len(loader) if recipe.max_batches_per_epoch is None else min(
             len(loader), recipe.max_batches_per_epoch)
         optimizer = make_sgd(model, recipe.lr, momentum=recipe.momentum,
@@ -171,8 +171,7 @@ def _train_model(name: str, splits: DataSplits, recipe: TrainRecipe, seed: int,
     if not result.ok:
         raise InvalidConfig(f"training {name} on {splits.name} diverged: {result.error}. Lower "
                             f"the recipe's lr (got {recipe.lr}).")
-    test_loader = make_loader(splits.test, 256)
-    val_loader = make_loader(splits.val, 256)
+    test_loader, val_loader = as_loader(splits.test, 256), as_loader(splits.val, 256)
     meta = {"test_accuracy": evaluate_accuracy(model, test_loader),
             "val_accuracy": evaluate_accuracy(model, val_loader),
             "train_seconds": round(result.seconds, 3), "train_loss": result.mean_loss,

@@ -66,11 +66,12 @@ class TrainRecipe:
 
 #: Recipes for the bundled digits dataset (measured on 2 CPU cores; see benchmarks/bench_zoo.py).
 DIGITS_RECIPES: dict[str, TrainRecipe] = {
-    "small_cnn": TrainRecipe(epochs=15, lr=0.1, batch_size=64, warmup_epochs=1),
-    "resnet20": TrainRecipe(epochs=12, lr=0.1, batch_size=64, warmup_epochs=1),
-    "resnet56": TrainRecipe(epochs=12, lr=0.1, batch_size=64, warmup_epochs=1),
-    "vgg16": TrainRecipe(epochs=10, lr=0.05, batch_size=64, warmup_epochs=1),
-    "mobilenetv2": TrainRecipe(epochs=12, lr=0.1, batch_size=64, warmup_epochs=1),
+    "small_cnn": TrainRecipe(epochs=8, lr=0.1, batch_size=32, weight_decay=1e-4),
+    "resnet20": TrainRecipe(epochs=12, lr=0.1, batch_size=32, weight_decay=1e-4, warmup_epochs=1),
+    "resnet56": TrainRecipe(epochs=12, lr=0.1, batch_size=32, weight_decay=1e-4, warmup_epochs=1),
+    "vgg16": TrainRecipe(epochs=10, lr=0.05, batch_size=32, weight_decay=1e-4, warmup_epochs=1),
+    "mobilenetv2": TrainRecipe(epochs=12, lr=0.1, batch_size=32, weight_decay=4e-5,
+                               warmup_epochs=1),
 }
 
 #: Standard-length CIFAR recipes (hours on a CPU; not tuned here).
@@ -83,7 +84,7 @@ CIFAR_RECIPES: dict[str, TrainRecipe] = {
                                crop_padding=4, warmup_epochs=1),
 }
 
-_FALLBACK = TrainRecipe(epochs=15, lr=0.05, batch_size=64, warmup_epochs=1)
+_FALLBACK = TrainRecipe(epochs=12, lr=0.05, batch_size=32, weight_decay=1e-4, warmup_epochs=1)
 
 
 def default_recipe(model: str, dataset: str = "digits") -> TrainRecipe:

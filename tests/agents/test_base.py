@@ -37,3 +37,15 @@ def test_sb3_agents_spend_exactly_the_budget(algo, seq2seq):
     assert isinstance(agent, SearchAgent)
     best = agent.run(problem, 6)
     assert problem.n_evals == 6 and best is not None and best.reward == problem.best.reward
+
+
+def test_sb3_runs_are_reproducible_whatever_the_evaluator_cache_holds():
+    from tests.agents.conftest import make_tiny_env
+
+    env = make_tiny_env()  # proxy accuracy builds replacement modules (torch RNG) on cache misses
+    runs = []
+    for _ in range(2):
+        problem = SearchProblem.from_env(env)
+        SB3Agent("ppo", seed=0, k_episodes=2).run(problem, 6)
+        runs.append([t.plan.key() for t in problem.trials])
+    assert runs[0] == runs[1]

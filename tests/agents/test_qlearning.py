@@ -33,9 +33,11 @@ def test_q_updates_follow_the_metaqnn_rule(target_problem):
     assert q.sample(0.0)[1] == TARGET
 
 
-@pytest.mark.parametrize("use_surrogate", [True, False])
-def test_qbo_improves_on_its_first_episodes_and_finds_the_known_optimum(target_problem, use_surrogate):
-    agent = QBOAgent(use_surrogate=use_surrogate, seed=0, pool_size=50)
+@pytest.mark.parametrize("use_surrogate, mutation_share", [(True, 0.0), (True, 0.5), (False, 0.0)])
+def test_qbo_improves_on_its_first_episodes_and_finds_the_known_optimum(target_problem, use_surrogate,
+                                                                       mutation_share):
+    agent = QBOAgent(use_surrogate=use_surrogate, seed=0, pool_size=50,
+                     kwargs={"mutation_share": mutation_share})
     assert isinstance(agent, SearchAgent)
     best = agent.run(target_problem, 60)
     rewards = [t.reward for t in target_problem.trials]
@@ -66,7 +68,7 @@ def _replay_strict(env, plan) -> None:
 def test_qbo_proposals_never_take_masked_actions_and_counts_are_separate(tmp_path):
     env = make_tiny_env()
     problem = SearchProblem.from_env(env)
-    search = QBOSearch(problem, pool_size=20, batch_size=4, n_init=4, seed=1,
+    search = QBOSearch(problem, pool_size=20, batch_size=4, n_init=4, seed=1, mutation_share=0.5,
                        tensorboard_log=str(tmp_path), progress_bar=True)
     search.run(16)
     stats = search.stats
@@ -88,3 +90,19 @@ def test_qbo_respects_the_problem_budget_and_bad_settings(target_problem):
         QBOSearch(target_problem).run(0)
     with pytest.raises(InvalidConfig, match="pool_size"):
         QBOSearch(target_problem, pool_size=0)
+    with pytest.raises(InvalidConfig, match="mutation_share"):
+        QBOSearch(target_problem, mutation_share=1.5)
+
+
+def test_mutations_stay_in_the_space_and_change_few_layers(tiny_problem):
+    q = QLearner(tiny_problem, seed=0)
+    parent = tiny_problem.random_plan(np.random.default_rng(0))
+    for _ in range(20):
+        child, actions = q.mutate(parent.actions, n_layers=1)
+        assert actions == child.actions
+        changed = sum(a != b for a, b in zip(parent.actions, child.actions, strict=True))
+        assert changed <= 1 + sum(s.coupled_group is not None for s in tiny_problem.layers)
+        decided = []
+        for spec, action in zip(tiny_problem.layers, child.actions, strict=True):
+            assert action in allowed_actions(tiny_problem.space, spec, decided)
+            decided.append((spec, action))

@@ -25,9 +25,10 @@ def test_gp_surrogate_follows_the_protocol_and_ask_is_idempotent_until_tell(targ
     assert isinstance(surrogate, Surrogate)
     first = surrogate.ask(3)
     assert len(first) == 3 and surrogate.ask(3) == first
+    before = surrogate.n_observations
     scores = [s.reward for s in target_problem.evaluate(first)]
     surrogate.tell(first, scores)
-    assert surrogate.n_observations == 8 + 3 or surrogate.n_observations >= 3
+    assert surrogate.n_observations == before + 3
     assert not {p.key() for p in surrogate.ask(3)} & {p.key() for p in first}  # seen plans not re-asked
 
 

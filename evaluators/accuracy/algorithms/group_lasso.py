@@ -109,10 +109,10 @@ class ReweightedGroupLasso:
         prep = prepare(model, layers, plan, settings.device)
         net = prep.model
         weights = {n: net.get_submodule(n).weight for n, _ in prep.targets}
-        groups = {n: group_ids(tuple(w.shape), a) for (n, a), w in zip(prep.targets, weights.values(),
-                                                                        strict=True)}
-        groups = {n: (ids.to(w.device), g) for (n, (ids, g)), w in zip(groups.items(), weights.values(),
-                                                                        strict=True)}
+        groups = {}
+        for name, action in prep.targets:
+            ids, count = group_ids(tuple(weights[name].shape), action)
+            groups[name] = (ids.to(weights[name].device), count)
         reg_epochs = max(1, round(epochs * self.reg_fraction)) if epochs > 0 else 0
         ce = nn.CrossEntropyLoss()
         alpha: dict[str, Tensor] = {}

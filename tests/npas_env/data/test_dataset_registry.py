@@ -33,8 +33,11 @@ def test_user_dataset_infers_shape_and_fits() -> None:
     assert splits.input_shape == (3, 8, 8)
     check_dataset(splits, _model())
     assert isinstance(as_loader(splits.train, 2), DataLoader)
-    loader = DataLoader(splits.train)
+    loader = DataLoader(splits.train, batch_size=2)
     assert as_loader(loader) is loader
+    from_loaders = DataSplits.from_datasets(loader, loader, loader, num_classes=3)
+    assert from_loaders.input_shape == (3, 8, 8) and from_loaders.sizes()["test"] == 4
+    check_dataset(from_loaders, _model())
 
 
 def test_check_dataset_rejects_mismatches() -> None:

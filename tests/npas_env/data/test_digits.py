@@ -8,7 +8,7 @@ from npas_env.data import DataSplits, load_dataset, load_digits, make_loader, ra
 def test_digits_shapes_and_sizes() -> None:
     splits = load_digits()
     assert isinstance(splits, DataSplits)
-    assert splits.sizes() == {"train": 1078, "val": 359, "test": 360}
+    assert splits.sizes() == {"train": 1078, "val": 360, "test": 359}
     assert splits.num_classes == 10 and splits.input_shape == (3, 32, 32)
     image, label = splits.train[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32

@@ -26,7 +26,7 @@ def test_model_forward_and_layers(name: str) -> None:
     for name_, mod in model.named_modules():  # BatchNorm follows every conv
         if isinstance(mod, nn.Sequential):
             kids = list(mod.children())
-            for a, b in zip(kids, kids[1:]):
+            for a, b in zip(kids, kids[1:], strict=False):
                 if isinstance(a, nn.Conv2d):
                     assert isinstance(b, nn.BatchNorm2d), f"{name_}: conv without BN"
 

@@ -37,7 +37,7 @@ def test_trains_once_then_loads_from_cache(tmp_path: Path, monkeypatch: pytest.M
     _forbid_training(monkeypatch)
     second = _train(tmp_path)
     assert not second.training and os.stat(path).st_mtime_ns == mtime
-    for (k, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+    for (k, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     ckpt = torch.load(path, weights_only=True)  # plain tensors and primitives only
     assert ckpt["model"] == "small_cnn" and ckpt["num_classes"] == 10
@@ -46,7 +46,7 @@ def test_trains_once_then_loads_from_cache(tmp_path: Path, monkeypatch: pytest.M
 def test_deterministic_given_seed(tmp_path: Path) -> None:
     a, b = _train(tmp_path / "a"), _train(tmp_path / "b")
     c = _train(tmp_path / "c", seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
 
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from npas_env.errors import InvalidData
-from npas_env.zoo import evaluate_accuracy, make_sgd, train_epochs
+from npas_env.errors import InvalidConfig, InvalidData
+from npas_env.zoo import TrainRecipe, evaluate_accuracy, make_sgd, train_epochs
 
 
 def _loader(n: int = 32, batch_size: int = 8) -> DataLoader:
@@ -51,3 +51,20 @@ def test_bad_loaders_raise_invalid_data() -> None:
         evaluate_accuracy(nn.Linear(4, 2), [])
     with pytest.raises(InvalidData, match=r"\(inputs, labels\)"):
         train_epochs(nn.Linear(4, 2), [torch.zeros(2, 4)])
+
+
+def test_recipe_validates_and_schedules() -> None:
+    with pytest.raises(InvalidConfig, match="epochs must be >= 1"):
+        TrainRecipe(epochs=0, lr=0.1)
+    with pytest.raises(InvalidConfig, match="lr must be > 0"):
+        TrainRecipe(epochs=1, lr=0.0)
+    recipe = TrainRecipe(epochs=2, lr=1.0, warmup_epochs=1)
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=recipe.lr)
+    sched = recipe.scheduler(opt, steps_per_epoch=4)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # linear warmup
+    assert lrs[4] == pytest.approx(1.0) and lrs[4] > lrs[5] > lrs[6] > lrs[7] > 0  # cosine decay
