@@ -51,7 +51,7 @@ class QBOSearch:
                  n_init: int | None = None, learning_rate: float = 0.01, discount: float = 1.0,
                  q_init: float = 0.5, replay_size: int = 128,
                  epsilon_schedule: Sequence[tuple[float, int]] = METAQNN_SCHEDULE,
-                 mutation_share: float = 0.0, tensorboard_log: str | None = None,
+                 mutation_share: float = 0.5, tensorboard_log: str | None = None,
                  progress_bar: bool = False) -> None:
         if pool_size < 1 or batch_size < 1:
             raise InvalidConfig(f"pool_size and batch_size must be >= 1, got {pool_size}, {batch_size}")

@@ -63,23 +63,32 @@ def ort_fn(model: nn.Module, x: torch.Tensor, threads: int) -> Fn | None:
     return lambda: sess.run(None, feed)
 
 
-def interleaved(fns: dict[str, Fn], budget_s: float = 1.0, reps: int = 9) -> dict[str, float]:
-    """Median ms of each fn, measured round-robin so load changes hit all of them alike."""
-    for f in fns.values():
-        f()
+def interleaved(fns: dict[str, Fn], budget_s: float = 1.0, batch_s: float = 0.002
+                ) -> dict[str, float]:
+    """Median ms per call of each fn, measured round-robin in short batches.
+
+    Batches are ~``batch_s`` long (shorter than a scheduler time slice, so most batches are
+    not preempted) and the order rotates every round, so a runtime whose threads keep
+    spinning after a call (ORT) slows every other fn equally often.
+    """
     est = {}
     for k, f in fns.items():
+        f()
         t0 = time.perf_counter()
         f()
-        est[k] = time.perf_counter() - t0
-    inner = max(1, int(budget_s / reps / max(sum(est.values()), 1e-6)))
+        est[k] = max(time.perf_counter() - t0, 1e-6)
+    inner = {k: max(1, int(batch_s / e)) for k, e in est.items()}
+    per_round = sum(inner[k] * est[k] for k in fns)
+    rounds = max(15, min(400, int(budget_s / per_round)))
     ts: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
+    keys = list(fns)
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            f, n = fns[k], inner[k]
             t0 = time.perf_counter()
-            for _ in range(inner):
+            for _ in range(n):
                 f()
-            ts[k].append((time.perf_counter() - t0) / inner * 1e3)
+            ts[k].append((time.perf_counter() - t0) / n * 1e3)
     return {k: float(np.median(v)) for k, v in ts.items()}
 
 
@@ -118,7 +127,7 @@ def layer_rows(peak: MachinePeak, threads: list[int], cache: Path | None,
                     fns[f"r{rate}"] = fn
                     kept = int(mask.sum()) if mask is not None else conv.weight.numel()
                     meta[rate] = (2 * kept * hw * hw, ct)
-                r = interleaved(fns, 0.6 if quick else 1.5)
+                r = interleaved(fns, 1.0 if quick else 2.5)
                 ort_ms = r.get("ort", math.nan)
                 for rate, (flops, ct) in meta.items():
                     ms = r[f"r{rate}"]
@@ -154,7 +163,7 @@ def sweep_rows(threads: int, cache: Path | None, quick: bool) -> list[str]:
             key = f"{scheme}|{blk[0]}x{blk[1]}|{rate:g}"
             fns[key] = ours(model, x, {"0": mask}, threads, cache)[0]
             flops[key] = 2 * int(mask.sum()) * hw * hw
-        r = interleaved(fns, 0.6 if quick else 1.5)
+        r = interleaved(fns, 1.0 if quick else 2.5)
         for key, fl in flops.items():
             scheme, blk, rate = key.split("|")
             if scheme == "block":
@@ -237,7 +246,7 @@ def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
                 key = "ours dense" if rate == 1 else f"ours block 8x16 {rate}x"
                 fns[key] = fn
                 cts[key] = f"{ct:.1f}"
-            r = interleaved(fns, 1.0 if quick else 3.0)
+            r = interleaved(fns, 2.0 if quick else 5.0)
             for key, ms in r.items():
                 out.append(f"| {name} | {th} | {key} | {ms:.3f} | {r['ORT dense'] / ms:.2f}x | "
                            f"{r['torch eager'] / ms:.2f}x | {cts.get(key, '-')} |")

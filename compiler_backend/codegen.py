@@ -30,14 +30,17 @@ from compiler_backend.kernels import (
     ACT_CODES,
     ACT_HELPERS,
     BORDER_TEMPLATE,
-    NOINLINE,
     PAD_TEMPLATE,
     POOL_TEMPLATE,
     channel_template,
     crop_template,
     spatial_template,
 )
+from compiler_backend.kernels import (
+    sig as _sig,
+)
 from compiler_backend.layout import plan_padded, strides, writes_wide_padded
+from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, emit_pool
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
@@ -141,13 +144,13 @@ class _Builder:
             body, steps = self.conv(fn, k, op, offs)
         else:
             if isinstance(op, AffineOp):
-                body, lt = self.affine(fn, op, offs)
+                body, lt = emit_affine(self, fn, op, offs)
             elif isinstance(op, EltwiseOp):
-                body, lt = self.eltwise(fn, op, offs)
+                body, lt = emit_eltwise(self, fn, op, offs)
             elif isinstance(op, PoolOp):
-                body, lt = self.pool(fn, op, offs)
+                body, lt = emit_pool(self, fn, op, offs)
             elif isinstance(op, ConcatOp):
-                body, lt = self.concat(fn, op, offs), 1
+                body, lt = emit_concat(self, fn, op, offs), 1
             else:
                 raise TypeError(op)
             steps = [(fn, _items(lt, 2))]
@@ -329,100 +332,6 @@ class _Builder:
             self.crop_off = self._alloc(self.g.new_buffer((numel,)))
             self.crop_size = numel
         return self.crop_off
-
-    def affine(self, fn: str, op: AffineOp, offs: list[int]) -> tuple[str, int]:
-        shape = self.g.buffers[op.src].shape
-        c = shape[0]
-        hw = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        so, ho = self.add_f(op.scale), self.add_f(op.shift)
-        a = op.act or "none"
-        return f"""{_sig(fn)} {{
-  const float* S = A + {offs[op.src]}; float* D = A + {offs[op.dst]};
-  const float* sc = W + {so}; const float* sh = W + {ho}; (void)I;
-  PART({c})
-  for (int c = lo; c < hi; ++c) {{
-    #pragma omp simd
-    for (int i = 0; i < {hw}; ++i) D[(long)c * {hw} + i] = s_{a}(S[(long)c * {hw} + i] * sc[c] + sh[c]);
-  }}
-}}
-""", self._lt(c * hw)
-
-    def eltwise(self, fn: str, op: EltwiseOp, offs: list[int]) -> tuple[str, int]:
-        shape = self.g.buffers[op.dst].shape
-        n = int(np.prod(shape))
-        a = op.act or "none"
-        lt = self._lt(n)
-        if op.op == "act":
-            expr = "X[i]"
-        elif op.broadcast:
-            hw = int(np.prod(shape[1:]))
-            expr = f"X[i] {'+' if op.op == 'add' else '*'} B[i / {hw}]"
-        else:
-            expr = f"X[i] {'+' if op.op == 'add' else '*'} B[i]"
-        bdecl = f" const float* B = A + {offs[op.b]};" if op.b is not None else ""
-        return f"""{_sig(fn)} {{
-  const float* X = A + {offs[op.a]}; float* D = A + {offs[op.dst]};{bdecl}
-  PART({n})
-  #pragma omp simd
-  for (int i = lo; i < hi; ++i) D[i] = s_{a}({expr});
-}}
-""", lt
-
-    def pool(self, fn: str, op: PoolOp, offs: list[int]) -> tuple[str, int]:
-        c, h, w = self.g.buffers[op.src].shape
-        oc, oh, ow = self.g.buffers[op.dst].shape
-        head = f"{_sig(fn)} {{\n  const float* X = A + {offs[op.src]}; float* D = A + {offs[op.dst]};\n"
-        head += f"  PART({c * oh})\n"
-        loop = f"  for (int q = lo; q < hi; ++q) {{\n    const int c = q / {oh}, oy = q % {oh};\n"
-        loop += f"    const float* x = X + (long)c * {h * w};\n"
-        if op.op == "adaptive_avg":
-            body = f"""    const int hs = (oy * {h}) / {oh}, he = ((oy + 1) * {h} + {oh} - 1) / {oh};
-    for (int ox = 0; ox < {ow}; ++ox) {{
-      const int ws = (ox * {w}) / {ow}, we = ((ox + 1) * {w} + {ow} - 1) / {ow};
-      float s = 0.f;
-      for (int i = hs; i < he; ++i) for (int j = ws; j < we; ++j) s += x[i * {w} + j];
-      D[(long)q * {ow} + ox] = s / (float)((he - hs) * (we - ws));
-    }}"""
-        else:
-            (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
-            is_max = op.op == "max"
-            init = "-INFINITY" if is_max else "0.f"
-            upd = "s = v > s ? v : s;" if is_max else "s += v;"
-            if is_max:
-                fin = "s"
-            elif op.divisor:
-                fin = f"s / {float(op.divisor)}f"
-            elif op.count_include_pad:
-                fin = "s / (float)((ye0 - ys0) * (xe0 - xs0))"
-            else:
-                fin = "s / (float)((ye - ys) * (xe - xs))"
-            body = f"""    const int ys0 = oy * {sh} - {ph}; const int ye0 = ys0 + {kh} < {h + ph} ? ys0 + {kh} : {h + ph};
-    const int ys = ys0 > 0 ? ys0 : 0; const int ye = ys0 + {kh} < {h} ? ys0 + {kh} : {h};
-    for (int ox = 0; ox < {ow}; ++ox) {{
-      const int xs0 = ox * {sw} - {pw}; const int xe0 = xs0 + {kw} < {w + pw} ? xs0 + {kw} : {w + pw};
-      const int xs = xs0 > 0 ? xs0 : 0; const int xe = xs0 + {kw} < {w} ? xs0 + {kw} : {w};
-      float s = {init};
-      for (int i = ys; i < ye; ++i) for (int j = xs; j < xe; ++j) {{ const float v = x[i * {w} + j]; {upd} }}
-      (void)ye0; (void)xe0;
-      D[(long)q * {ow} + ox] = {fin};
-    }}"""
-        return head + loop + body + "\n  }\n}\n", self._lt(c * h * w)
-
-    def concat(self, fn: str, op: ConcatOp, offs: list[int]) -> str:
-        lines, pos = [], 0
-        for s in op.srcs:
-            n = int(np.prod(self.g.buffers[s].shape))
-            lines.append(f"    memcpy(D + {pos}, A + {offs[s]}, {n} * sizeof(float));")
-            pos += n
-        body = "\n".join(lines)
-        return (f"{_sig(fn)} {{\n  float* D = A + {offs[op.dst]};\n  (void)W; (void)I;\n"
-                f"  if (tid == 0) {{\n{body}\n  }}\n  (void)nt;\n}}\n")
-
-
-def _sig(name: str) -> str:
-    return (f"static {NOINLINE} void {name}(int tid, int nt, const float* restrict W, "
-            "const int* restrict I, float* restrict A)")
-
 
 def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConfig] | None = None,
              *, inject_error: str | None = None) -> Program:

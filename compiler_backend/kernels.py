@@ -323,3 +323,9 @@ def crop_template(key: str) -> str:
   }}
 }}
 """
+
+
+def sig(name: str) -> str:
+    """C signature of a step function ``name(tid, nt, W, I, A)``."""
+    return (f"static {NOINLINE} void {name}(int tid, int nt, const float* restrict W, "
+            "const int* restrict I, float* restrict A)")

@@ -1,0 +1,111 @@
+"""C emitters of the simple (non-conv) ops: per-channel affine, eltwise, pooling, concat.
+
+Each returns the op's C function text (a step: slice ``tid`` of ``nt`` via PART) and the
+thread count it is worth (1 for small tensors). ``b`` is the code generator's builder: it
+provides the graph buffers, the weight arena (``add_f``) and the threshold ``_lt``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from compiler_backend.ir import AffineOp, ConcatOp, EltwiseOp, PoolOp
+from compiler_backend.kernels import sig as _sig
+
+
+def emit_affine(b: Any, fn: str, op: AffineOp, offs: list[int]) -> tuple[str, int]:
+    """Per-channel ``y = act(x * scale + shift)`` (a BatchNorm that could not be folded)."""
+    shape = b.g.buffers[op.src].shape
+    c = shape[0]
+    hw = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    so, ho = b.add_f(op.scale), b.add_f(op.shift)
+    a = op.act or "none"
+    return f"""{_sig(fn)} {{
+  const float* S = A + {offs[op.src]}; float* D = A + {offs[op.dst]};
+  const float* sc = W + {so}; const float* sh = W + {ho}; (void)I;
+  PART({c})
+  for (int c = lo; c < hi; ++c) {{
+#pragma omp simd
+for (int i = 0; i < {hw}; ++i) D[(long)c * {hw} + i] = s_{a}(S[(long)c * {hw} + i] * sc[c] + sh[c]);
+  }}
+}}
+""", b._lt(c * hw)
+
+
+def emit_eltwise(b: Any, fn: str, op: EltwiseOp, offs: list[int]) -> tuple[str, int]:
+    """``dst = act(a <op> b)``, same shape or per-channel broadcast."""
+    shape = b.g.buffers[op.dst].shape
+    n = int(np.prod(shape))
+    a = op.act or "none"
+    lt = b._lt(n)
+    if op.op == "act":
+        expr = "X[i]"
+    elif op.broadcast:
+        hw = int(np.prod(shape[1:]))
+        expr = f"X[i] {'+' if op.op == 'add' else '*'} B[i / {hw}]"
+    else:
+        expr = f"X[i] {'+' if op.op == 'add' else '*'} B[i]"
+    bdecl = f" const float* B = A + {offs[op.b]};" if op.b is not None else ""
+    return f"""{_sig(fn)} {{
+  const float* X = A + {offs[op.a]}; float* D = A + {offs[op.dst]};{bdecl}
+  PART({n})
+  #pragma omp simd
+  for (int i = lo; i < hi; ++i) D[i] = s_{a}({expr});
+}}
+""", lt
+
+
+def emit_pool(b: Any, fn: str, op: PoolOp, offs: list[int]) -> tuple[str, int]:
+    """Max / average / adaptive-average pooling, one (channel, output row) per item."""
+    c, h, w = b.g.buffers[op.src].shape
+    oc, oh, ow = b.g.buffers[op.dst].shape
+    head = f"{_sig(fn)} {{\n  const float* X = A + {offs[op.src]}; float* D = A + {offs[op.dst]};\n"
+    head += f"  PART({c * oh})\n"
+    loop = f"  for (int q = lo; q < hi; ++q) {{\n    const int c = q / {oh}, oy = q % {oh};\n"
+    loop += f"    const float* x = X + (long)c * {h * w};\n"
+    if op.op == "adaptive_avg":
+        body = f"""    const int hs = (oy * {h}) / {oh}, he = ((oy + 1) * {h} + {oh} - 1) / {oh};
+for (int ox = 0; ox < {ow}; ++ox) {{
+  const int ws = (ox * {w}) / {ow}, we = ((ox + 1) * {w} + {ow} - 1) / {ow};
+  float s = 0.f;
+  for (int i = hs; i < he; ++i) for (int j = ws; j < we; ++j) s += x[i * {w} + j];
+  D[(long)q * {ow} + ox] = s / (float)((he - hs) * (we - ws));
+}}"""
+    else:
+        (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+        is_max = op.op == "max"
+        init = "-INFINITY" if is_max else "0.f"
+        upd = "s = v > s ? v : s;" if is_max else "s += v;"
+        if is_max:
+            fin = "s"
+        elif op.divisor:
+            fin = f"s / {float(op.divisor)}f"
+        elif op.count_include_pad:
+            fin = "s / (float)((ye0 - ys0) * (xe0 - xs0))"
+        else:
+            fin = "s / (float)((ye - ys) * (xe - xs))"
+        body = f"""    const int ys0 = oy * {sh} - {ph}; const int ye0 = ys0 + {kh} < {h + ph} ? ys0 + {kh} : {h + ph};
+const int ys = ys0 > 0 ? ys0 : 0; const int ye = ys0 + {kh} < {h} ? ys0 + {kh} : {h};
+for (int ox = 0; ox < {ow}; ++ox) {{
+  const int xs0 = ox * {sw} - {pw}; const int xe0 = xs0 + {kw} < {w + pw} ? xs0 + {kw} : {w + pw};
+  const int xs = xs0 > 0 ? xs0 : 0; const int xe = xs0 + {kw} < {w} ? xs0 + {kw} : {w};
+  float s = {init};
+  for (int i = ys; i < ye; ++i) for (int j = xs; j < xe; ++j) {{ const float v = x[i * {w} + j]; {upd} }}
+  (void)ye0; (void)xe0;
+  D[(long)q * {ow} + ox] = {fin};
+}}"""
+    return head + loop + body + "\n  }\n}\n", b._lt(c * h * w)
+
+
+def emit_concat(b: Any, fn: str, op: ConcatOp, offs: list[int]) -> str:
+    """Channel concat as consecutive copies (one thread)."""
+    lines, pos = [], 0
+    for s in op.srcs:
+        n = int(np.prod(b.g.buffers[s].shape))
+        lines.append(f"    memcpy(D + {pos}, A + {offs[s]}, {n} * sizeof(float));")
+        pos += n
+    body = "\n".join(lines)
+    return (f"{_sig(fn)} {{\n  float* D = A + {offs[op.dst]};\n  (void)W; (void)I;\n"
+            f"  if (tid == 0) {{\n{body}\n  }}\n  (void)nt;\n}}\n")
