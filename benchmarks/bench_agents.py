@@ -130,7 +130,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, out: Path) -> str:
     verdict = [f"Goal level = best reward any method found ({best_any:.4f}) minus 0.5% = {level:.4f}; "
                f"random search needs (median) {rnd_text} evaluations to reach it. Random search's "
                f"median best after {random_budget} evaluations: {random_level:.4f}."]
-    for name in ("qlearning_bo", "qlearning_bo_mut"):
+    for name in ("qlearning_bo", "qlearning_bo_pure"):
         qbo = needs[name]
         met = math.isfinite(qbo) and qbo <= rnd_need / 3
         verdict.append(f"- `{name}`: median evaluations to the goal level {qbo:g} -> goal "
