@@ -52,12 +52,17 @@ class SearchConfig:
     seed: int = 0
     reward: str = "npas"
     overlap: bool = True
+    warm_start: str | None = "rule_based"
+    warm_start_evals: int = 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, int) or self.budget <= 0:
             raise InvalidConfig(f"--budget must be a positive number of evaluations, got {self.budget!r}")
         if self.latency_budget_ms is not None and not (self.latency_budget_ms > 0):
             raise InvalidConfig(f"--latency-budget-ms must be > 0, got {self.latency_budget_ms}")
+        if self.warm_start is not None and self.warm_start_evals >= self.budget:
+            raise InvalidConfig(f"--budget ({self.budget}) must exceed the warm start's "
+                                f"{self.warm_start_evals} evaluations")
         if not 0 < self.budget_fraction <= 1:
             raise InvalidConfig(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
 

@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=d.threads, help="threads of the compiled model")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>-<agent>-s<seed>)")
+    p.add_argument("--warm-start", default=d.warm_start,
+                   help="method whose plans seed the search (default %(default)s; 'none' to disable)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
     p.set_defaults(handler=run)
 
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
                           latency_budget_ms=args.latency_budget_ms, budget_fraction=args.budget_fraction,
                           accuracy_epochs=args.accuracy_epochs,
                           accuracy_max_batches=args.accuracy_max_batches,
-                          phase3_epochs=args.phase3_epochs, threads=args.threads, seed=args.seed)
+                          phase3_epochs=args.phase3_epochs, threads=args.threads, seed=args.seed,
+                          warm_start=None if args.warm_start in (None, "none") else args.warm_start)
     out = args.out or Path("runs") / f"{config.model}-{config.agent}-s{config.seed}"
     summary = run_search(config, out, resume=args.resume)
     print(f"\nrun directory: {out}")
@@ -92,7 +95,11 @@ def run_search(config: SearchConfig, out: Path, *, resume: bool = False) -> RunS
                f"{env.scorer.budget_ms:.4f} ms (dense {env.scorer.reference_ms:.4f} ms)")
         check_feasible(env)
         problem = SearchProblem.from_env(env, budget=config.budget)
-        make_method(config.agent, seed=config.seed).run(problem, config.budget)
+        if config.warm_start and config.warm_start != config.agent:
+            # Seed the search with the training-free mapping (TODAES 5.2); the agent's surrogate
+            # and mutation pool see these trials too.
+            make_method(config.warm_start, seed=config.seed).run(problem, config.warm_start_evals)
+        make_method(config.agent, seed=config.seed).run(problem, config.budget - problem.n_evals)
         clock.lap("phase 2 search")
         _log_tensorboard(run_dir.files["tensorboard"], problem.trials)
         best = _best_feasible(problem)

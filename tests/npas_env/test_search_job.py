@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from npas_env import EvaluatorNotFound, InvalidConfig
+from npas_env.cli import main
+from npas_env.commands.search import run_search
+from npas_env.search_job import DONE_MARKER, RunDirectory, SearchConfig
+
+
+def test_run_directory_never_clobbers(tmp_path):
+    config = SearchConfig(model="small_cnn", budget=4)
+    run = RunDirectory(tmp_path / "run")
+    run.prepare(config, resume=False)
+    (run.path / "cache.sqlite").write_bytes(b"")
+    with pytest.raises(InvalidConfig, match="--resume"):
+        RunDirectory(run.path).prepare(config, resume=False)
+    assert RunDirectory(run.path).prepare(SearchConfig(budget=9), resume=True).budget == 4
+    (run.path / DONE_MARKER).write_text("finished")
+    with pytest.raises(InvalidConfig, match="finished run"):
+        RunDirectory(run.path).prepare(config, resume=True)
+
+
+def test_bad_search_settings_fail_before_work(tmp_path):
+    with pytest.raises(InvalidConfig, match="budget"):
+        SearchConfig(budget=-1)
+    with pytest.raises(InvalidConfig, match="latency-budget-ms"):
+        SearchConfig(latency_budget_ms=0)
+    with pytest.raises(EvaluatorNotFound, match="did you mean 'qbo'"):
+        run_search(SearchConfig(agent="qbp", budget=5), tmp_path / "r")
+    assert main(["search", "--agent", "qbp", "--budget", "5", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_search_runs_end_to_end_on_the_small_model(tmp_path):
+    out = tmp_path / "run"
+    config = SearchConfig(model="small_cnn", agent="random", budget=4, budget_fraction=1.0,
+                          accuracy_max_batches=2, phase1_epochs=0, phase3_epochs=1,
+                          phase3_candidates=("magnitude",), warm_start="rule_based",
+                          warm_start_evals=1)
+    summary = run_search(config, out)
+    for name in ("plan.json", "model.pt", "report.md", "pareto.png", "trials.json", DONE_MARKER,
+                 "compiled/manifest.json", "compiled/weights.npy"):
+        assert (out / name).exists(), name
+    trials = json.loads((out / "trials.json").read_text())
+    assert 1 <= len(trials) <= 4 and summary.true_evaluations == len(trials)
+    assert summary.final_latency_ms > 0 and 0 <= summary.final_accuracy <= 1
+    assert "Per-layer decisions" in (out / "report.md").read_text()
+    with pytest.raises(InvalidConfig, match="finished run"):
+        run_search(config, out, resume=True)
