@@ -241,6 +241,9 @@ def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
                     cts["torch.compile freezing"] = note
                 else:
                     tc_note.append(f"{name} {th}T: torch.compile {note}")
+            elif th == threads[0]:
+                tc_note.append(f"{name}: torch.compile not attempted with --quick (ResNet-20 "
+                               "alone takes 20-50 s to compile on this loaded machine)")
             for rate in (1, 2, 4, 8):
                 fn, ct, _ = ours(model, x, model_masks(model, rate), th, cache)
                 key = "ours dense" if rate == 1 else f"ours block 8x16 {rate}x"

@@ -5,6 +5,12 @@ Runtime model: three arenas passed by pointer to every exported ``seg_<k>(W, I, 
 block pointers), ``A`` float activations (every buffer at a fixed offset). The .so therefore
 depends only on the *structure* (shapes, masks, tuning), not on weight values. Fallback ops
 split the model into segments; PyTorch runs between them.
+
+Every op is a list of *steps* (pad copy, kernels, crop / border fix-up); a step is cut into G
+independent slices. Single-threaded segments call the steps inline; multi-threaded ones hand
+them to a persistent worker pool (``kernels.POOL_TEMPLATE``). Buffers consumed only by
+stride-1 / pad-1 convs live in a zero-padded layout (``layout.py``), so those convs read them
+in place; fallback-free models also export ``run_batch`` (the batch loop in C).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler_backend.heuristics import chunking, conv_geometry, default_config
+from compiler_backend.heuristics import chunking, conv_geometry, default_config, row_tiles
 from compiler_backend.ir import (
     AffineOp,
     ConcatOp,
@@ -40,11 +46,12 @@ from compiler_backend.kernels import (
     sig as _sig,
 )
 from compiler_backend.layout import plan_padded, strides, writes_wide_padded
+from compiler_backend.segments import BATCH_TEMPLATE, work_items, segment_source
 from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, emit_pool
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 _SLACK = 256  # floats after every buffer: wide-row / full-tile over-reads stay in the arena
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "generate"]
@@ -153,7 +160,7 @@ class _Builder:
                 body, lt = emit_concat(self, fn, op, offs), 1
             else:
                 raise TypeError(op)
-            steps = [(fn, _items(lt, 2))]
+            steps = [(fn, work_items(lt, 2))]
         if self.inject_error is not None and getattr(op, "name", None) == self.inject_error:
             body = body.replace("{", "{ this_is_not_c ", 1)
         self.funcs.append((op.name, body))
@@ -215,19 +222,19 @@ class _Builder:
                                                  res_off, act, T, v, cfg.threads, geo, cin,
                                                  ys, yo))
             calls.append(f"{name}(tid, nt, W, I, A);")
-        g = _items(cfg.threads, 4)
-        steps: list[tuple[str, int]] = [(f"{fn}_pad", _items(cfg.threads, 2))] if pad_step else []
+        g = work_items(cfg.threads, 4)
+        steps: list[tuple[str, int]] = [(f"{fn}_pad", work_items(cfg.threads, 2))] if pad_step else []
         parts.append(f"{_sig(fn + '_k')} {{\n  " + "\n  ".join(calls) + "\n}\n")
         steps.append((f"{fn}_k", g))
         if use_crop:
             parts.append(self.crop(f"{fn}_crop", op, T, wq, y_off, offs))
-            steps.append((f"{fn}_crop", _items(cfg.threads, 2)))
+            steps.append((f"{fn}_crop", work_items(cfg.threads, 2)))
         if wide:  # the two junk columns per row landed on the zero border
             self._template("zero_border", BORDER_TEMPLATE)
             zb = [y_off, cout, oh, wq, hq * wq]
             parts.append(f"{_sig(fn + '_zb')} {{\n  (void)W; (void)I;\n  static const int kb[5] = "
                          f"{{{', '.join(map(str, zb))}}};\n  zero_border(tid, nt, A, kb);\n}}\n")
-            steps.append((f"{fn}_zb", _items(cfg.threads, 2)))
+            steps.append((f"{fn}_zb", work_items(cfg.threads, 2)))
         kept = int(op.kept.sum())
         self.layers.append(LayerInfo(
             op.name, k, cfg.family, structure_label(op.kept), sorted({s.p for s in segs}),
@@ -278,10 +285,14 @@ class _Builder:
                        v: int, lt: int, geo: dict[str, Any], cin: int, ys: int,
                        yo: int) -> str:
         p, lanes = seg.p, self.isa.lanes
-        vw = v * lanes
+        oh, ow = T // geo["wq"], geo["ow"]
+        vr = row_tiles(p, v, lanes, oh, ow, geo["wq"], T, self.isa.max_acc)
+        v = vr or v
+        vw = v * geo["wq"] if vr else v * lanes  # pixels per tile step
         ro, eo = self.add_i(seg.rows), self.add_i(seg.eptr)
         oo, wo = self.add_i(offsets), self.add_f(seg.weights)
-        nch, tch, ccs = chunking(T, vw, geo, 4 * seg.weights.size, seg.nblk, lt)
+        nch, tch, ccs = chunking(T, vw, geo, 4 * seg.weights.size, seg.nblk, lt, cin,
+                                 int(seg.eptr[-1]) // max(seg.nblk, 1))
         ci = seg.cols // (geo["kh"] * geo["kw"])
         ncc = max(1, -(-cin // ccs))
         bounds = np.arange(ncc + 1) * ccs
@@ -294,11 +305,12 @@ class _Builder:
         first = np.where(nonempty.any(1), nonempty.argmax(1), 0)
         last = np.where(nonempty.any(1), ncc - 1 - nonempty[:, ::-1].argmax(1), 0)
         flo = self.add_i(np.stack([first, last], 1) if seg.nblk else np.zeros(2))
-        key = f"sk_p{p}_v{v}"
-        self._template(key, spatial_template(key, p, v))
+        key = f"sk_p{p}_v{v}" + ("_r" if vr else "")
+        self._template(key, spatial_template(key, p, v, row=bool(vr)))
         args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,
-                co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo]
-        return (f"{_sig(name)} {{\n  static const int k[19] = {{{', '.join(map(str, args))}}};\n"
+                co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
+                geo["wq"] if vr else lanes, vw]
+        return (f"{_sig(name)} {{\n  static const int k[21] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 
     def channel_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
@@ -365,12 +377,12 @@ def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConf
     nsteps = max([sum(len(steps[k]) for k in ops) for ops in segments] + [1])
     src.append(POOL_TEMPLATE.replace("{nsteps}", str(nsteps)))
     for si, ops in enumerate(segments):
-        src.append(_segment(si, ops, steps))
+        src.append(segment_source(si, ops, steps))
     src.append(f"int npas_nops(void) {{ return {len(graph.ops)}; }}")
     if len(segments) == 1:  # no PyTorch fallbacks: whole batches run inside C
         n_in = int(np.prod(graph.buffers[graph.input].shape))
         n_out = int(np.prod(graph.buffers[graph.output].shape))
-        src.append(_BATCH.format(i_off=offs[graph.input], n_in=n_in, o_off=offs[graph.output],
+        src.append(BATCH_TEMPLATE.format(i_off=offs[graph.input], n_in=n_in, o_off=offs[graph.output],
                                  n_out=n_out))
     weights = np.concatenate(b.f_parts) if b.f_parts else np.zeros(16, np.float32)
     ints = np.concatenate(b.i_parts) if b.i_parts else np.zeros(1, np.int32)
@@ -378,53 +390,3 @@ def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConf
     kinds = [op.kind for op in graph.ops]
     return Program("\n".join(src) + "\n", weights, ints, b.arena, offs, segments, names, kinds,
                    b.layers, line_map)
-
-
-def _items(lt: int, per_thread: int) -> int:
-    """Work items of a step: 1 for single-threaded ops, else a few per thread (balance)."""
-    return 1 if lt <= 1 else per_thread * lt
-
-
-def _segment(si: int, ops: list[int], steps: dict[int, list[tuple[str, int]]]) -> str:
-    prof = ("if (npas_prof_on && tid == 0) {{ const double t1 = omp_get_wtime(); "
-            "npas_prof[{k}] += t1 - tp; tp = t1; }}")
-    serial, par = [], []
-    n = 0
-    for k in ops:
-        for f, _ in steps[k]:
-            serial.append(f"    {f}(0, 1, W, I, A);")
-        serial.append("    " + prof.format(k=k))
-        for f, g in steps[k]:
-            par.append(f"    NPAS_STEP({n}, {f}, {g});")
-            n += 1
-        par.append("    " + prof.format(k=k))
-    body_s, body_p = "\n".join(serial), "\n".join(par)
-    any_par = any(g > 1 for k in ops for _, g in steps[k])
-    return f"""static void seg_{si}_job(long gen, int tid, const float* restrict W, const int* restrict I,
-                      float* restrict A) {{
-  double tp = npas_prof_on && tid == 0 ? omp_get_wtime() : 0.0;
-{body_p}
-  (void)tp;
-}}
-
-void seg_{si}(const float* restrict W, const int* restrict I, float* restrict A, int nt) {{
-  if (nt <= 1 || {int(not any_par)}) {{  /* no multi-threaded step: run inline */
-    const int tid = 0; double tp = npas_prof_on ? omp_get_wtime() : 0.0;
-{body_s}
-    (void)tp;
-  }} else {{
-    npas_run(nt, seg_{si}_job, {max(n, 1)}, W, I, A);
-  }}
-}}
-"""
-
-
-_BATCH = """void run_batch(const float* restrict W, const int* restrict I, float* restrict A, int nt,
-               int n, const float* restrict x, float* restrict y) {{
-  for (int i = 0; i < n; ++i) {{
-    memcpy(A + {i_off}, x + (long)i * {n_in}, {n_in} * sizeof(float));
-    seg_0(W, I, A, nt);
-    memcpy(y + (long)i * {n_out}, A + {o_off}, {n_out} * sizeof(float));
-  }}
-}}
-"""

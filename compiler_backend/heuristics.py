@@ -23,8 +23,10 @@ from compiler_backend.tuning.base import KernelConfig
 _FMA_PIPES, _FMA_LAT, _LOADS, _OVERHEAD = 2, 4, 2, 1.0
 #: Input bytes one (pixel chunk, input-channel chunk) may touch (most of a 32 KB L1d).
 _L1_BYTES = 12 * 1024
+#: Fewest kept entries per row block and input-channel chunk worth a separate chunk.
+_MIN_CHUNK_ENTRIES = 96
 #: Weights above this size are re-streamed less often (wider pixel chunks).
-_BIG_WEIGHTS = 1 << 20
+_BIG_WEIGHTS = 128 * 1024
 #: Minimum kept FLOPs before a layer uses more than one thread.
 _MT_FLOPS = 4_000_000
 
@@ -37,12 +39,12 @@ def conv_geometry(op: ConvOp) -> dict[str, Any]:
     s, (ph, pw) = op.stride, op.padding
     if s == 1 and ph == 0 and pw == 0:
         return dict(direct=True, hq=h, wq=w, s=1, phases=[(0, 0)], T=oh * w, crop=(w != ow),
-                    kh=kh, kw=kw, ph=0, pw=0)
+                    kh=kh, kw=kw, ph=0, pw=0, ow=ow)
     hp, wp = h + 2 * ph, w + 2 * pw
     hq, wq = -(-hp // s), -(-wp // s)
     phases = [(a, b) for a in range(min(s, kh)) for b in range(min(s, kw))]
     return dict(direct=False, hq=hq, wq=wq, s=s, phases=phases, T=oh * wq, crop=(wq != ow),
-                kh=kh, kw=kw, ph=ph, pw=pw)
+                kh=kh, kw=kw, ph=ph, pw=pw, ow=ow)
 
 
 def tile_cycles(p: int, v: int) -> float:
@@ -112,8 +114,27 @@ def default_config(op: ConvOp, isa: Isa, threads: int) -> KernelConfig:
     return KernelConfig("spatial", p, v, lt)
 
 
+def row_tiles(p: int, v: int, lanes: int, oh: int, ow: int, wq: int, T: int,
+              max_acc: int) -> int | None:
+    """Vectors per tile in *row mode* (one vector = one output row), or None for pixel mode.
+
+    Row mode pays off on maps at most one vector wide (8x8, 7x7 with AVX2): a wide-row pixel
+    tile wastes the pad columns of every row (7x7: 22 %), a row vector only its unused lanes.
+    It needs ``wq >= lanes`` so row vectors never overlap.
+    """
+    if ow > lanes or wq < lanes:
+        return None
+    px_eff = oh * ow / (math.ceil(T / (v * lanes)) * v * lanes)
+    best, best_vr = px_eff * p * v / 2 / tile_cycles(p, v), None
+    for vr in range(1, min(8, max_acc // p) + 1):
+        eff = oh * ow / (math.ceil(oh / vr) * vr * lanes) * p * vr / 2 / tile_cycles(p, vr)
+        if eff > best + 1e-9:
+            best, best_vr = eff, vr
+    return best_vr
+
+
 def chunking(T: int, vw: int, geo: dict[str, Any], weight_bytes: int, nblk: int,
-             lt: int) -> tuple[int, int, int]:
+             lt: int, in_channels: int, entries_per_block: int) -> tuple[int, int, int]:
     """(pixel chunks, chunk width, input channels per channel chunk) for the spatial kernel.
 
     A chunk is a few pixel tiles (more when the weights are large, to re-stream them less);
@@ -128,4 +149,7 @@ def chunking(T: int, vw: int, geo: dict[str, Any], weight_bytes: int, nblk: int,
     nch = math.ceil(T / tch)
     span = tch + (geo["kh"] - 1) * geo["wq"] + geo["kw"] - 1 + 8
     ccs = max(1, _L1_BYTES // (4 * span))
-    return nch, tch, ccs
+    # every channel chunk re-loads and re-stores the tile's accumulators: keep enough entries
+    # per chunk (sparse and 1x1 layers) for that to stay a small overhead
+    ncc = min(math.ceil(in_channels / ccs), max(1, entries_per_block // _MIN_CHUNK_ENTRIES))
+    return nch, tch, math.ceil(in_channels / ncc)

@@ -137,7 +137,7 @@ BORDER_TEMPLATE = f"""static {NOINLINE} void zero_border(int tid, int nt, float*
 """
 
 
-def spatial_template(key: str, p: int, v: int) -> str:
+def spatial_template(key: str, p: int, v: int, row: bool = False) -> str:
     """The register-tiled spatial kernel: ``p`` rows x ``v`` vectors of output pixels.
 
     Parameter array ``k``: rows, eptr, offsets (I arena), weights, bias (W arena), x, y, res
@@ -145,7 +145,9 @@ def spatial_template(key: str, p: int, v: int) -> str:
     stride of the output and residual), yo (store shift: a wide-row output lands inside a
     padded destination plane when ``yo = wq + 1``), cp (I arena: per block ``ncc + 1`` entry
     starts of each input-channel chunk), ncc, act (``ACT_CODES``), has_res, fl (I arena: per
-    block its first and last non-empty channel chunk).
+    block its first and last non-empty channel chunk), vs, ts (row mode only: vector ``u`` of a
+    tile starts ``u * vs`` pixels after the tile, tiles step by ``ts``; with ``vs`` = the row
+    width every vector is one output row of a map at most ``VL`` wide).
 
     Work items are chunk-major (pixel chunk, row block); a thread takes a contiguous range.
     Inside one pixel chunk the kernel walks input-channel chunks outermost so that the input
@@ -155,9 +157,9 @@ def spatial_template(key: str, p: int, v: int) -> str:
     """
     acc = " ".join(f"vf a{q}_{u};" for q in range(p) for u in range(v))
     zero = " ".join(f"a{q}_{u} = VZERO();" for q in range(p) for u in range(v))
-    reload = " ".join(f"a{q}_{u} = VLOAD(Y + (long)rr[{q}] * ys + t + yo + {u} * VL);"
+    reload = " ".join(f"a{q}_{u} = VLOAD(Y + (long)rr[{q}] * ys + t + yo + {u} * @VS@);"
                       for q in range(p) for u in range(v))
-    loads = " ".join(f"const vf x{u} = VLOAD(xp + {u} * VL);" for u in range(v))
+    loads = " ".join(f"const vf x{u} = VLOAD(xp + {u} * @VS@);" for u in range(v))
     fmas = "\n".join(
         f"          {{ const vf w = VSET1(wp[{q}]); "
         + " ".join(f"a{q}_{u} = VFMA(w, x{u}, a{q}_{u});" for u in range(v)) + " }"
@@ -165,11 +167,11 @@ def spatial_template(key: str, p: int, v: int) -> str:
 
     def res(q: int, u: int, masked: bool) -> str:
         if masked:
-            return f" if (hr) y = VADD(y, VLOADM(R + (long)rw[{q}] * ys + t + yo + {u} * VL, n{u}));"
-        return f" if (hr) y = VADD(y, VLOAD(R + (long)rw[{q}] * ys + t + yo + {u} * VL));"
+            return f" if (hr) y = VADD(y, VLOADM(R + (long)rw[{q}] * ys + t + yo + {u} * @VS@, n{u}));"
+        return f" if (hr) y = VADD(y, VLOAD(R + (long)rw[{q}] * ys + t + yo + {u} * @VS@));"
 
     def store(q: int, u: int, masked: bool, final: bool) -> str:
-        dst = f"yp + {u} * VL"
+        dst = f"yp + {u} * @VS@"
         body = f"vf y = VADD(a{q}_{u}, bb);{res(q, u, masked)} y = v_act(y, act);" if final else \
             f"vf y = a{q}_{u};"
         if masked:
@@ -183,16 +185,18 @@ def spatial_template(key: str, p: int, v: int) -> str:
             f"float* yp = Y + (long)r * ys + t + yo;"
             + "".join(store(q, u, masked, final) for u in range(v)) + " } }" for q in range(p))
 
-    counts = " ".join(f"const int n{u} = t1 - t - {u} * VL < VL ? t1 - t - {u} * VL : VL;"
+    counts = " ".join(f"const int n{u} = t1 - t - {u} * @VS@ < VL ? t1 - t - {u} * @VS@ : VL;"
                       for u in range(v))
     rr = ", ".join(f"rw[{q}] < 0 ? 0 : rw[{q}]" for q in range(p))
-    return f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
+    mode = ("const int vs_ = k[19], ts_ = k[20];" if row else "")
+    text = f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* rows = I + k[0]; const int* off = I + k[2]; const int* cp = I + k[14];
   const float* wt = W + k[3]; const float* bias = W + k[4];
   const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
   const int nblk = k[8], nch = k[9], tch = k[10], T = k[11], ys = k[12], yo = k[13];
   const int ncc = k[15], act = k[16], hr = k[17]; const int* fl = I + k[18];
+  {mode}
   PART(nblk * nch)
   for (int it = lo; it < hi;) {{
     const int ch = it / nblk, b0 = it % nblk;
@@ -209,17 +213,17 @@ def spatial_template(key: str, p: int, v: int) -> str:
         const int* rw = rows + b * {p};
         const int rr[{p}] = {{{rr}}}; (void)rr;
         const float* wb = wt + (long)e0 * {p};
-        for (int t = t0; t < t1; t += {v} * VL) {{
+        for (int t = t0; t < t1; t += @TS@) {{
           __asm__ volatile("" ::: "memory");  /* keep bias broadcasts out of the hot loop */
           {acc}
           if (first) {{ {zero} }} else {{ {reload} }}
           const float* wp = wb;
-          for (int e = e0; e < e1; ++e, wp += {p}) {{
+          _Pragma("GCC unroll 4") for (int e = e0; e < e1; ++e, wp += {p}) {{
             const float* xp = X + off[e] + t;
             {loads}
 {fmas}
           }}
-          if (t + {v} * VL <= t1) {{
+          if (t + @TS@ <= t1) {{
             if (last) {{
 {stores(False, True)}
             }} else {{
@@ -239,6 +243,8 @@ def spatial_template(key: str, p: int, v: int) -> str:
   }}
 }}
 """
+    vs, ts = ("vs_", "ts_") if row else ("VL", f"{v} * VL")
+    return text.replace("@VS@", vs).replace("@TS@", ts)
 
 
 def channel_template(key: str, tb: int) -> str:

@@ -1,0 +1,57 @@
+"""C text of the exported entry points: one ``seg_<k>`` per segment and ``run_batch``.
+
+A segment runs its ops' steps in order: inline when it is single-threaded, else through the
+worker pool (``kernels.POOL_TEMPLATE``) with per-step generation-tagged counters.
+"""
+
+from __future__ import annotations
+
+
+def work_items(lt: int, per_thread: int) -> int:
+    """Work items of a step: 1 for single-threaded ops, else a few per thread (balance)."""
+    return 1 if lt <= 1 else per_thread * lt
+
+
+def segment_source(si: int, ops: list[int], steps: dict[int, list[tuple[str, int]]]) -> str:
+    prof = ("if (npas_prof_on && tid == 0) {{ const double t1 = omp_get_wtime(); "
+            "npas_prof[{k}] += t1 - tp; tp = t1; }}")
+    serial, par = [], []
+    n = 0
+    for k in ops:
+        for f, _ in steps[k]:
+            serial.append(f"    {f}(0, 1, W, I, A);")
+        serial.append("    " + prof.format(k=k))
+        for f, g in steps[k]:
+            par.append(f"    NPAS_STEP({n}, {f}, {g});")
+            n += 1
+        par.append("    " + prof.format(k=k))
+    body_s, body_p = "\n".join(serial), "\n".join(par)
+    any_par = any(g > 1 for k in ops for _, g in steps[k])
+    return f"""static void seg_{si}_job(long gen, int tid, const float* restrict W, const int* restrict I,
+                      float* restrict A) {{
+  double tp = npas_prof_on && tid == 0 ? omp_get_wtime() : 0.0;
+{body_p}
+  (void)tp;
+}}
+
+void seg_{si}(const float* restrict W, const int* restrict I, float* restrict A, int nt) {{
+  if (nt <= 1 || {int(not any_par)}) {{  /* no multi-threaded step: run inline */
+    const int tid = 0; double tp = npas_prof_on ? omp_get_wtime() : 0.0;
+{body_s}
+    (void)tp;
+  }} else {{
+    npas_run(nt, seg_{si}_job, {max(n, 1)}, W, I, A);
+  }}
+}}
+"""
+
+
+BATCH_TEMPLATE = """void run_batch(const float* restrict W, const int* restrict I, float* restrict A, int nt,
+               int n, const float* restrict x, float* restrict y) {{
+  for (int i = 0; i < n; ++i) {{
+    memcpy(A + {i_off}, x + (long)i * {n_in}, {n_in} * sizeof(float));
+    seg_0(W, I, A, nt);
+    memcpy(y + (long)i * {n_out}, A + {o_off}, {n_out} * sizeof(float));
+  }}
+}}
+"""
