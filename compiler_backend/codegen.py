@@ -46,7 +46,7 @@ from compiler_backend.kernels import (
     sig as _sig,
 )
 from compiler_backend.layout import plan_padded, strides, writes_wide_padded
-from compiler_backend.segments import BATCH_TEMPLATE, work_items, segment_source
+from compiler_backend.segments import BATCH_TEMPLATE, segment_source, work_items
 from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, emit_pool
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig

@@ -13,6 +13,13 @@ def work_items(lt: int, per_thread: int) -> int:
 
 
 def segment_source(si: int, ops: list[int], steps: dict[int, list[tuple[str, int]]]) -> str:
+    """C text of ``seg_<si>`` running ``ops`` (each a list of (step function, items G)).
+
+    Args:
+        si: segment index (fallback ops separate segments).
+        ops: op indices of the segment, in execution order.
+        steps: per op its steps; steps of one op and of consecutive ops run strictly in order.
+    """
     prof = ("if (npas_prof_on && tid == 0) {{ const double t1 = omp_get_wtime(); "
             "npas_prof[{k}] += t1 - tp; tp = t1; }}")
     serial, par = [], []
