@@ -39,9 +39,10 @@ def lower_model(model: nn.Module, example_input: torch.Tensor,
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # shape propagation of tiny batch-1 convs: 1 thread, no oneDNN JIT
     try:
-        with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):
-            warnings.simplefilter("ignore")
-            gm = analyze_model(model, example_input[:1].detach().float()).graph_module
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # before flags(): entering it warns about TF32
+            with torch.backends.mkldnn.flags(enabled=False):
+                gm = analyze_model(model, example_input[:1].detach().float()).graph_module
     finally:
         torch.set_num_threads(prev_threads)
     assert gm is not None
