@@ -20,6 +20,7 @@ Results come back in input order. Ray is not supported (local processes only).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -159,10 +160,8 @@ class EvaluationPool:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter shutdown nothing is left to clean
             self.close()
-        except Exception:  # interpreter shutdown: nothing left to clean
-            pass
 
     # ------------------------------------------------------------------------------ running
     def run(self, context: ModelContext, plans: Sequence[PruningPlan]) -> list[Any]:

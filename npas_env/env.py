@@ -119,12 +119,14 @@ class NPASEnv(gym.Env):
         self._decode_memo: dict[tuple[Any, ...], tuple[LayerAction, bool]] = {}
         self._actions: list[LayerAction] = []
         self._kept_macs = 0.0
+        self._budget_fraction = 1.0
         self.last_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self._actions, self._kept_macs, self.last_info = [], 0.0, {}
+        self._budget_fraction = self._compute_budget_fraction()
         return self._observe(), {"layer": self.layers[0].name, "action_mask": self.action_masks()}
 
     def step(self, action: Any):
@@ -217,10 +219,9 @@ class NPASEnv(gym.Env):
 
     def _observe(self) -> np.ndarray:
         prev = self._actions[-1] if self._actions else None
-        budget_fraction = self._budget_fraction()
-        return self._encoder.encode(len(self._actions), self._kept_macs, prev, budget_fraction)
+        return self._encoder.encode(len(self._actions), self._kept_macs, prev, self._budget_fraction)
 
-    def _budget_fraction(self) -> float:
+    def _compute_budget_fraction(self) -> float:
         ref = self.scorer.reference_ms
         if not math.isfinite(ref) or ref <= 0:
             return 1.0
