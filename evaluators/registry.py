@@ -24,7 +24,7 @@ _BUILTIN_MODULES = {
                  "evaluators.accuracy.zeroshot"),
     "latency": ("evaluators.latency.analytic", "evaluators.latency.compiled",
                 "evaluators.latency.lut", "evaluators.latency.predictor",
-                "evaluators.latency.remote", "npas_env.tabular"),
+                "evaluators.latency.remote", "npas_env.tabular", "evaluators.faulty"),
 }
 
 

@@ -158,7 +158,11 @@ def phase3(context: ModelContext, plan: PruningPlan, data: str | DataSplits, *,
         realized = realized_plan(plan, context, result.actions, result.masks)
         latency_ms = latency_error = None
         if latency_evaluator is not None and result.ok:
-            measured = latency_evaluator.measure(context, [realized])[0]
+            if callable(getattr(latency_evaluator, "measure_model", None)):  # the model itself
+                measured = latency_evaluator.measure_model(result.model, context.example_input,
+                                                           result.masks)
+            else:  # evaluators that only take plans: the realized plan
+                measured = latency_evaluator.measure(context, [realized])[0]
             latency_ms, latency_error = measured.latency_ms, measured.error
         row = _row(result, latency_ms, latency_error, latency_budget_ms)
         row["seconds"] = time.perf_counter() - start

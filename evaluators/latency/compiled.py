@@ -50,13 +50,20 @@ class CompiledLatency:
 
     def _measure_one(self, context: ModelContext, plan: PruningPlan) -> LatencyResult:
         try:
-            from compiler_backend import compile_model
             from npas_env.pruning import apply_plan
 
             pruned = apply_plan(context.model, plan, list(context.layers))
-            compiled = compile_model(pruned.model, context.example_input, pruned.masks,
-                                     threads=self.threads, tune=self.tune,
-                                     cache_dir=self.cache_dir)
+        except Exception as exc:  # measurements never raise
+            return LatencyResult.failure(f"{type(exc).__name__}: {exc}")
+        return self.measure_model(pruned.model, context.example_input, pruned.masks)
+
+    def measure_model(self, model: Any, example_input: Any, masks: Any = None) -> LatencyResult:
+        """Compile and time an already pruned ``model`` (its ``masks`` mark the kept weights)."""
+        try:
+            from compiler_backend import compile_model
+
+            compiled = compile_model(model, example_input, masks, threads=self.threads,
+                                     tune=self.tune, cache_dir=self.cache_dir)
             timing = compiled.benchmark(self.warmup, self.repeats, self.min_seconds)
             report = compiled.report
         except Exception as exc:  # measurements never raise

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 
 import gymnasium as gym
 import numpy as np
 
+from npas_env.errors import EvaluatorNotFound
 from npas_env.search_space import sample_masked_action
 
 
@@ -20,6 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import npas_env  # noqa: F401  (registers the ids)
 
+    if args.env not in gym.registry:  # gym.make would raise a raw gymnasium error
+        known = [k for k in gym.registry if k.startswith("npas/")]
+        close = difflib.get_close_matches(args.env, known, n=1)
+        raise EvaluatorNotFound(args.env, kind="env id", known=known, suggestion=close[0] if close else None)
     env = gym.make(args.env, render_mode="ansi").unwrapped
     rng = np.random.default_rng(args.seed)
     env.reset(seed=args.seed)
