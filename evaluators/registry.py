@@ -21,7 +21,7 @@ T = TypeVar("T")
 # Modules whose import registers the built-in evaluators.
 _BUILTIN_MODULES = {
     "accuracy": ("evaluators.accuracy.proxy", "evaluators.accuracy.oneshot",
-                 "evaluators.accuracy.zeroshot"),
+                 "evaluators.accuracy.zeroshot", "npas_env.tabular", "evaluators.faulty"),
     "latency": ("evaluators.latency.analytic", "evaluators.latency.compiled",
                 "evaluators.latency.lut", "evaluators.latency.predictor",
                 "evaluators.latency.remote", "npas_env.tabular", "evaluators.faulty"),
