@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +59,5 @@ def make_agent(name: str, seed: int = 0, **kwargs: Any) -> Any:
         EvaluatorNotFound: unknown name (kind ``"agent"``, with a did-you-mean suggestion).
     """
     if name not in _AGENTS:
-        close = difflib.get_close_matches(name, list(_AGENTS), n=1)
-        raise EvaluatorNotFound(name, kind="agent", known=list(_AGENTS),
-                                suggestion=close[0] if close else None)
+        raise EvaluatorNotFound(name, kind="agent", known=list(_AGENTS))
     return _AGENTS[name](seed, **kwargs)

@@ -9,7 +9,6 @@ and agents alike.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +89,4 @@ def _lookup(name: str) -> tuple[str, str]:
     try:
         return _BASELINES[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(_BASELINES), n=1)
-        raise EvaluatorNotFound(str(name), kind="baseline", known=list(_BASELINES),
-                                suggestion=close[0] if close else None) from None
+        raise EvaluatorNotFound(str(name), kind="baseline", known=list(_BASELINES)) from None

@@ -8,7 +8,6 @@ Third parties register by declaring, in their own ``pyproject.toml``::
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -67,9 +66,8 @@ class Registry(Generic[T]):
         """
         self._load()
         if not isinstance(name, str) or name not in self._factories:
-            close = difflib.get_close_matches(str(name), list(self._factories), n=1)
             raise EvaluatorNotFound(str(name), kind=f"{self.kind} evaluator",
-                                    known=list(self._factories), suggestion=close[0] if close else None)
+                                    known=list(self._factories))
         try:
             return self._factories[name](**kwargs)
         except TypeError as exc:

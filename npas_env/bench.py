@@ -58,11 +58,9 @@ def make_method(name: str, seed: int, **kwargs: Any) -> Any:
     agents = _agents_registry()
     if agents is not None and hasattr(agents, "make_agent") and name in method_names():
         return agents.make_agent(name, seed=seed, **kwargs)
-    import difflib
 
     known = method_names()
-    close = difflib.get_close_matches(name, known, n=1)
-    raise EvaluatorNotFound(name, kind="search method", known=known, suggestion=close[0] if close else None)
+    raise EvaluatorNotFound(name, kind="search method", known=known)
 
 
 def trial_to_dict(trial: Trial) -> dict[str, Any]:

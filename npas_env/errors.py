@@ -7,6 +7,8 @@ never raised: they come back as result objects carrying an ``error`` string.
 
 from __future__ import annotations
 
+import difflib
+
 
 class NpasError(Exception):
     """Root of every error this package raises on purpose."""
@@ -33,10 +35,16 @@ class InvalidData(NpasError, ValueError):
 
 
 class EvaluatorNotFound(NpasError, KeyError):
-    """No evaluator (or model, agent, dataset) is registered under the requested name."""
+    """No evaluator (or model, agent, dataset) is registered under the requested name.
+
+    Given ``known`` names, the closest one is suggested ("did you mean ...?").
+    """
 
     def __init__(self, name: str, *, kind: str = "evaluator", known: list[str] | None = None,
                  suggestion: str | None = None) -> None:
+        if suggestion is None and known:
+            close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+            suggestion = close[0] if close else None
         self.name, self.kind, self.suggestion = name, kind, suggestion
         msg = f"unknown {kind} {name!r}"
         if suggestion:

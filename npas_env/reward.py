@@ -6,7 +6,6 @@ A :class:`RewardFn` sees only successful results; failures are turned into the e
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -69,9 +68,7 @@ def make_reward(spec: str | RewardFn | None) -> RewardFn:
         return NpasReward()
     if isinstance(spec, str):
         if spec not in REWARDS:
-            close = difflib.get_close_matches(spec, list(REWARDS), n=1)
-            raise EvaluatorNotFound(spec, kind="reward", known=list(REWARDS),
-                                    suggestion=close[0] if close else None)
+            raise EvaluatorNotFound(spec, kind="reward", known=list(REWARDS))
         return REWARDS[spec]()
     if not callable(spec):
         raise InvalidConfig(f"reward must be a name, a RewardFn or None, got {type(spec).__name__}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 
 import gymnasium as gym
 import numpy as np
@@ -24,8 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.env not in gym.registry:  # gym.make would raise a raw gymnasium error
         known = [k for k in gym.registry if k.startswith("npas/")]
-        close = difflib.get_close_matches(args.env, known, n=1)
-        raise EvaluatorNotFound(args.env, kind="env id", known=known, suggestion=close[0] if close else None)
+        raise EvaluatorNotFound(args.env, kind="env id", known=known)
     env = gym.make(args.env, render_mode="ansi").unwrapped
     rng = np.random.default_rng(args.seed)
     env.reset(seed=args.seed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -49,9 +48,7 @@ def load_dataset(name: str, **kwargs: Any) -> DataSplits:
     try:
         loader = _DATASETS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_DATASETS), n=1)
-        raise EvaluatorNotFound(name, kind="dataset", known=list(_DATASETS),
-                                suggestion=close[0] if close else None) from None
+        raise EvaluatorNotFound(name, kind="dataset", known=list(_DATASETS)) from None
     return loader(**kwargs)
 
 

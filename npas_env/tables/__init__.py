@@ -150,11 +150,7 @@ def load_table(table: str | Path | TabularTable) -> TabularTable:
     path = Path(table)
     if not path.suffix:
         if str(table) not in table_names():
-            import difflib
-
-            close = difflib.get_close_matches(str(table), table_names(), n=1)
-            raise EvaluatorNotFound(str(table), kind="tabular table", known=table_names(),
-                                    suggestion=close[0] if close else None)
+            raise EvaluatorNotFound(str(table), kind="tabular table", known=table_names())
         path = TABLES_DIR / f"{table}.json"
     return _load_path(str(path.resolve()))
 

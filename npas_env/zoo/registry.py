@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -51,9 +50,7 @@ def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     try:
         factory = _MODELS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_MODELS), n=1)
-        raise EvaluatorNotFound(name, kind="model", known=list(_MODELS),
-                                suggestion=close[0] if close else None) from None
+        raise EvaluatorNotFound(name, kind="model", known=list(_MODELS)) from None
     if num_classes < 1:
         raise InvalidModel(f"num_classes must be >= 1, got {num_classes}")
     try:

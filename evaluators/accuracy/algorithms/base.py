@@ -9,7 +9,6 @@ are found (one-shot / gradual magnitude, ADMM, reweighted group lasso).
 from __future__ import annotations
 
 import copy
-import difflib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -113,9 +112,7 @@ def make_algorithm(name: str, **kwargs: Any) -> PruningAlgorithm:
     """Build a phase-3 algorithm by name (``magnitude``, ``admm``, ``group_lasso``)."""
     _load_builtins()
     if name not in _ALGORITHMS:
-        close = difflib.get_close_matches(name, list(_ALGORITHMS), n=1)
-        raise EvaluatorNotFound(name, kind="pruning algorithm", known=list(_ALGORITHMS),
-                                suggestion=close[0] if close else None)
+        raise EvaluatorNotFound(name, kind="pruning algorithm", known=list(_ALGORITHMS))
     return _ALGORITHMS[name](**kwargs)
 
 
