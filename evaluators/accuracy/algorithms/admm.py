@@ -43,7 +43,9 @@ class AdmmPruning:
 
     Args:
         rho: penalty weight of ``||W - Z + U||^2`` (CoCoPIE uses 1e-3 for long schedules; short
-            budgets need a larger value to pull W onto the structure in a few epochs).
+            budgets need a larger value to pull W onto the structure in a few epochs: on
+            ResNet-20 / digits with 3 epochs, rho 0.01 / 0.1 / 1.0 gave 0.14 / 0.18 / 0.91
+            validation accuracy).
         rho_growth: multiply rho by this after every ADMM epoch.
         admm_fraction: share of the epoch budget spent in ADMM (at least one epoch); the rest is
             masked retraining.
@@ -51,7 +53,7 @@ class AdmmPruning:
 
     name = "admm"
 
-    def __init__(self, rho: float = 1e-2, rho_growth: float = 1.5, admm_fraction: float = 0.5) -> None:
+    def __init__(self, rho: float = 1.0, rho_growth: float = 1.5, admm_fraction: float = 0.5) -> None:
         if rho <= 0 or rho_growth < 1 or not 0 < admm_fraction <= 1:
             raise InvalidConfig(f"admm: need rho > 0, rho_growth >= 1, admm_fraction in (0, 1]; got "
                                 f"{rho}, {rho_growth}, {admm_fraction}")
