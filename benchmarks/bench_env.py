@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=2000)
     parser.add_argument("--envs", default="npas/NPAS-v0,npas/PruneResNet20-v0")
     args = parser.parse_args()
+    machine = machine_summary()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     torch.set_num_threads(1)
@@ -63,7 +64,7 @@ def main() -> None:
                     f"{'met' if r['steady'] >= 20000 else 'missed'} |")
     text = "\n".join([
         "# Env step throughput (cheap evaluators: proxy + analytic)", "",
-        f"Machine: {machine_summary()}. One core (affinity pinned), {args.episodes} episodes per pass,",
+        f"Machine: {machine}. One core (affinity pinned), {args.episodes} episodes per pass,",
         "pre-generated masked random actions. Command: `python -m benchmarks.bench_env`.", "", *rows, ""])
     print(text)
     write_report("env", text)

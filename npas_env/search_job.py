@@ -46,7 +46,7 @@ class SearchConfig:
     accuracy_epochs: int = 1
     accuracy_max_batches: int | None = None
     phase1_epochs: int = 1
-    phase3_epochs: int = 3
+    phase3_epochs: int = 8
     phase3_candidates: tuple[str, ...] = ("magnitude", "admm", "group_lasso")
     threads: int = 1
     seed: int = 0

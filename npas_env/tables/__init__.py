@@ -6,7 +6,8 @@ action its mask allows, what that action alone does to the model (all other laye
 
 * ``drop``: dense accuracy minus the accuracy of that single-layer plan;
 * ``latency_ms``: latency of that single-layer plan minus the dense latency (a delta, so any
-  end-to-end overhead the real evaluator measures stays in ``dense_latency_ms``).
+  end-to-end overhead the real evaluator measures stays in ``dense_latency_ms``); taken on the
+  layer's own ops when the evaluator reports a per-op profile (see :func:`latency_delta`).
 
 A whole plan is then scored **additively** (no pairwise terms)::
 
@@ -182,6 +183,23 @@ def table_actions(space: SearchSpace, spec: LayerSpec) -> list[LayerAction]:
     return list(seen)
 
 
+def latency_delta(layer: str, result: Any, reference: Any) -> float:
+    """Latency change of ``layer``'s single-layer plan against dense, in ms.
+
+    When both results carry the compiled runtime's per-op profile (``details["layers_ms"]``),
+    the delta is taken on the ops of that layer only (the layer itself, or ``<layer>.*`` after a
+    filter-type change): on small models the whole-model difference is within timing noise.
+    """
+    mine, ref = result.details.get("layers_ms"), reference.details.get("layers_ms")
+    if not mine or not ref:
+        return float(result.latency_ms - reference.latency_ms)
+
+    def own(times: dict[str, float]) -> float:
+        return sum(ms for op, ms in times.items() if op == layer or op.startswith(layer + "."))
+
+    return own(mine) - own(ref)
+
+
 def build_table(context: ModelContext, accuracy: Any, latency: Any, *, batch_size: int = 32,
                 metadata: dict[str, Any] | None = None,
                 progress: Callable[[int, int], None] | None = None) -> TabularTable:
@@ -213,7 +231,8 @@ def build_table(context: ModelContext, accuracy: Any, latency: Any, *, batch_siz
                                     latency.measure(context, plans), strict=True):
             ok = acc.ok and lat.ok
             failures += not ok
-            values[i, a] = ((base.accuracy - acc.accuracy, lat.latency_ms - ref.latency_ms) if ok
+            values[i, a] = ((base.accuracy - acc.accuracy,
+                             latency_delta(context.layers[i].name, lat, ref)) if ok
                             else (base.accuracy, 0.0))
         if progress:
             progress(min(start + batch_size, len(jobs)), len(jobs))
