@@ -39,7 +39,9 @@ def retained_energy(module: nn.Module, spec: LayerSpec, action: LayerAction,
     total = float(weight.double().pow(2).sum())
     if action.filter_type is FilterType.SKIP or total == 0.0:
         return 0.0
-    with torch.no_grad():
+    # fork_rng: building the replacement module initialises weights from the global RNG, which
+    # must not depend on what the memo already holds.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
         new = replace_filter_type(module, action.filter_type)
         pruned = new[1] if isinstance(new, nn.Sequential) else new
         w = pruned.weight.detach()
