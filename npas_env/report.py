@@ -69,7 +69,7 @@ def write_pareto_plot(path: Path, trials: Sequence[Trial], summary: RunSummary) 
         ax.scatter([summary.final_latency_ms], [summary.final_accuracy], marker="D", s=60,
                    color="green", label="final (phase 3)")
     ax.set_xlabel(f"compiled latency, batch 1, {summary.threads} thread(s) [ms]")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (explored: one-shot; dense / final: test)")
     ax.set_title(f"{summary.model} on {summary.dataset}: {summary.agent} search")
     ax.legend(fontsize=7)
     fig.tight_layout()
