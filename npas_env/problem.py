@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,11 +43,14 @@ class SearchProblem:
     Attributes:
         scorer: the env's plan scorer (evaluators + reward).
         budget: maximum number of true evaluations (None = unlimited).
+        progress: an optional progress bar (``tqdm``-like ``update(n)``) advanced per true
+            evaluation.
     """
 
     scorer: PlanScorer
     budget: int | None = None
     trials: list[Trial] = field(default_factory=list)
+    progress: Any = None
     _seen: dict[str, Score] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -94,6 +98,8 @@ class SearchProblem:
                 self._seen[plan.key()] = score
                 self.trials.append(Trial(self.n_evals + 1, score.reward, plan, score.accuracy.accuracy,
                                          score.latency.latency_ms, score.error, per_plan))
+            if self.progress is not None:
+                self.progress.update(len(new))
         return [self._seen[p.key()] for p in plans if p.key() in self._seen]
 
     def make_plan(self, actions: Sequence[LayerAction]) -> PruningPlan:

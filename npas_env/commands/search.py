@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from npas_env.errors import InvalidConfig
 from npas_env.io import atomic_write_text
@@ -95,11 +96,13 @@ def run_search(config: SearchConfig, out: Path, *, resume: bool = False) -> RunS
                f"{env.scorer.budget_ms:.4f} ms (dense {env.scorer.reference_ms:.4f} ms)")
         check_feasible(env)
         problem = SearchProblem.from_env(env, budget=config.budget)
+        problem.progress = tqdm(total=config.budget, desc="phase 2: true evaluations", unit="eval")
         if config.warm_start and config.warm_start != config.agent:
             # Seed the search with the training-free mapping (TODAES 5.2); the agent's surrogate
             # and mutation pool see these trials too.
             make_method(config.warm_start, seed=config.seed).run(problem, config.warm_start_evals)
         make_method(config.agent, seed=config.seed).run(problem, config.budget - problem.n_evals)
+        problem.progress.close()
         clock.lap("phase 2 search")
         _log_tensorboard(run_dir.files["tensorboard"], problem.trials)
         best = _best_feasible(problem)
