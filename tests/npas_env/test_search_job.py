@@ -49,3 +49,28 @@ def test_search_runs_end_to_end_on_the_small_model(tmp_path):
     assert "Per-layer decisions" in (out / "report.md").read_text()
     with pytest.raises(InvalidConfig, match="finished run"):
         run_search(config, out, resume=True)
+
+
+def test_resume_replays_finished_evaluations_from_the_run_cache(tmp_path):
+    """An interrupted run (config + cache, no outputs) resumes to the same trials, no new evals."""
+    import shutil
+
+    from evaluators.cache import EvaluationCache
+
+    config = SearchConfig(model="small_cnn", agent="random", budget=3, budget_fraction=1.0,
+                          accuracy_max_batches=2, phase1_epochs=0, phase3_epochs=1,
+                          phase3_candidates=("magnitude",), warm_start=None)
+    first = tmp_path / "first"
+    run_search(config, first)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for name in ("config.json", "cache.sqlite", "phase1.pt"):
+        shutil.copy2(first / name, cut / name)
+    with EvaluationCache(cut / "cache.sqlite") as cache:
+        entries = len(cache)
+    run_search(SearchConfig(budget=99), cut, resume=True)  # the saved config wins
+    with EvaluationCache(cut / "cache.sqlite") as cache:
+        # the dense reference and feasibility plans are measured again only if missing
+        assert len(cache) == entries
+    plans = [t["plan"] for t in json.loads((first / "trials.json").read_text())]
+    assert plans == [t["plan"] for t in json.loads((cut / "trials.json").read_text())]
