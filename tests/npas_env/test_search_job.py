@@ -74,3 +74,10 @@ def test_resume_replays_finished_evaluations_from_the_run_cache(tmp_path):
         assert len(cache) == entries
     plans = [t["plan"] for t in json.loads((first / "trials.json").read_text())]
     assert plans == [t["plan"] for t in json.loads((cut / "trials.json").read_text())]
+
+
+def test_unreachable_latency_budget_says_what_is_reachable(tmp_path):
+    config = SearchConfig(model="small_cnn", agent="random", budget=3, latency_budget_ms=1e-6,
+                          accuracy_max_batches=1, phase1_epochs=0, warm_start=None)
+    with pytest.raises(InvalidConfig, match=r"cannot be met: the fastest plan we can reach measures"):
+        run_search(config, tmp_path / "run")
