@@ -105,27 +105,15 @@ class RunDirectory:
 
 
 def fastest_reachable_plan(env: NPASEnv) -> PruningPlan:
-    """The plan with the highest allowed rate on every layer (for budget feasibility)."""
-    problem = SearchProblem.from_env(env)
-    return problem.decode(_max_rate_vectors(env))
-
-
-def _max_rate_vectors(env: NPASEnv) -> Any:
+    """The highest allowed rate on every layer, block 8x16 where it fits (budget feasibility)."""
     import numpy as np
 
     space = env.search_space
-    vec = []
-    for _ in env.layers:
-        filt = 0
-        scheme = space.schemes.index(space.schemes[0])
-        for preferred in ("block_punched", "block_based", "filter"):
-            names = [s.value for s in space.schemes]
-            if preferred in names:
-                scheme = names.index(preferred)
-                break
-        block = space.block_sizes.index((8, 16)) if (8, 16) in space.block_sizes else 0
-        vec.append([filt, scheme, len(space.rates) - 1, block])
-    return np.array(vec)
+    names = [s.value for s in space.schemes]
+    scheme = next((names.index(n) for n in ("block_punched", "block_based", "filter") if n in names), 0)
+    block = space.block_sizes.index((8, 16)) if (8, 16) in space.block_sizes else 0
+    vectors = np.tile([0, scheme, int(np.argmax(space.rates)), block], (len(env.layers), 1))
+    return SearchProblem.from_env(env).decode(vectors)  # masks repair what a layer forbids
 
 
 def build_env(config: SearchConfig, model: torch.nn.Module, splits: Any,
