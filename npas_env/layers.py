@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,11 @@ _JOINS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul
           torch.sub, torch.mul, torch.cat, torch.concat, torch.stack}
 _JOIN_METHODS = {"add", "add_", "sub", "mul", "mul_"}
 _INPUT = "<input>"
+
+#: torch.fx patches ``nn.Module.__call__`` process-wide while it traces, so a module called from
+#: another thread at that moment fails ("module is not installed as a submodule"). Tracing holds
+#: this lock, and so does every forward pass that may overlap with it (training, evaluation).
+FX_TRACE_LOCK = threading.RLock()
 
 
 class LayerKind(str, Enum):
@@ -150,7 +156,8 @@ def trace_model(model: nn.Module,
         raise InvalidModel(f"expected a torch.nn.Module, got {type(model).__name__}")
     tracer = _NamingTracer(leaf_modules)
     try:
-        graph = tracer.trace(model)
+        with FX_TRACE_LOCK:
+            graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
         where = tracer.stack[-1] if tracer.stack else "<root forward>"
         mod = model.get_submodule(where) if tracer.stack else model

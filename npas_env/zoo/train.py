@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from npas_env.errors import InvalidData
+from npas_env.layers import FX_TRACE_LOCK
 
 #: ``augment(images) -> images``, applied to each training batch.
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -110,7 +111,8 @@ def train_epochs(model: nn.Module, loader: Iterable[Any], *, epochs: int = 1,
                 x, y = x.to(device), y.to(device)
                 if augment is not None:
                     x = augment(x)
-                loss = criterion(model(x), y)
+                with FX_TRACE_LOCK:  # see npas_env.layers.FX_TRACE_LOCK
+                    loss = criterion(model(x), y)
                 if not torch.isfinite(loss):
                     error = f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {i}"
                     break
@@ -161,7 +163,8 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], *,
             if max_batches is not None and i >= max_batches:
                 break
             x, y = _split_batch(batch)
-            logits = model(x.to(device))
+            with FX_TRACE_LOCK:
+                logits = model(x.to(device))
             pred = logits.argmax(dim=1).masked_fill(~torch.isfinite(logits).all(dim=1), -1)
             correct += int((pred == y.to(device)).sum())
             total += int(y.numel())
