@@ -1,24 +1,7 @@
 """Observation encoding: static per-layer descriptors plus the episode's running state.
 
-Every feature is a float32 in [0, 1] except ``budget_used`` (clipped to [0, BUDGET_CAP]).
-
-| idx | name | meaning |
-|---|---|---|
-| 0-3 | kind_* | one-hot: conv, depthwise, grouped, linear |
-| 4 | kernel | kernel height / 7 (0 for Linear) |
-| 5 | in_channels | log2(in channels) / 12 |
-| 6 | out_channels | log2(out channels) / 12 |
-| 7 | feature_map | log2(input height * width) / 16 |
-| 8 | stride | (stride - 1) / 3 |
-| 9 | macs_share | layer MACs / model MACs |
-| 10 | params_share | layer params / model params |
-| 11 | position | layer index / (layers - 1) |
-| 12 | coupled | 1 if the layer's output joins others (residual add / concat) |
-| 13 | kept_macs | MACs kept by the decisions so far / model MACs |
-| 14 | prev_keep | 1 / rate of the previous decision (1 at the first layer) |
-| 15 | prev_scheme | index of the previous scheme / (schemes - 1) |
-| 16 | prev_filter | index of the previous filter type / (filter types - 1) |
-| 17 | budget_used | kept MACs so far / (model MACs * budget / reference latency) |
+Every feature is a float32 in [0, 1] except ``budget_used`` (clipped to [0, BUDGET_CAP]). The
+feature table (18 rows) is the "Observation Space" section of :class:`npas_env.env.NPASEnv`.
 """
 
 from __future__ import annotations
