@@ -4,10 +4,12 @@ import json
 
 import pytest
 
-from npas_env import EvaluatorNotFound, InvalidConfig
+from evaluators.latency.analytic import AnalyticLatency
+from evaluators.results import LatencyResult
+from npas_env import EvaluatorNotFound, InvalidConfig, NPASEnv
 from npas_env.cli import main
 from npas_env.commands.search import run_search
-from npas_env.search_job import DONE_MARKER, RunDirectory, SearchConfig
+from npas_env.search_job import DONE_MARKER, RunDirectory, SearchConfig, check_feasible
 
 
 def test_run_directory_never_clobbers(tmp_path):
@@ -81,3 +83,19 @@ def test_unreachable_latency_budget_says_what_is_reachable(tmp_path):
                           accuracy_max_batches=1, phase1_epochs=0, warm_start=None)
     with pytest.raises(InvalidConfig, match=r"cannot be met: the fastest plan we can reach measures"):
         run_search(config, tmp_path / "run")
+
+
+class _PruningSlowsDown(AnalyticLatency):
+    """Every pruned plan is slower than the dense model, as on tiny models with kernel overhead."""
+
+    def measure(self, context, plans):
+        return [LatencyResult(1.0 if all(a.is_dense for a in p) else 1.2) for p in plans]
+
+
+def test_dense_model_counts_as_reachable_for_the_budget_check(tiny_net, example_input):
+    env = NPASEnv(tiny_net, example_input, accuracy="proxy", latency=_PruningSlowsDown(),
+                  latency_budget_ms=1.0)
+    assert check_feasible(env) == 1.0
+    env.scorer.latency_budget_ms = 0.5
+    with pytest.raises(InvalidConfig, match="cannot be met"):
+        check_feasible(env)
