@@ -16,7 +16,10 @@ _EXPORTS = {
     "Seq2SeqExtractor": "agents.seq2seq", "Seq2SeqPolicy": "agents.seq2seq",
     "MaskableSeq2SeqPolicy": "agents.seq2seq", "make_reinforce": "agents.seq2seq",
     "Surrogate": "agents.surrogate", "GPSurrogate": "agents.surrogate", "PlanEncoder": "agents.surrogate",
-    "QLearner": "agents.qlearning", "epsilon_at": "agents.qlearning", "METAQNN_SCHEDULE": "agents.qlearning",
+    "epsilon_at": "agents.qlearning", "METAQNN_SCHEDULE": "agents.qlearning",
+    "TabularQLearning": "agents.tabular_q", "TabularQPolicy": "agents.tabular_q",
+    "ActionVocabulary": "agents.tabular_state", "TabularObservation": "agents.tabular_state",
+    "mutate_actions": "agents.qbo",
     "QBOSearch": "agents.qbo", "QBOAgent": "agents.qbo",
     "SB3Agent": "agents.sb3_agent", "FlatDiscreteAction": "agents.sb3_agent",
 }

@@ -1,7 +1,7 @@
 """``QBOSearch``: Q-learning proposes, a BO surrogate picks, the real evaluators decide (NPAS phase 2).
 
-Each iteration the epsilon-greedy :class:`~agents.qlearning.QLearner` samples ``pool_size``
-distinct unseen plans; the :class:`~agents.surrogate.GPSurrogate` ranks them by expected
+Each iteration the epsilon-greedy Q-policy of a :class:`~agents.tabular_q.TabularQLearning`
+(the SB3 algorithm, used here without an env) samples ``pool_size`` distinct unseen plans; the :class:`~agents.surrogate.GPSurrogate` ranks them by expected
 improvement and only the best ``batch_size`` are evaluated through ``problem.evaluate`` (true
 evaluations, counted by ``problem.n_evals``). Their true rewards train both the Q-table (with
 replay) and the surrogate. The first ``n_init`` evaluations skip the surrogate (too few points to
@@ -15,11 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from agents.base import check_budget
-from agents.qlearning import METAQNN_SCHEDULE, QLearner, epsilon_at
+from agents.qlearning import METAQNN_SCHEDULE, epsilon_at
 from agents.surrogate import Acquisition, GPSurrogate
+from agents.tabular_q import TabularQLearning
+from agents.tabular_state import ActionVocabulary
 from npas_env.errors import InvalidConfig
 from npas_env.plan import LayerAction, PruningPlan
 from npas_env.problem import SearchProblem, Trial
@@ -61,11 +64,11 @@ class QBOSearch:
         self.problem, self.pool_size, self.batch_size = problem, pool_size, batch_size
         self.use_surrogate, self.n_init, self.epsilon_schedule = use_surrogate, n_init, tuple(epsilon_schedule)
         self.tensorboard_log, self.progress_bar = tensorboard_log, progress_bar
-        self.q = QLearner(problem, learning_rate, discount, q_init, replay_size, seed)
+        self.q = TabularQLearning.from_problem(problem, learning_rate=learning_rate, gamma=discount,
+                                               q_init=q_init, replay_size=replay_size, seed=seed)
         self.surrogate = GPSurrogate(problem, acquisition=acquisition, pool_size=pool_size,
                                      candidates=lambda n, rng: self._pool(n), seed=seed)
         self.proposed: list[PruningPlan] = []
-        self._trajectories: dict[str, tuple[LayerAction, ...]] = {}
         self._epsilon = 1.0
 
     @property
@@ -91,7 +94,7 @@ class QBOSearch:
             before = self.problem.n_evals
             scores = self.problem.evaluate(plans)
             rewards = [s.reward for s in scores]
-            self.q.tell([self._trajectories[p.key()] for p in plans[:len(scores)]], rewards)
+            self.q.tell(plans[:len(scores)], rewards)
             if self.use_surrogate:
                 self.surrogate.tell(plans[:len(scores)], rewards)
             bar.update(self.problem.n_evals - before)
@@ -114,10 +117,10 @@ class QBOSearch:
             if len(out) >= n_mut:
                 break
             parent = top[self.q.rng.integers(len(top))].plan
-            plan, actions = self.q.mutate(parent.actions, n_layers=int(self.q.rng.integers(1, 3)))
+            actions = mutate_actions(self.q.vocabulary, parent.actions, int(self.q.rng.integers(1, 3)), self.q.rng)
+            plan = self.problem.make_plan(actions)
             if plan.key() not in seen and plan.key() not in out:
                 out[plan.key()] = plan
-                self._trajectories[plan.key()] = actions
         self.proposed.extend(out.values())
         return list(out.values()) + self._propose(n - len(out))
 
@@ -127,12 +130,11 @@ class QBOSearch:
         out: dict[str, PruningPlan] = {}
         for attempt in range(20 * n if n > 0 else 0):
             eps = self._epsilon if attempt < 5 * n else 1.0  # greedy stuck on known plans: explore
-            plan, actions = self.q.sample(eps)
+            plan = self.problem.make_plan(self.q.sample_actions(eps))
             key = plan.key()
             if key in seen or key in out:
                 continue
             out[key] = plan
-            self._trajectories[key] = actions
             if len(out) == n:
                 break
         self.proposed.extend(out.values())
@@ -155,6 +157,24 @@ class QBOSearch:
         writer.add_scalar("search/true_evals", step, step)
         writer.add_scalar("search/surrogate_predictions", self.surrogate.n_predictions, step)
         writer.add_scalar("search/epsilon", self._epsilon, step)
+
+
+def mutate_actions(vocabulary: ActionVocabulary, actions: Sequence[LayerAction], n_layers: int,
+                   rng: np.random.Generator) -> tuple[LayerAction, ...]:
+    """A neighbour of a plan: ``n_layers`` random layers get a random allowed action.
+
+    Later layers whose action became masked (coupled groups) are resampled too.
+    """
+    size = vocabulary.n_layers
+    chosen = set(rng.choice(size, size=min(n_layers, size), replace=False).tolist())
+    ids: list[int] = []
+    for idx, action in enumerate(actions):
+        allowed = vocabulary.allowed_after(idx, ids)
+        current = vocabulary.id_of(idx, action)
+        if idx in chosen or current not in allowed.id_set:
+            current = int(allowed.ids[rng.integers(len(allowed.ids))])
+        ids.append(current)
+    return vocabulary.decode(ids)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 | name | what |
 |---|---|
 | ``qbo`` | Q-learning + Bayesian-optimization surrogate (NPAS phase 2) |
-| ``qlearning`` | the same Q-learning without the surrogate |
+| ``qlearning`` | MetaQNN Q-learning without the surrogate (SB3 ``TabularQLearning`` through the env) |
 | ``seq2seq`` | TODAES seq2seq policy-gradient controller (MaskablePPO, REINFORCE settings) |
 | ``ppo``, ``a2c``, ``dqn``, ``maskable_ppo`` | SB3 algorithms with default MLP policies |
 """
@@ -22,12 +22,6 @@ def _qbo(seed: int, **kw: Any) -> Any:
     return QBOAgent(use_surrogate=True, seed=seed, **kw)
 
 
-def _qlearning(seed: int, **kw: Any) -> Any:
-    from agents.qbo import QBOAgent
-
-    return QBOAgent(use_surrogate=False, seed=seed, **kw)
-
-
 def _sb3(algo: str, seq2seq: bool) -> Callable[..., Any]:
     def factory(seed: int, **kw: Any) -> Any:
         from agents.sb3_agent import SB3Agent
@@ -38,7 +32,7 @@ def _sb3(algo: str, seq2seq: bool) -> Callable[..., Any]:
 
 _AGENTS: dict[str, Callable[..., Any]] = {
     "qbo": _qbo,
-    "qlearning": _qlearning,
+    "qlearning": _sb3("qlearning", False),
     "seq2seq": _sb3("maskable_ppo", True),
     "ppo": _sb3("ppo", False),
     "a2c": _sb3("a2c", False),

@@ -4,6 +4,8 @@
 so every finished episode is one true evaluation of ``problem`` (repeats are free), and stops
 training when the budget is spent. DQN needs a ``Discrete`` action: :class:`FlatDiscreteAction`
 flattens the ``MultiDiscrete`` product (masked choices are repaired by the env).
+``algo="qlearning"`` is :class:`~agents.tabular_q.TabularQLearning` (MetaQNN tabular Q-learning,
+masked), its epsilon schedule scaled to the budget.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from stable_baselines3 import A2C, DQN, PPO
 from agents.base import BudgetCallback, check_budget, make_problem_env
 from agents.seq2seq import make_reinforce
 from agents.sequence_wrapper import SequenceObservation
+from agents.tabular_q import TabularQLearning
 from npas_env.errors import InvalidConfig
 from npas_env.problem import SearchProblem, Trial
 
-ALGOS: dict[str, Any] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "maskable_ppo": MaskablePPO}
+ALGOS: dict[str, Any] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "maskable_ppo": MaskablePPO,
+                         "qlearning": TabularQLearning}
 
 
 class FlatDiscreteAction(gym.ActionWrapper):
@@ -43,9 +47,10 @@ class SB3Agent:
     """An SB3 algorithm searching through the env, budgeted in true evaluations.
 
     Attributes:
-        algo: ``"ppo"``, ``"a2c"``, ``"dqn"`` or ``"maskable_ppo"``.
+        algo: ``"ppo"``, ``"a2c"``, ``"dqn"``, ``"maskable_ppo"`` or ``"qlearning"``.
         seq2seq: True = the TODAES seq2seq controller (:func:`~agents.seq2seq.make_reinforce`
-            on a :class:`SequenceObservation` env); False = SB3's ``MlpPolicy`` on the flat env.
+            on a :class:`SequenceObservation` env); False = SB3's ``MlpPolicy`` on the flat env
+            (``qlearning``: its tabular policy).
         seed: seed of the algorithm.
         k_episodes: episodes per update for ``seq2seq`` (and ``n_steps = k * layers`` for MLP
             PPO / MaskablePPO, whose default 2048 steps would never update on a small budget).
@@ -60,6 +65,8 @@ class SB3Agent:
 
     @property
     def name(self) -> str:
+        if self.algo == "qlearning":
+            return "qlearning_tabular"
         return f"seq2seq_{self.algo}" if self.seq2seq else f"{self.algo}_mlp"
 
     def run(self, problem: SearchProblem, budget: int) -> Trial | None:
@@ -69,18 +76,20 @@ class SB3Agent:
         limit = check_budget(problem, budget)
         start = problem.n_evals
         env = make_problem_env(problem, limit)
-        model = self.build(env)
+        model = self.build(env, budget)
         layers = len(env.layers)
         # Repeated plans are free, so cap the episodes like the baselines cap proposals.
         model.learn(total_timesteps=(50 * budget + 100) * layers, callback=BudgetCallback(problem, limit))
         return max(problem.trials[start:], key=lambda t: t.reward, default=None)
 
-    def build(self, env: gym.Env) -> Any:
-        """The SB3 model for ``env`` (wrapped as the algorithm needs)."""
+    def build(self, env: gym.Env, budget: int | None = None) -> Any:
+        """The SB3 model for ``env`` (wrapped as the algorithm needs); ``budget`` scales Q-learning's epsilon."""
         kwargs: dict[str, Any] = {"seed": self.seed, "verbose": 0, **self.algo_kwargs}
+        if self.seq2seq and self.algo in ("dqn", "qlearning"):
+            raise InvalidConfig("the seq2seq controller is a policy-gradient method: use a2c, ppo or maskable_ppo")
+        if self.algo == "qlearning":
+            return TabularQLearning("TabularQPolicy", env, **{"exploration_budget": budget, **kwargs})
         if self.seq2seq:
-            if self.algo == "dqn":
-                raise InvalidConfig("the seq2seq controller is a policy-gradient method: use a2c, ppo or maskable_ppo")
             return make_reinforce(SequenceObservation(env), self.k_episodes, self.algo, **kwargs)  # type: ignore[arg-type]
         n_steps = self.k_episodes * len(env.unwrapped.layers)
         if self.algo in ("ppo", "maskable_ppo"):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from agents.base import SearchAgent, allowed_actions
-from agents.qbo import QBOAgent, QBOSearch
-from agents.qlearning import METAQNN_SCHEDULE, QLearner, epsilon_at
+from agents.qbo import QBOAgent, QBOSearch, mutate_actions
+from agents.qlearning import METAQNN_SCHEDULE, epsilon_at
+from agents.tabular_q import TabularQLearning
 from npas_env.errors import InvalidConfig
 from npas_env.problem import SearchProblem
 from tests.agents.conftest import TARGET, make_tiny_env
@@ -19,18 +20,20 @@ def test_epsilon_schedule_scales_metaqnn_to_the_budget():
     assert epsilon_at(30, 54) == 0.9
     assert epsilon_at(53, 54) == 0.1 and epsilon_at(500, 54) == 0.1
     assert sum(n for _, n in METAQNN_SCHEDULE) == 2700
+    with pytest.raises(InvalidConfig, match="epsilon"):
+        epsilon_at(0, 10, [(1.5, 10)])
 
 
 def test_q_updates_follow_the_metaqnn_rule(target_problem):
-    q = QLearner(target_problem, learning_rate=0.5, q_init=0.0, replay_size=0)
+    q = TabularQLearning.from_problem(target_problem, learning_rate=0.5, q_init=0.0, replay_size=0)
     q.update(TARGET, 1.0)
-    assert q.value(2, TARGET[:2], TARGET[2]) == pytest.approx(0.5)
+    assert q.q_value(2, TARGET[:2], TARGET[2]) == pytest.approx(0.5)
     # backwards along the trajectory: each step already sees the updated successor
-    assert q.value(1, TARGET[:1], TARGET[1]) == pytest.approx(0.25)
-    assert q.value(0, (), TARGET[0]) == pytest.approx(0.125)
+    assert q.q_value(1, TARGET[:1], TARGET[1]) == pytest.approx(0.25)
+    assert q.q_value(0, (), TARGET[0]) == pytest.approx(0.125)
     q.update(TARGET, 1.0)
-    assert q.value(1, TARGET[:1], TARGET[1]) == pytest.approx(0.25 + 0.5 * (0.75 - 0.25))
-    assert q.sample(0.0)[1] == TARGET
+    assert q.q_value(1, TARGET[:1], TARGET[1]) == pytest.approx(0.25 + 0.5 * (0.75 - 0.25))
+    assert q.sample_actions(0.0) == TARGET
 
 
 @pytest.mark.parametrize("use_surrogate, mutation_share", [(True, 0.0), (True, 0.5), (False, 0.0)])
@@ -95,10 +98,12 @@ def test_qbo_respects_the_problem_budget_and_bad_settings(target_problem):
 
 
 def test_mutations_stay_in_the_space_and_change_few_layers(tiny_problem):
-    q = QLearner(tiny_problem, seed=0)
+    vocabulary = TabularQLearning.from_problem(tiny_problem).vocabulary
     parent = tiny_problem.random_plan(np.random.default_rng(0))
+    rng = np.random.default_rng(0)
     for _ in range(20):
-        child, actions = q.mutate(parent.actions, n_layers=1)
+        actions = mutate_actions(vocabulary, parent.actions, 1, rng)
+        child = tiny_problem.make_plan(actions)
         assert actions == child.actions
         changed = sum(a != b for a, b in zip(parent.actions, child.actions, strict=True))
         assert changed <= 1 + sum(s.coupled_group is not None for s in tiny_problem.layers)
