@@ -1,6 +1,7 @@
 """Benchmark the compiler backend: machine peak, per-layer (mapping paper Fig. 9) and end to end.
 
 Usage: python benchmarks/bench_compiler.py [--quick] [--threads 1 2] [--out docs/benchmarks/compiler.md]
+       python benchmarks/bench_compiler.py --sections sweep --schemes filter   (a subset, printed only)
 
 Every comparison runs interleaved in one process (ours / ORT / torch alternate, median of
 repeats), because the CPU may be shared. The dense reference is onnxruntime (ORT_ENABLE_ALL,
@@ -33,6 +34,7 @@ from npas_env.pruning import prune_mask  # noqa: E402
 
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 BLOCKS = [(1, 1), (4, 4), (8, 4), (4, 16), (8, 16), (16, 32)]
+SECTIONS = ["layers", "sweep", "e2e"]
 Fn = Callable[[], object]
 
 
@@ -139,7 +141,8 @@ def layer_rows(peak: MachinePeak, threads: list[int], cache: Path | None,
     return out
 
 
-def sweep_rows(threads: int, cache: Path | None, quick: bool) -> list[str]:
+def sweep_rows(threads: int, cache: Path | None, quick: bool,
+               schemes: list[str] | None = None) -> list[str]:
     out = ["\n## Block-size sweep at 4x, and other schemes (1 thread unless noted)\n",
            "Same interleaved run per layer: ORT dense, our dense, then every variant.\n",
            "| layer | scheme | block | rate | ours us | x ORT dense | x own dense | GFLOP/s kept |",
@@ -157,6 +160,7 @@ def sweep_rows(threads: int, cache: Path | None, quick: bool) -> list[str]:
         if k == 3:
             variants += [("pattern", (0, 0), 8.0)]
         variants += [("unstructured", (0, 0), 10.0), ("filter", (0, 0), 2.0)]
+        variants = [v for v in variants if schemes is None or v[0] in schemes]
         flops = {}
         for scheme, blk, rate in variants:
             mask = layer_mask(conv.weight, scheme, rate, blk)
@@ -263,9 +267,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter timings, fewer sweep layers")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--out", default="docs/benchmarks/compiler.md")
+    ap.add_argument("--out", default=None,
+                    help="markdown file (default docs/benchmarks/compiler.md for a full run; "
+                         "a --sections / --schemes subset is only printed unless --out is given)")
     ap.add_argument("--cache", default=None)
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS,
+                    help="run only these parts (the machine-limit probe always runs)")
+    ap.add_argument("--schemes", nargs="+", default=None,
+                    help="sweep variants to run: block pattern unstructured filter (default all)")
     args = ap.parse_args()
+    full = args.sections == SECTIONS and args.schemes is None
+    out_path = args.out or ("docs/benchmarks/compiler.md" if full else None)
     warnings.filterwarnings("ignore")
     cache = Path(args.cache) if args.cache else None
     start = time.perf_counter()
@@ -286,16 +298,20 @@ def main() -> None:
                      f"{peak.l2_gbs[th]:.1f} |")
     print("\n".join(lines), flush=True)
     lines.append("")
-    lines += layer_rows(peak, args.threads, cache, args.quick)
-    lines += sweep_rows(1, cache, args.quick)
-    lines += e2e_rows(args.threads, cache, args.quick)
+    if "layers" in args.sections:
+        lines += layer_rows(peak, args.threads, cache, args.quick)
+    if "sweep" in args.sections:
+        lines += sweep_rows(1, cache, args.quick, args.schemes)
+    if "e2e" in args.sections:
+        lines += e2e_rows(args.threads, cache, args.quick)
     load1 = os.getloadavg()[0]
     lines.insert(4, f"- load average (1 min) at start / end: {load0:.1f} / {load1:.1f} on "
                     f"{os.cpu_count()} vCPUs; run took {time.perf_counter() - start:.0f} s")
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    if out_path:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_text(text)
 
 
 if __name__ == "__main__":

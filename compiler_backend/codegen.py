@@ -36,6 +36,7 @@ from compiler_backend.kernels import (
     ACT_CODES,
     ACT_HELPERS,
     BORDER_TEMPLATE,
+    FILL_TEMPLATE,
     PAD_TEMPLATE,
     POOL_TEMPLATE,
     channel_template,
@@ -51,7 +52,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 _SLACK = 256  # floats after every buffer: wide-row / full-tile over-reads stay in the arena
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "generate"]
@@ -213,7 +214,9 @@ class _Builder:
         for si, seg in enumerate(segs):
             offsets = self._entry_offsets(seg.cols, op, geo)
             name = f"{fn}_s{si}"
-            if cfg.family == "channel":
+            if cfg.family == "spatial" and seg.nblk and not seg.eptr[-1]:  # pruned filters
+                parts.append(self.fill_kernel(name, seg, bias_off, y_off, res_off, act, T, ys, yo))
+            elif cfg.family == "channel":
                 parts.append(self.channel_kernel(name, seg, offsets, bias_off, x_off, y_off,
                                                  res_off, act, T))
             else:
@@ -312,6 +315,16 @@ class _Builder:
                 geo["wq"] if vr else lanes, vw]
         return (f"{_sig(name)} {{\n  static const int k[21] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
+
+    def fill_kernel(self, name: str, seg: Segment, bias_off: int, y_off: int,
+                    res_off: int | None, act: str | None, T: int, ys: int, yo: int) -> str:
+        """Rows of ``seg`` keep no entries: write ``act(bias [+ residual])`` (``FILL_TEMPLATE``)."""
+        rows = seg.rows[seg.rows >= 0]
+        self._template("fill_rows", FILL_TEMPLATE)
+        args = [self.add_i(rows), bias_off, y_off, res_off or 0, rows.size, T, ys, yo,
+                ACT_CODES[act or "none"], int(res_off is not None)]
+        return (f"{_sig(name)} {{\n  static const int k[10] = {{{', '.join(map(str, args))}}};\n"
+                f"  fill_rows(tid, nt, W, I, A, k);\n}}\n")
 
     def channel_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                        x_off: int, y_off: int, res_off: int | None, act: str | None,

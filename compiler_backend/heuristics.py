@@ -80,8 +80,15 @@ def best_tile(isa: Isa, T: int, rows: int) -> tuple[int, int]:
 
 
 def _row_group(op: ConvOp) -> int:
-    """Typical number of rows sharing one kept-entry list (block height of the mask)."""
+    """Typical number of rows sharing one kept-entry list (block height of the mask).
+
+    Pruned filters (all-zero rows) are left out: they cost no FMAs (``build_segments`` gives
+    them entry-less blocks), so a filter-pruned layer gets the tile of its kept rows.
+    """
     kf = op.kept.reshape(op.kept.shape[0], -1)
+    kf = kf[kf.any(1)]
+    if kf.shape[0] == 0:
+        return op.out_shape[0]
     keys = [np.packbits(r).tobytes() for r in kf]
     runs, n = [], 1
     for a, b in zip(keys, keys[1:], strict=False):

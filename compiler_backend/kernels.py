@@ -125,6 +125,32 @@ PAD_TEMPLATE = f"""static {NOINLINE} void pad_phase(int tid, int nt, float* rest
 }}
 """
 
+#: Pruned filters (rows without kept entries): ``y = act(bias [+ residual])`` over the ``T``
+#: pixels of each row, in the spatial kernel's output layout (channel stride ``ys``, shift ``yo``).
+#: Parameter array ``k``: rows (I arena), bias (W arena), y, res (A arena), nrows, T, ys, yo,
+#: act, has_res.
+FILL_TEMPLATE = f"""static {NOINLINE} void fill_rows(int tid, int nt, const float* restrict W,
+    const int* restrict I, float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const float* bias = W + k[1];
+  float* Y = A + k[2]; const float* R = A + k[3];
+  const int T = k[5], ys = k[6], yo = k[7], act = k[8], hr = k[9];
+  PART(k[4])
+  for (int i = lo; i < hi; ++i) {{
+    const int r = rows[i]; const float b = bias[r]; const vf bb = VSET1(b);
+    float* y = Y + (long)r * ys + yo; const float* rp = R + (long)r * ys + yo;
+    int t = 0;
+    if (hr) {{
+      for (; t + VL <= T; t += VL) VSTORE(y + t, v_act(VADD(bb, VLOAD(rp + t)), act));
+      for (; t < T; ++t) y[t] = s_act(b + rp[t], act);
+    }} else {{
+      const vf c = v_act(bb, act); const float cs = s_act(b, act);
+      for (; t + VL <= T; t += VL) VSTORE(y + t, c);
+      for (; t < T; ++t) y[t] = cs;
+    }}
+  }}
+}}
+"""
+
 #: Zero the two junk columns a wide-row conv leaves in a padded (pad 1) destination.
 BORDER_TEMPLATE = f"""static {NOINLINE} void zero_border(int tid, int nt, float* restrict A, const int* k) {{
   float* D = A + k[0]; const int c = k[1], h = k[2], wq = k[3], plane = k[4];
@@ -310,6 +336,7 @@ def crop_template(key: str) -> str:
 
     Parameter array ``k``: scratch, dst, res, rows (cout * oh), oh, ow, T, wq, dst channel
     stride / row stride / offset, res channel stride / row stride / offset, act, has_res.
+    Rows go by whole vectors, then a scalar tail (gcc does not vectorize the ``s_act`` switch).
     """
     return f"""static {NOINLINE} void {key}(int tid, int nt, float* restrict A, const int* k) {{
   const float* S = A + k[0]; float* D = A + k[1]; const float* R = A + k[2];
@@ -321,10 +348,13 @@ def crop_template(key: str) -> str:
     const int co = q / oh, y = q % oh;
     const float* s = S + (long)co * T + y * wq; float* d = D + (long)co * dp + y * dr + dof;
     const float* r = R + (long)co * rp + y * rr + rof;
+    int x = 0;
     if (hr) {{
-      for (int x = 0; x < ow; ++x) d[x] = s_act(s[x] + r[x], act);
+      for (; x + VL <= ow; x += VL) VSTORE(d + x, v_act(VADD(VLOAD(s + x), VLOAD(r + x)), act));
+      for (; x < ow; ++x) d[x] = s_act(s[x] + r[x], act);
     }} else {{
-      for (int x = 0; x < ow; ++x) d[x] = s_act(s[x], act);
+      for (; x + VL <= ow; x += VL) VSTORE(d + x, v_act(VLOAD(s + x), act));
+      for (; x < ow; ++x) d[x] = s_act(s[x], act);
     }}
   }}
 }}

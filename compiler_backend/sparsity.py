@@ -5,7 +5,10 @@ kept (input channel, tap) entries; each entry holds ``P`` weights. This one form
 pruning schemes:
 
 * dense: every row keeps every entry -> blocks of 8 identical rows;
-* filter: all-zero rows form blocks with no entries (only the bias is written);
+* filter: the kept filters form the same dense blocks (and get the same tile) as the unpruned
+  layer, scattered to their output channels through ``rows``; the all-zero rows go to a
+  trailing segment of blocks without entries, for which the generator emits only a vector fill
+  of the epilogue ``act(bias [+ residual])`` (downstream layers read it);
 * block-punched / block-based: rows of one block keep identical entries -> exact blocks;
 * pattern + connectivity: rows are sorted so that similar kernels are adjacent (FKR-style
   filter-kernel reorder) and grouped when the cost model says the union is worth it;
@@ -164,9 +167,21 @@ def pack(wf: np.ndarray, kf: np.ndarray, blocks: list[list[int]], p: int) -> Seg
 
 def build_segments(weight: np.ndarray, kept: np.ndarray, groups: int, *, family: str,
                    p_max: int, lanes: int) -> list[Segment]:
-    """The packed row-block segments of one layer for the given kernel family."""
+    """The packed row-block segments of one layer for the given kernel family.
+
+    Spatial family: rows with kept entries are planned as blocks (``plan_spatial_blocks``);
+    all-zero rows (pruned filters) follow as one segment of entry-less blocks, so they cost
+    neither FMAs nor a smaller tile, and the chunking of the real blocks is not diluted.
+    """
     wf, kf = full_matrices(weight, kept, groups)
     if family == "channel":
         return [pack(wf, kf, plan_channel_blocks(kf, lanes), lanes)]
-    plan = plan_spatial_blocks(kf, p_max)
-    return [pack(wf, kf, plan[p], p) for p in sorted(plan, reverse=True)]
+    live = kf.any(1)
+    plan = plan_spatial_blocks(kf[live], p_max)
+    rows = np.flatnonzero(live)
+    segs = [pack(wf, kf, [rows[blk].tolist() for blk in plan[p]], p)
+            for p in sorted(plan, reverse=True)]
+    idle = np.flatnonzero(~live).tolist()
+    if idle:  # pruned filters: codegen writes their epilogue only (``FILL_TEMPLATE``)
+        segs.append(pack(wf, kf, [idle[i:i + p_max] for i in range(0, len(idle), p_max)], p_max))
+    return segs
