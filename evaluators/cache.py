@@ -5,7 +5,20 @@ SHA-256 of those parts (see :func:`cache_key`), the value the result's ``to_dict
 processes may read and write the same file at once: every write is one short transaction with
 ``INSERT OR IGNORE`` on the primary key (a duplicate can never appear; the first writer wins), and
 ``synchronous=FULL`` makes a result durable once :meth:`EvaluationCache.put` returns, even if the
-process is killed right after.
+process is killed right after. A process killed inside a write leaves none of it behind: WAL
+frames without a commit record are invisible to every reader.
+
+Sharing across processes (SB3 ``SubprocVecEnv`` workers, evaluator pools, several searches):
+
+* open the same path in each process, or hand an ``EvaluationCache`` to the workers: it pickles
+  as its path (``spawn`` / ``forkserver``), and a ``fork``-ed child opens its own connection on
+  first use (the parent's is never used nor closed there, as SQLite requires);
+* WAL mode lets readers go on while one process writes; writers queue on SQLite's lock with a
+  busy timeout (``timeout_s``, 60 s), so a concurrent writer waits instead of failing with
+  "database is locked";
+* two processes evaluating the same new plan at once both store it; ``INSERT OR IGNORE`` keeps
+  the first result, so each key has one row, and a result one process stored is a hit for all;
+* the file must be on a local file system (WAL needs shared memory; not NFS).
 
 A file that is not SQLite, or an SQLite database that is not an npas-env cache (foreign tables, or
 another format version), raises :class:`~npas_env.errors.CacheError` and is never modified.
@@ -35,6 +48,8 @@ CACHE_FORMAT = "npas-eval-cache"
 CACHE_VERSION = 1
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _TABLES = {"cache_meta", "results"}
+#: Connections a forked child inherited (see ``EvaluationCache._leave_inherited``).
+_INHERITED: list[sqlite3.Connection] = []
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS cache_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, kind TEXT NOT NULL, "
@@ -139,9 +154,18 @@ class EvaluationCache:
     def _conn(self) -> sqlite3.Connection:
         """This process's connection (a forked child opens its own; SQLite handles must not cross)."""
         if os.getpid() != self._pid:
-            self._pid, self._raw = os.getpid(), self._open()
-            self._lock = threading.Lock()
+            self._leave_inherited()
+            self._raw = self._open()
         return self._raw
+
+    def _leave_inherited(self) -> None:
+        """In a forked child: park the parent's connection for good, never using or closing it.
+
+        SQLite forbids carrying a connection across ``fork()``; closing the copy would also drop
+        the POSIX locks this process holds on the file through its own connection.
+        """
+        _INHERITED.append(self._raw)
+        self._pid, self._lock = os.getpid(), threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle as (path, timeout) so a cache can be handed to worker processes."""
@@ -254,6 +278,9 @@ class EvaluationCache:
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
+        if os.getpid() != self._pid:  # a forked child that never used it: nothing of ours is open
+            self._leave_inherited()
+            self._raw = sqlite3.connect(":memory:")
         with self._lock:
             self._raw.close()
 

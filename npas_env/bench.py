@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluators.pool import maybe_pooled
 from npas_env.errors import EvaluatorNotFound, InvalidConfig
 from npas_env.io import atomic_write_text
 from npas_env.problem import SearchProblem, Trial
@@ -97,7 +98,8 @@ def run_benchmark(agents: Sequence[str], seeds: int | Sequence[int], budget: int
                   agent_kwargs: dict[str, dict[str, Any]] | None = None,
                   out_dir: str | Path = "bench", resume: bool = True,
                   checkpoints: Sequence[int] | None = None,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[str], None] | None = None, workers: int = 1,
+                  ray_address: str | None = None, eval_timeout_s: float = 900.0) -> dict[str, Any]:
     """Run every method for every seed under ``budget`` true evaluations; write the reports.
 
     Args:
@@ -113,6 +115,9 @@ def run_benchmark(agents: Sequence[str], seeds: int | Sequence[int], budget: int
         resume: reuse finished runs found in ``out_dir/runs`` with the same settings.
         checkpoints: evaluation counts of the table columns (default: 1/4, 1/2, 3/4, all).
         progress: called with a one-line message after each run (e.g. ``print``).
+        workers, ray_address, eval_timeout_s: run accuracy evaluations in an evaluation pool
+            of ``workers`` local processes or Ray actors (``evaluators.pool``; same results,
+            so not part of the resume key); 1 and no address: in this process.
 
     Returns:
         The ``results.json`` content.
@@ -133,22 +138,29 @@ def run_benchmark(agents: Sequence[str], seeds: int | Sequence[int], budget: int
                       "env_kwargs": _jsonable(env_kwargs or {})})
     env: Any = None
     runs: list[dict[str, Any]] = []
-    for name in agents:
-        settings = _jsonable((agent_kwargs or {}).get(name, {}))
-        for seed in seed_list:
-            path = out / "runs" / f"{name}-seed{seed}.json"
-            run = _load_run(path, budget, env_desc, settings) if resume else None
-            if run is None:
-                if env is None:
-                    env = env_factory() if env_factory else _default_env(model, dataset, accuracy,
-                                                                         latency, env_kwargs or {})
-                run = run_one(name, seed, budget, env, (agent_kwargs or {}).get(name))
-                run.update(env=env_desc, settings=settings)
-                atomic_write_text(path, json.dumps(run, indent=1))
-            runs.append(run)
-            if progress:
-                progress(f"{name} seed {seed}: best {run['best_reward']} after {run['n_evals']} evals"
-                         + (" (error)" if run["error"] else ""))
+    pool = {"workers": workers, "ray_address": ray_address, "timeout_s": eval_timeout_s}
+    try:
+        for name in agents:
+            settings = _jsonable((agent_kwargs or {}).get(name, {}))
+            for seed in seed_list:
+                path = out / "runs" / f"{name}-seed{seed}.json"
+                run = _load_run(path, budget, env_desc, settings) if resume else None
+                if run is None:
+                    if env is None:
+                        env = env_factory() if env_factory else _default_env(
+                            model, dataset, accuracy, latency, env_kwargs or {})
+                        scorer = env.unwrapped.scorer
+                        scorer.accuracy = maybe_pooled(scorer.accuracy, "accuracy", **pool)
+                    run = run_one(name, seed, budget, env, (agent_kwargs or {}).get(name))
+                    run.update(env=env_desc, settings=settings)
+                    atomic_write_text(path, json.dumps(run, indent=1))
+                runs.append(run)
+                if progress:
+                    progress(f"{name} seed {seed}: best {run['best_reward']} after "
+                             f"{run['n_evals']} evals" + (" (error)" if run["error"] else ""))
+    finally:
+        if env is not None and callable(getattr(env.unwrapped.scorer.accuracy, "close", None)):
+            env.unwrapped.scorer.accuracy.close()
     return write_reports(out, runs, list(agents), budget, env_desc, checkpoints)
 
 
@@ -221,6 +233,13 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--latency-budget-ms", type=float, default=None)
     p.add_argument("--out", default="bench", help="output directory")
     p.add_argument("--no-resume", action="store_true", help="redo runs found in --out")
+    p.add_argument("--workers", type=int, default=1,
+                   help="run accuracy evaluations in this many worker processes (default 1: in "
+                        "this process)")
+    p.add_argument("--ray-address", default=None,
+                   help="run the workers as Ray actors on this cluster (see npas search --help)")
+    p.add_argument("--eval-timeout", type=float, default=900.0,
+                   help="seconds per accuracy evaluation in a worker (default %(default)s)")
     p.set_defaults(func=bench_command)
     return p
 
@@ -231,7 +250,8 @@ def bench_command(args: argparse.Namespace) -> int:
     run_benchmark([a.strip() for a in args.agents.split(",") if a.strip()], args.seeds, args.budget,
                   model=args.model, dataset=args.dataset, accuracy=args.accuracy,
                   latency=args.latency, env_kwargs=env_kwargs, out_dir=args.out,
-                  resume=not args.no_resume, progress=print)
+                  resume=not args.no_resume, progress=print, workers=args.workers,
+                  ray_address=args.ray_address, eval_timeout_s=args.eval_timeout)
     print((Path(args.out) / "results.md").read_text())
     return 0
 

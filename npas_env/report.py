@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npas_env.io import atomic_write_bytes
 from npas_env.layers import LayerSpec
 from npas_env.problem import Trial
 
@@ -73,8 +75,10 @@ def write_pareto_plot(path: Path, trials: Sequence[Trial], summary: RunSummary) 
     ax.set_title(f"{summary.model} on {summary.dataset}: {summary.agent} search")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    atomic_write_bytes(Path(path), png.getvalue())
 
 
 def _fmt(value: float | None, spec: str) -> str:

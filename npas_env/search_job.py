@@ -9,9 +9,9 @@ to where it stopped.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,15 +22,20 @@ import torch
 from evaluators.accuracy.oneshot import OneShotAccuracy
 from evaluators.cache import EvaluationCache
 from evaluators.cached import CachedAccuracy, CachedLatency
+from evaluators.pool import maybe_pooled
 from evaluators.registry import make_latency
 from npas_env.env import NPASEnv
 from npas_env.errors import InvalidConfig
-from npas_env.io import atomic_write_text
+from npas_env.io import atomic_write_bytes, atomic_write_text
 from npas_env.plan import PruningPlan
 from npas_env.problem import SearchProblem, Trial
 from npas_env.reward import make_reward
 
 DONE_MARKER = "DONE"
+
+#: SearchConfig fields that change how evaluations run, not their results (``--resume`` may
+#: override them).
+EXECUTION_FIELDS = ("workers", "ray_address", "eval_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,9 @@ class SearchConfig:
     overlap: bool = True
     warm_start: str | None = "rule_based"
     warm_start_evals: int = 3
+    workers: int = 1
+    ray_address: str | None = None
+    eval_timeout_s: float = 900.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, int) or self.budget <= 0:
@@ -65,6 +73,10 @@ class SearchConfig:
                                 f"{self.warm_start_evals} evaluations")
         if not 0 < self.budget_fraction <= 1:
             raise InvalidConfig(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise InvalidConfig(f"--workers must be a positive integer, got {self.workers!r}")
+        if not (isinstance(self.eval_timeout_s, (int, float)) and self.eval_timeout_s > 0):
+            raise InvalidConfig(f"--eval-timeout must be > 0 seconds, got {self.eval_timeout_s!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -95,6 +107,7 @@ class RunDirectory:
             if not resume:
                 raise InvalidConfig(f"{self.path} exists and holds an unfinished run; pass --resume "
                                     "to continue it or choose another --out")
+            self._drop_stale_temp_files()
             if cfg_path.exists():
                 saved = json.loads(cfg_path.read_text())
                 saved["phase3_candidates"] = tuple(saved.get("phase3_candidates", ()))
@@ -102,6 +115,11 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, config.to_json())
         return config
+
+    def _drop_stale_temp_files(self) -> None:
+        """Delete the temp files (``.<name>.*.tmp``) of atomic writes a killed run left behind."""
+        for stale in [*self.path.glob(".*.tmp"), *self.path.glob("compiled/.*.tmp")]:
+            stale.unlink(missing_ok=True)
 
 
 def fastest_reachable_plan(env: NPASEnv) -> PruningPlan:
@@ -118,10 +136,17 @@ def fastest_reachable_plan(env: NPASEnv) -> PruningPlan:
 
 def build_env(config: SearchConfig, model: torch.nn.Module, splits: Any,
               cache: EvaluationCache) -> NPASEnv:
-    """The phase-2 env: cached one-shot accuracy and cached compiled latency, overlapped."""
-    accuracy = CachedAccuracy(OneShotAccuracy(dataset=splits, epochs=config.accuracy_epochs,
-                                              seed=config.seed,
-                                              max_train_batches=config.accuracy_max_batches), cache)
+    """The phase-2 env: cached one-shot accuracy and cached compiled latency, overlapped.
+
+    With ``workers > 1`` or a ``ray_address``, one-shot accuracy runs in an evaluation pool
+    behind the cache (hits never reach a worker); latency stays in this process, one
+    measurement at a time. Stop the pool with :func:`close_pools`.
+    """
+    oneshot = OneShotAccuracy(dataset=splits, epochs=config.accuracy_epochs, seed=config.seed,
+                              max_train_batches=config.accuracy_max_batches)
+    accuracy = CachedAccuracy(maybe_pooled(oneshot, "accuracy", workers=config.workers,
+                                           ray_address=config.ray_address,
+                                           timeout_s=config.eval_timeout_s), cache)
     latency = CachedLatency(make_latency("compiled", threads=config.threads), cache)
     example = torch.zeros(1, *splits.input_shape)
     env = NPASEnv(model, example, accuracy=accuracy, latency=latency,
@@ -131,6 +156,14 @@ def build_env(config: SearchConfig, model: torch.nn.Module, splits: Any,
     if config.latency_budget_ms is None:
         env.scorer.latency_budget_ms = config.budget_fraction * env.scorer.reference_ms
     return env
+
+
+def close_pools(env: NPASEnv) -> None:
+    """Stop the evaluation-pool workers behind the env's (cached) evaluators; idempotent."""
+    for evaluator in (env.scorer.accuracy, env.scorer.latency):
+        inner = getattr(evaluator, "evaluator", None)
+        if callable(getattr(inner, "close", None)):
+            inner.close()
 
 
 def check_feasible(env: NPASEnv) -> float:
@@ -169,12 +202,15 @@ def save_artifact(compiled: Any, dest: Path) -> list[str]:
     so_path = Path(compiled.artifact.path)
     written = []
     for candidate in [so_path, so_path.with_suffix(".c")]:
-        if candidate.is_file():
-            shutil.copy2(candidate, dest / candidate.name)
+        if candidate.is_file():  # every file atomically: a killed run never leaves half of one
+            atomic_write_bytes(dest / candidate.name, candidate.read_bytes())
             written.append(candidate.name)
     program = compiled.program
-    np.save(dest / "weights.npy", np.asarray(program.weights, dtype=np.float32))
-    np.save(dest / "ints.npy", np.asarray(program.ints, dtype=np.int32))
+    for name, array in [("weights.npy", np.asarray(program.weights, dtype=np.float32)),
+                        ("ints.npy", np.asarray(program.ints, dtype=np.int32))]:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        atomic_write_bytes(dest / name, buffer.getvalue())
     manifest = {"library": so_path.name, "arena_floats": int(program.arena_floats),
                 "segments": program.segments, "ops": list(zip(program.op_names, program.op_kinds)),
                 "threads": compiled.threads, "isa": str(compiled.isa)}

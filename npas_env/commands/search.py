@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -12,15 +14,17 @@ import torch
 from tqdm.auto import tqdm
 
 from npas_env.errors import InvalidConfig
-from npas_env.io import atomic_write_text
+from npas_env.io import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from npas_env.report import RunSummary, render_report, write_pareto_plot
 from npas_env.search_job import (
     DONE_MARKER,
+    EXECUTION_FIELDS,
     RunDirectory,
     SearchConfig,
     Stopwatch,
     build_env,
     check_feasible,
+    close_pools,
     save_artifact,
     trials_to_json,
 )
@@ -46,18 +50,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warm-start", default=d.warm_start,
                    help="method whose plans seed the search (default %(default)s; 'none' to disable)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
+    p.add_argument("--workers", type=int, default=None,
+                   help="run accuracy evaluations concurrently in this many worker processes "
+                        f"(default {d.workers}: in this process); latency is measured here, one "
+                        "plan at a time")
+    p.add_argument("--ray-address", default=None,
+                   help="run the workers as Ray actors on this cluster ('auto', 'host:6379', "
+                        "'ray://host:10001', or 'local' to start Ray here); needs "
+                        "pip install 'npas-env[ray]'")
+    p.add_argument("--eval-timeout", type=float, default=None,
+                   help="seconds an accuracy evaluation may take in a worker before it counts as "
+                        f"failed (default {d.eval_timeout_s:g})")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    given = {"workers": args.workers, "ray_address": args.ray_address,
+             "eval_timeout_s": args.eval_timeout}
+    execution = {k: v for k, v in given.items() if v is not None}
     config = SearchConfig(model=args.model, data=args.data, agent=args.agent, budget=args.budget,
                           latency_budget_ms=args.latency_budget_ms, budget_fraction=args.budget_fraction,
                           accuracy_epochs=args.accuracy_epochs,
                           accuracy_max_batches=args.accuracy_max_batches,
                           phase3_epochs=args.phase3_epochs, threads=args.threads, seed=args.seed,
-                          warm_start=None if args.warm_start in (None, "none") else args.warm_start)
+                          warm_start=None if args.warm_start in (None, "none") else args.warm_start,
+                          **execution)
     out = args.out or Path("runs") / f"{config.model}-{config.agent}-s{config.seed}"
-    summary = run_search(config, out, resume=args.resume)
+    summary = run_search(config, out, resume=args.resume, execution=execution)
     print(f"\nrun directory: {out}")
     print(f"accuracy {summary.dense_accuracy:.4f} -> {summary.final_accuracy:.4f}; latency "
           f"{summary.dense_latency_ms:.4f} ms -> {summary.final_latency_ms:.4f} ms "
@@ -69,8 +88,13 @@ def _stage(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def run_search(config: SearchConfig, out: Path, *, resume: bool = False) -> RunSummary:
-    """Run (or resume) the main job into ``out`` and return its summary."""
+def run_search(config: SearchConfig, out: Path, *, resume: bool = False,
+               execution: dict[str, Any] | None = None) -> RunSummary:
+    """Run (or resume) the main job into ``out`` and return its summary.
+
+    ``execution`` (``workers``, ``ray_address``, ``eval_timeout_s``: how evaluations run, not
+    what they give) overrides the saved config of a resumed run; the rest of a saved config wins.
+    """
     from npas_env.bench import make_method
     from npas_env.data import load_dataset
     from npas_env.problem import SearchProblem
@@ -78,6 +102,10 @@ def run_search(config: SearchConfig, out: Path, *, resume: bool = False) -> RunS
 
     run_dir = RunDirectory(out)
     config = run_dir.prepare(config, resume)
+    unknown = set(execution or {}) - set(EXECUTION_FIELDS)
+    if unknown:
+        raise InvalidConfig(f"execution settings are {EXECUTION_FIELDS}, got {sorted(unknown)}")
+    config = replace(config, **(execution or {}))
     make_method(config.agent, seed=config.seed)  # fail fast on an unknown name
     clock = Stopwatch()
     torch.manual_seed(config.seed)
@@ -97,11 +125,7 @@ def run_search(config: SearchConfig, out: Path, *, resume: bool = False) -> RunS
         check_feasible(env)
         problem = SearchProblem.from_env(env, budget=config.budget)
         problem.progress = tqdm(total=config.budget, desc="phase 2: true evaluations", unit="eval")
-        if config.warm_start and config.warm_start != config.agent:
-            # Seed the search with the training-free mapping (TODAES 5.2); the agent's surrogate
-            # and mutation pool see these trials too.
-            make_method(config.warm_start, seed=config.seed).run(problem, config.warm_start_evals)
-        make_method(config.agent, seed=config.seed).run(problem, config.budget - problem.n_evals)
+        _search(config, problem, env)
         problem.progress.close()
         clock.lap("phase 2 search")
         _log_tensorboard(run_dir.files["tensorboard"], problem.trials)
@@ -113,6 +137,29 @@ def run_search(config: SearchConfig, out: Path, *, resume: bool = False) -> RunS
     return summary
 
 
+def _search(config: SearchConfig, problem: Any, env: Any) -> None:
+    """Phase 2: the warm start, then the agent; the evaluation pool is stopped afterwards."""
+    try:
+        if config.warm_start and config.warm_start != config.agent:
+            # Seed the search with the training-free mapping (TODAES 5.2); the agent's surrogate
+            # and mutation pool see these trials too.
+            _method(config.warm_start, config).run(problem, config.warm_start_evals)
+        _method(config.agent, config).run(problem, config.budget - problem.n_evals)
+    finally:
+        close_pools(env)
+
+
+def _method(name: str, config: SearchConfig) -> Any:
+    """A search method; with several workers, a batch proposer asks for >= 1 plan per worker."""
+    from npas_env.bench import make_method
+
+    method = make_method(name, seed=config.seed)
+    batch = getattr(getattr(method, "settings", method), "batch_size", None)
+    if config.workers > 1 and isinstance(batch, int) and batch < config.workers:
+        method = make_method(name, seed=config.seed, batch_size=config.workers)
+    return method
+
+
 def _phase1(config: SearchConfig, base: torch.nn.Module, splits: Any, saved: Path):
     from evaluators.accuracy.phase1 import phase1, replace_unfriendly_ops
 
@@ -121,7 +168,7 @@ def _phase1(config: SearchConfig, base: torch.nn.Module, splits: Any, saved: Pat
         report.model.load_state_dict(torch.load(saved, weights_only=True))
         return report.model.eval(), report
     result = phase1(base, splits, epochs=config.phase1_epochs, seed=config.seed)
-    torch.save(result.model.state_dict(), saved)
+    atomic_torch_save(result.model.state_dict(), saved)  # resume loads it: never half a file
     return result.model.eval(), result.report
 
 
@@ -136,6 +183,7 @@ def _best_feasible(problem: Any):
 def _log_tensorboard(path: Path, trials: list[Any]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
+    shutil.rmtree(path, ignore_errors=True)  # a resumed run logs its replayed trials once, not twice
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         writer = SummaryWriter(str(path))
@@ -178,8 +226,8 @@ def _phase3_and_finish(config: SearchConfig, env: Any, best: Any, splits: Any, r
         seconds=clock.seconds, threads=config.threads)
     plan = getattr(result, "plan", None) or best.plan
     plan.save(run_dir.files["plan.json"])
-    torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-               run_dir.files["model.pt"])
+    atomic_torch_save({k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+                      run_dir.files["model.pt"])
     save_artifact(compiled, run_dir.files["compiled"])
     _export_onnx(result.model, example, run_dir.files["model.onnx"], summary)
     clock.lap("final compile and export")
@@ -193,6 +241,8 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, summ
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), example, str(path), dynamo=False)
+            onnx = io.BytesIO()
+            torch.onnx.export(model.eval(), example, onnx, dynamo=False)
+        atomic_write_bytes(path, onnx.getvalue())
     except Exception as exc:  # an export gap must not lose the finished run
         summary.phase1_left.append(f"ONNX export failed: {type(exc).__name__}: {exc}")
