@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    n_plans = args.plans or (8 if args.quick else 20)
+    n_plans = args.plans or (8 if args.quick else 40)
     long = args.long_epochs or (5 if args.quick else 10)
     log(f"loading pretrained {args.model} (trains on first use)")
     ctx = make_context(args.model)

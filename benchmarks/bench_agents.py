@@ -53,7 +53,8 @@ def methods() -> dict[str, Callable[[int], Any]]:
     return {
         "qlearning_bo": lambda s: QBOAgent(use_surrogate=True, seed=s),  # default: mutation_share 0.5
         "qlearning_bo_pure": lambda s: QBOAgent(use_surrogate=True, seed=s, kwargs={"mutation_share": 0.0}),
-        "qlearning": lambda s: QBOAgent(use_surrogate=False, seed=s, kwargs={"mutation_share": 0.0}),
+        "qbo_no_surrogate": lambda s: QBOAgent(use_surrogate=False, seed=s, kwargs={"mutation_share": 0.0}),
+        "qlearning_sb3": lambda s: SB3Agent("qlearning", seed=s),
         "seq2seq_maskable_ppo": lambda s: SB3Agent("maskable_ppo", seq2seq=True, seed=s, k_episodes=8),
         "ppo_mlp": lambda s: SB3Agent("ppo", seed=s, k_episodes=8),
         "a2c_mlp": lambda s: SB3Agent("a2c", seed=s),
