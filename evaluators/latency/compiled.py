@@ -41,8 +41,10 @@ class CompiledLatency:
             raise InvalidConfig(f"bad CompiledLatency settings: {self.config()}")
 
     def config(self) -> dict[str, Any]:
+        from compiler_backend.codegen import GENERATOR_VERSION  # new kernels, new timings
+
         return {"threads": self.threads, "warmup": self.warmup, "repeats": self.repeats,
-                "min_seconds": self.min_seconds, "tune": self.tune}
+                "min_seconds": self.min_seconds, "tune": self.tune, "generator": GENERATOR_VERSION}
 
     def measure(self, context: ModelContext, plans: Sequence[PruningPlan]) -> list[LatencyResult]:
         """One result per plan, in order; failures come back as ``LatencyResult.failure``."""
