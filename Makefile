@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test typecheck lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# pyright (basic mode, settings in pyproject.toml). Not yet part of `test`: files still have errors.
+typecheck: $(STAMP)
+	$(BIN)/pyright
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

@@ -11,7 +11,7 @@ masked), its epsilon schedule scaled to the budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -20,7 +20,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, DQN, PPO
 
 from agents.base import BudgetCallback, check_budget, make_problem_env
-from agents.seq2seq import make_reinforce
+from agents.seq2seq import count_layers, make_reinforce
 from agents.sequence_wrapper import SequenceObservation
 from agents.tabular_q import TabularQLearning
 from npas_env.errors import InvalidConfig
@@ -35,7 +35,7 @@ class FlatDiscreteAction(gym.ActionWrapper):
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
-        self._nvec = np.asarray(env.action_space.nvec, dtype=np.int64)
+        self._nvec = np.asarray(cast(spaces.MultiDiscrete, env.action_space).nvec, dtype=np.int64)
         self.action_space = spaces.Discrete(int(np.prod(self._nvec)))
 
     def action(self, action: Any) -> np.ndarray:
@@ -91,7 +91,7 @@ class SB3Agent:
             return TabularQLearning("TabularQPolicy", env, **{"exploration_budget": budget, **kwargs})
         if self.seq2seq:
             return make_reinforce(SequenceObservation(env), self.k_episodes, self.algo, **kwargs)  # type: ignore[arg-type]
-        n_steps = self.k_episodes * len(env.unwrapped.layers)
+        n_steps = self.k_episodes * count_layers(env)
         if self.algo in ("ppo", "maskable_ppo"):
             kwargs = {"n_steps": n_steps, "batch_size": n_steps, **kwargs}
         if self.algo == "dqn":

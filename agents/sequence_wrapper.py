@@ -21,7 +21,7 @@ networks shorter than ``max_layers``); the last row is the context row.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -29,6 +29,9 @@ from gymnasium import spaces
 
 from npas_env.errors import InvalidConfig
 from npas_env.observation import N_FEATURES, N_STATIC, encode_layer
+
+if TYPE_CHECKING:
+    from npas_env.env import NPASEnv
 
 COL_VALID, COL_CURRENT, COL_DECIDED, COL_DECISION = N_STATIC, N_STATIC + 1, N_STATIC + 2, N_STATIC + 3
 
@@ -48,7 +51,7 @@ class SequenceObservation(gym.ObservationWrapper):
 
     def __init__(self, env: gym.Env, max_layers: int | None = None) -> None:
         super().__init__(env)
-        base = env.unwrapped
+        base = cast("NPASEnv", env.unwrapped)  # or any env with layers / search_space
         self.layers = tuple(base.layers)
         self.search_space = base.search_space
         n = len(self.layers)
@@ -64,7 +67,8 @@ class SequenceObservation(gym.ObservationWrapper):
         for i, spec in enumerate(self.layers):
             self._template[i, :N_STATIC] = encode_layer(spec, total_macs, total_params, n)
             self._template[i, COL_VALID] = 1.0
-        low, high = env.observation_space.low, env.observation_space.high
+        obs_space = cast(spaces.Box, env.observation_space)
+        low, high = obs_space.low, obs_space.high
         hi = np.ones_like(self._template)
         hi[-1, :N_FEATURES] = high
         lo = np.zeros_like(self._template)

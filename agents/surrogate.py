@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 from skopt.acquisition import gaussian_ei, gaussian_lcb, gaussian_pi
@@ -190,7 +190,9 @@ class GPSurrogate:
         self.n_predictions += len(plans)
         if self._model is None:
             return np.zeros(len(plans)), np.ones(len(plans))
-        mean, std = self._model.predict(self.encoder.encode(plans), return_std=True)
+        # skopt is untyped: its inferred return types cover every return_std / return_cov branch
+        mean, std = cast("tuple[np.ndarray, np.ndarray]",
+                         self._model.predict(self.encoder.encode(plans), return_std=True))
         return -mean, std
 
     def acquire(self, plans: Sequence[PruningPlan]) -> np.ndarray:
@@ -201,10 +203,10 @@ class GPSurrogate:
         x = self.encoder.encode(plans)
         y_opt = -max(self._y)  # the GP models -reward: skopt minimizes
         if self.acquisition == "ei":
-            return gaussian_ei(x, self._model, y_opt=y_opt, xi=self.xi)
+            return cast(np.ndarray, gaussian_ei(x, self._model, y_opt=y_opt, xi=self.xi))
         if self.acquisition == "pi":
-            return gaussian_pi(x, self._model, y_opt=y_opt, xi=self.xi)
-        return -gaussian_lcb(x, self._model, kappa=self.kappa)
+            return cast(np.ndarray, gaussian_pi(x, self._model, y_opt=y_opt, xi=self.xi))
+        return -cast(np.ndarray, gaussian_lcb(x, self._model, kappa=self.kappa))
 
     def select(self, pool: Sequence[PruningPlan], n: int) -> list[PruningPlan]:
         """The ``n`` plans of ``pool`` with the highest acquisition (distinct, unseen first)."""

@@ -167,6 +167,7 @@ class TabularQLearning(BaseAlgorithm):
 
     policy_aliases = {"TabularQPolicy": TabularQPolicy, "MultiInputPolicy": TabularQPolicy}
     policy: TabularQPolicy
+    policy_class: type[TabularQPolicy]  # __init__ only accepts TabularQPolicy classes / aliases
 
     def __init__(self, policy: str | type[TabularQPolicy], env: GymEnv | str | None,
                  learning_rate: float | Schedule = 0.01, gamma: float = 1.0, q_init: float = 0.5,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -221,7 +221,7 @@ class TabularObservation(gym.Wrapper):
         return self._observe(), reward, terminated, truncated, {**info, "action_id": action_id}
 
     def action_masks(self) -> np.ndarray:
-        return self.env.unwrapped.action_masks()
+        return cast(NPASEnv, self.env.unwrapped).action_masks()  # from_env checked the type
 
     def _observe(self) -> dict[str, Any]:
         last = self.vocabulary.n_layers - 1

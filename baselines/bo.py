@@ -10,6 +10,7 @@ told ``-reward``. With ``batch_size > 1`` batches come from the constant-liar st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -92,7 +93,8 @@ def run(problem: SearchProblem, budget: int, seed: int = 0, settings: BOSettings
                     acq_optimizer="sampling", acq_optimizer_kwargs={"n_points": cfg.n_points})
     while counter.left > 0:
         n = min(cfg.batch_size, counter.left)
-        points = opt.ask(n_points=n, strategy=cfg.liar) if n > 1 else [opt.ask()]
+        # skopt is untyped; ask() returns one point (a list of categorical values) or a list of them
+        points = cast("list[list[int]]", opt.ask(n_points=n, strategy=cfg.liar) if n > 1 else [opt.ask()])
         scores = counter.evaluate([space.to_plan(p) for p in points])
         told = [(p, -float(s.reward)) for p, s in zip(points, scores, strict=True) if s is not None]
         if not told:

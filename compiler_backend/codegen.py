@@ -134,8 +134,8 @@ class _Builder:
                 pos += -(-(buf.numel + _SLACK) // 16) * 16
         for buf in self.g.buffers:
             src = buf.idx
-            while self.g.buffers[src].alias_of is not None:
-                src = self.g.buffers[src].alias_of
+            while (parent := self.g.buffers[src].alias_of) is not None:
+                src = parent
             offsets[buf.idx] = offsets[src]
         self.arena = pos
         return offsets

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.node import map_aggregate
 
 from compiler_backend.ir import (
     AffineOp,
@@ -119,7 +120,10 @@ class _Lowerer:
         if node.target == "dim":
             self.const[node] = len(shape)
         elif len(node.args) > 1:
-            self.const[node] = shape[int(node.args[1])]
+            dim = node.args[1]
+            if not isinstance(dim, int):  # a computed dim: leave the call to PyTorch
+                return False
+            self.const[node] = shape[dim]
         else:
             self.const[node] = torch.Size(shape)
         return True
@@ -174,9 +178,10 @@ class _Lowerer:
         bias = (mod.bias.detach().float().cpu().numpy() if mod.bias is not None
                 else np.zeros(mod.out_channels, np.float32))
         dst = self._new(node)
+        out_shape = cast("tuple[int, int, int]", self.graph.buffers[dst].shape)  # conv keeps CHW
+        padding = cast("tuple[int, int]", tuple(mod.padding))  # str padding was rejected above
         self.graph.ops.append(ConvOp(name, src, dst, weight.astype(np.float32), bias.astype(np.float32),
-                                     kept, in_shape, self.graph.buffers[dst].shape, mod.stride[0],
-                                     tuple(mod.padding), mod.groups))
+                                     kept, in_shape, out_shape, mod.stride[0], padding, mod.groups))
         return True
 
     def _linear(self, node: fx.Node, mod: nn.Linear, src: int) -> bool:
@@ -195,7 +200,7 @@ class _Lowerer:
                                      (n, 1, 1), is_linear=True))
         return True
 
-    def _batchnorm(self, node: fx.Node, mod: nn.Module, src: int) -> bool:
+    def _batchnorm(self, node: fx.Node, mod: nn.BatchNorm1d | nn.BatchNorm2d, src: int) -> bool:
         if mod.running_mean is None or mod.running_var is None:
             return False
         var = mod.running_var.detach().double()
@@ -253,20 +258,21 @@ class _Lowerer:
     def _function(self, node: fx.Node) -> bool:
         t = node.target
         args = node.args
-        if t in _ACT_FUNCS and len(args) >= 1 and self._arg_buf(args[0]) is not None:
-            return self._act(node, self._arg_buf(args[0]), _ACT_FUNCS[t])
-        if t in _ALIAS_FUNCS and self._arg_buf(args[0]) is not None:
+        src = self._arg_buf(args[0]) if args else None
+        if t in _ACT_FUNCS and src is not None:
+            return self._act(node, src, _ACT_FUNCS[t])
+        if t in _ALIAS_FUNCS and src is not None:
             if t is F.dropout and node.kwargs.get("training", args[2] if len(args) > 2 else True):
                 return False
-            return self._alias(node, self._arg_buf(args[0]))
+            return self._alias(node, src)
         if (t in _ADD or t in _MUL) and len(args) == 2 and not node.kwargs:
             return self._binary(node, "add" if t in _ADD else "mul")
         if t in (torch.cat, torch.concat):
             return self._concat(node)
-        if t is F.adaptive_avg_pool2d and self._arg_buf(args[0]) is not None:
-            return self._adaptive(node, self._arg_buf(args[0]))
-        if t is torch.mean and self._arg_buf(args[0]) is not None:
-            return self._mean(node)
+        if t is F.adaptive_avg_pool2d and src is not None:
+            return self._adaptive(node, src)
+        if t is torch.mean and src is not None:
+            return self._mean(node, src)
         return False
 
     def _method(self, node: fx.Node) -> bool:
@@ -280,16 +286,18 @@ class _Lowerer:
         if node.target in ("add", "mul", "add_", "mul_") and len(node.args) == 2 and not node.kwargs:
             return self._binary(node, str(node.target).rstrip("_"))
         if node.target == "mean":
-            return self._mean(node)
+            return self._mean(node, src)
         return False
 
-    def _mean(self, node: fx.Node) -> bool:
+    def _mean(self, node: fx.Node, src: int) -> bool:
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-        src = self._arg_buf(node.args[0])
-        if src is None or len(self.graph.buffers[src].shape) != 3:
+        if len(self.graph.buffers[src].shape) != 3:
             return False
-        if sorted(int(d) % 4 for d in (dims if isinstance(dims, (list, tuple)) else [dims])) != [2, 3]:
+        dim_list = dims if isinstance(dims, (list, tuple)) else [dims]
+        if not all(isinstance(d, int) for d in dim_list):  # dim=None or a computed dim
+            return False
+        if sorted(cast(int, d) % 4 for d in dim_list) != [2, 3]:
             return False
         dst = self._new(node)
         del keep
@@ -302,6 +310,7 @@ class _Lowerer:
             return False
         sa, sb = self.graph.buffers[a].shape, self.graph.buffers[b].shape
         out = self._sample_shape(node)
+        assert out is not None  # _lower only gets here for nodes with a sample shape
         broadcast = False
         if sa != sb:
             if len(out) == 3 and sb == (out[0], 1, 1) and sa == out:
@@ -319,12 +328,13 @@ class _Lowerer:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if not isinstance(tensors, (list, tuple)):
             return False
-        srcs = [self._arg_buf(t) for t in tensors]
+        found = [self._arg_buf(t) for t in tensors]
+        srcs = [s for s in found if s is not None]
         out = self._sample_shape(node)
-        if any(s is None for s in srcs) or out is None or dim not in (1, -len(out)):
+        if len(srcs) != len(found) or out is None or dim not in (1, -len(out)):
             return False
         dst = self._new(node)
-        self.graph.ops.append(ConcatOp(str(node.name), [int(s) for s in srcs], dst))
+        self.graph.ops.append(ConcatOp(str(node.name), srcs, dst))
         return True
 
     # ------------------------------------------------------------------ fallback
@@ -404,8 +414,8 @@ def op_inputs(op: Any) -> list[int]:
         return list(op.srcs)
     if isinstance(op, FallbackOp):
         found: list[int] = []
-        fx.node.map_aggregate((op.args, op.kwargs),
-                              lambda a: found.append(a.idx) if isinstance(a, BufRef) else None)
+        map_aggregate((op.args, op.kwargs),
+                      lambda a: found.append(a.idx) if isinstance(a, BufRef) else None)
         return found
     return []
 
@@ -444,10 +454,13 @@ def fuse_epilogues(graph: Graph) -> None:
                 prev.act, prev.dst = op.act, op.dst
                 ops.pop(i)
                 continue
-        elif isinstance(op, EltwiseOp) and op.op == "add" and not op.broadcast and op.act is None:
+        elif (isinstance(op, EltwiseOp) and op.op == "add" and op.b is not None
+              and not op.broadcast and op.act is None):
             for mine, other in ((op.a, op.b), (op.b, op.a)):
                 j = producers.get(mine)
-                prev = ops[j] if j is not None else None
+                if j is None:
+                    continue
+                prev = ops[j]
                 if (isinstance(prev, ConvOp) and prev.act is None and prev.res is None
                         and uses.get(mine, 0) == 1 and other != mine):
                     prev.res, prev.dst = other, op.dst

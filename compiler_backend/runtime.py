@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import fx
+from torch.fx.node import map_aggregate
 
 from compiler_backend.codegen import Program
 from compiler_backend.ir import BufRef, EnvRef, FallbackOp, Graph
@@ -142,8 +142,8 @@ class CompiledModel:
 
     def _fallback(self, op: FallbackOp, timed: bool) -> None:
         start = time.perf_counter() if timed else 0.0
-        args = fx.node.map_aggregate(op.args, self._resolve)
-        kwargs = fx.node.map_aggregate(op.kwargs, self._resolve)
+        args = map_aggregate(op.args, self._resolve)
+        kwargs = map_aggregate(op.kwargs, self._resolve)
         with torch.no_grad():
             out = op.fn(*args, **kwargs)
         if op.dst is not None:

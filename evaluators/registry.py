@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from npas_env.errors import EvaluatorNotFound, NpasError
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Modules whose import registers the built-in evaluators.
 _BUILTIN_MODULES = {
@@ -35,8 +36,9 @@ class Registry(Generic[T]):
         self._factories: dict[str, Callable[..., T]] = {}
         self._loaded = False
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+    def register(self, name: str) -> Callable[[F], F]:
+        """Decorator: register ``factory`` (usually the evaluator class) and return it unchanged."""
+        def decorator(factory: F) -> F:
             self._factories[name] = factory
             return factory
         return decorator

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from npas_env.errors import (
     BackendError,
@@ -18,6 +18,10 @@ from npas_env.errors import (
 from npas_env.layers import LayerKind, LayerSpec, analyze_model, extract_layers, layers_fingerprint
 from npas_env.plan import FilterType, LayerAction, PruningPlan, Scheme
 from npas_env.search_space import SearchSpace
+
+if TYPE_CHECKING:  # static view of the lazy exports in __getattr__
+    from npas_env.env import NPASEnv
+    from npas_env.pruning import apply_plan
 
 __version__ = "0.1.0"
 

@@ -73,11 +73,12 @@ def decode_request(body: bytes) -> tuple[dict[str, Any], dict[str, tuple[str, np
             count = int(np.prod(shape)) if shape else 1
             if dtype not in _DTYPES or off < 0 or n < 0 or off + n > len(blob) or min(shape, default=1) < 0:
                 raise WireError(f"bad tensor entry {t.get('name')!r}")
-            raw = np.frombuffer(blob[off:off + n], dtype=_DTYPES[dtype])
+            raw = blob[off:off + n]
             if dtype == "bool_packed":
-                array = np.unpackbits(raw, count=count).astype(bool).reshape(shape)
+                packed = np.frombuffer(raw, dtype=np.uint8)
+                array = np.unpackbits(packed, count=count).astype(bool).reshape(shape)
             else:
-                array = raw.reshape(shape)
+                array = np.frombuffer(raw, dtype=_DTYPES[dtype]).reshape(shape)
             tensors[str(t["name"])] = (str(t.get("kind", "state")), array)
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"bad tensor entry: {exc}") from None
@@ -114,7 +115,8 @@ def _run_model(manifest: dict[str, Any], tensors: dict[str, tuple[str, np.ndarra
     spec = manifest.get("model")
     if not isinstance(spec, dict) or not isinstance(spec.get("zoo"), str):
         raise WireError("manifest 'model' must be {'zoo': name, 'kwargs': {...}}")
-    kwargs = {k: v for k, v in (spec.get("kwargs") or {}).items() if isinstance(v, (int, float, str, bool))}
+    kwargs: dict[str, Any] = {k: v for k, v in (spec.get("kwargs") or {}).items()
+                              if isinstance(v, (int, float, str, bool))}  # build_model checks them
     torch.manual_seed(0)
     model = build_model(spec["zoo"], **kwargs)
     model = apply_filter_types(model, dict(manifest.get("filter_types") or {})).eval()
@@ -136,7 +138,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout_s  # slow clients: socket timeout on every read
+        # slow clients: socket timeout on every read (what a per-instance ``self.timeout`` would do;
+        # the stdlib declares ``timeout`` a ClassVar)
+        self.request.settimeout(self.server.read_timeout_s)
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -302,7 +306,7 @@ def run_device_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="npas device-serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="npas device-serve", description=(__doc__ or "").partition("\n")[0])
     _add_arguments(parser)
     return run_device_serve(parser.parse_args(argv))
 

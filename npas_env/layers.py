@@ -279,9 +279,10 @@ def analyze_model(model: nn.Module, example_input: torch.Tensor, *,
             continue
         mod = gm.get_submodule(str(node.target))
         inp_node = _tensor_inputs(node)[0] if _tensor_inputs(node) else None
+        inp_shape = _shape_of(inp_node) if inp_node is not None else None
         out_shape = _shape_of(node)
-        if isinstance(mod, nn.Conv2d) and inp_node is not None and out_shape is not None:
-            layers.append(_conv_spec(str(node.target), len(layers), mod, _shape_of(inp_node), out_shape))
+        if isinstance(mod, nn.Conv2d) and inp_shape is not None and out_shape is not None:
+            layers.append(_conv_spec(str(node.target), len(layers), mod, inp_shape, out_shape))
         elif isinstance(mod, nn.Linear) and out_shape is not None:
             layers.append(_linear_spec(str(node.target), len(layers), mod, out_shape))
         elif isinstance(mod, _WEIGHTED_UNSUPPORTED):

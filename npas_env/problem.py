@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class SearchProblem:
     def from_env(cls, env: NPASEnv, budget: int | None = None) -> SearchProblem:
         if budget is not None and (not isinstance(budget, int) or budget <= 0):
             raise InvalidConfig(f"budget must be a positive number of evaluations, got {budget!r}")
-        return cls(env.unwrapped.scorer, budget)
+        return cls(cast(NPASEnv, env.unwrapped).scorer, budget)  # env may be wrapped
 
     @property
     def layers(self) -> tuple[LayerSpec, ...]:

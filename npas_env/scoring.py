@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from evaluators.context import ModelContext
 from evaluators.registry import make_accuracy, make_latency
@@ -52,7 +52,10 @@ def resolve(kind: str, spec: Any, kwargs: dict[str, Any] | None) -> Any:
     return spec
 
 
-def _guard(call: Callable[[], Sequence[Any]], n: int, result_type: type) -> list[Any]:
+_R = TypeVar("_R", AccuracyResult, LatencyResult)
+
+
+def _guard(call: Callable[[], Sequence[Any]], n: int, result_type: type[_R]) -> list[_R]:
     """Run a batched evaluator call; turn every fault into ``n`` failure results."""
     try:
         results = list(call())
@@ -103,7 +106,8 @@ class PlanScorer:
             dense = PruningPlan.dense(self.context.layer_names, self.context.arch_fingerprint)
             self._reference = _guard(lambda: self.latency.measure(self.context, [dense]), 1,
                                      LatencyResult)[0]
-        return self._reference.latency_ms if self._reference.ok else math.nan
+        ref = self._reference.latency_ms
+        return ref if self._reference.ok and ref is not None else math.nan  # ok implies ref is set
 
     @property
     def budget_ms(self) -> float:
@@ -143,9 +147,11 @@ class PlanScorer:
     def _combine(self, plan: PruningPlan, acc: AccuracyResult, lat: LatencyResult) -> Score:
         budget, ref = self.budget_ms, self.reference_ms
         reward = self.failure_reward
-        if acc.ok and lat.ok and math.isfinite(budget) and math.isfinite(ref):
+        accuracy, latency_ms = acc.accuracy, lat.latency_ms  # both set when .ok
+        if (acc.ok and lat.ok and accuracy is not None and latency_ms is not None
+                and math.isfinite(budget) and math.isfinite(ref)):
             try:
-                value = float(self.reward(acc.accuracy, lat.latency_ms, budget_ms=budget,
+                value = float(self.reward(accuracy, latency_ms, budget_ms=budget,
                                           reference_ms=ref))
                 reward = value if math.isfinite(value) else self.failure_reward
             except NpasError:

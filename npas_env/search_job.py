@@ -161,9 +161,9 @@ def build_env(config: SearchConfig, model: torch.nn.Module, splits: Any,
 def close_pools(env: NPASEnv) -> None:
     """Stop the evaluation-pool workers behind the env's (cached) evaluators; idempotent."""
     for evaluator in (env.scorer.accuracy, env.scorer.latency):
-        inner = getattr(evaluator, "evaluator", None)
-        if callable(getattr(inner, "close", None)):
-            inner.close()
+        close = getattr(getattr(evaluator, "evaluator", None), "close", None)
+        if callable(close):
+            close()
 
 
 def check_feasible(env: NPASEnv) -> float:

@@ -263,20 +263,20 @@ def phase1(model: nn.Module, data: str | DataSplits, epochs: int = 1, *,
         InvalidData: the dataset does not fit the model.
     """
     from evaluators.accuracy.oneshot import resolve_dataset
-    from npas_env.data import check_dataset, make_loader
+    from npas_env.data import as_loader, check_dataset
     from npas_env.zoo.train import evaluate_accuracy, make_sgd, train_epochs
 
     splits = resolve_dataset(data)
     check_dataset(splits, model)
     report = replace_unfriendly_ops(model, mapping, functions=functions)
-    val = make_loader(splits.val, 256)
+    val = as_loader(splits.val, 256)
     before, rewritten = evaluate_accuracy(model, val), evaluate_accuracy(report.model, val)
     if epochs <= 0 or not report.changed:
         return Phase1Result(report.model, report, before, rewritten, rewritten)
     tuned = copy.deepcopy(report.model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        res = train_epochs(tuned, make_loader(splits.train, batch_size, shuffle=True, seed=seed),
+        res = train_epochs(tuned, as_loader(splits.train, batch_size, shuffle=True, seed=seed),
                            epochs=epochs, optimizer=make_sgd(tuned, lr), max_batches=max_train_batches)
     if not res.ok:
         return Phase1Result(report.model, report, before, rewritten, rewritten, 0,

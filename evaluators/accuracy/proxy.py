@@ -20,7 +20,7 @@ from evaluators.registry import register_accuracy
 from evaluators.results import AccuracyResult
 from npas_env.layers import LayerSpec
 from npas_env.plan import FilterType, LayerAction, PruningPlan
-from npas_env.pruning import model_pattern_set, prune_mask
+from npas_env.pruning import model_pattern_set, module_weight, prune_mask
 from npas_env.pruning.surgery import replace_filter_type
 
 
@@ -35,7 +35,7 @@ def pattern_set_for(context: ModelContext) -> torch.Tensor:
 def retained_energy(module: nn.Module, spec: LayerSpec, action: LayerAction,
                     pattern_set: torch.Tensor) -> float:
     """Fraction of ``module.weight``'s energy kept under ``action`` (0 for SKIP)."""
-    weight = module.weight.detach()
+    weight = module_weight(module).detach()
     total = float(weight.double().pow(2).sum())
     if action.filter_type is FilterType.SKIP or total == 0.0:
         return 0.0
@@ -44,11 +44,11 @@ def retained_energy(module: nn.Module, spec: LayerSpec, action: LayerAction,
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         new = replace_filter_type(module, action.filter_type)
         pruned = new[1] if isinstance(new, nn.Sequential) else new
-        w = pruned.weight.detach()
+        w = module_weight(pruned).detach()
         mask = prune_mask(w, action.scheme, action.rate, action.block_size, pattern_set=pattern_set)
         kept = w * mask
         if isinstance(new, nn.Sequential):  # effective kernel of depthwise x pointwise
-            kept = kept[:, :, 0, 0, None, None] * new[0].weight.detach()[:, 0][None]
+            kept = kept[:, :, 0, 0, None, None] * module_weight(new, "0").detach()[:, 0][None]
         return float(kept.double().pow(2).sum()) / total
 
 

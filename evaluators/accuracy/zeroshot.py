@@ -14,7 +14,7 @@ from torch import nn
 
 from evaluators.accuracy.oneshot import OneShotAccuracy, dataset_id
 from evaluators.registry import register_accuracy
-from npas_env.data import DataSplits, make_loader
+from npas_env.data import DataSplits, as_loader
 from npas_env.errors import InvalidConfig
 from npas_env.pruning import PrunedModel
 
@@ -52,8 +52,8 @@ class ZeroShotAccuracy(OneShotAccuracy):
     def _finetune_and_score(self, model: nn.Module, pruned: PrunedModel,
                             details: dict[str, Any]) -> tuple[float | None, float, str | None]:
         if self.bn_batches:
-            recalibrate_batchnorm(model, make_loader(self.data.train, self.batch_size, shuffle=True,
-                                                     seed=self.seed), self.bn_batches)
+            recalibrate_batchnorm(model, as_loader(self.data.train, self.batch_size, shuffle=True,
+                                                   seed=self.seed), self.bn_batches)
         return super()._finetune_and_score(model, pruned, details)
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, cast
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
 
 from npas_env.errors import EvaluatorNotFound
 from npas_env.search_space import sample_masked_action
+
+if TYPE_CHECKING:
+    from npas_env.env import NPASEnv
+    from npas_env.tabular import TabularNPASEnv
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,12 +30,14 @@ def run(args: argparse.Namespace) -> int:
     if args.env not in gym.registry:  # gym.make would raise a raw gymnasium error
         known = [k for k in gym.registry if k.startswith("npas/")]
         raise EvaluatorNotFound(args.env, kind="env id", known=known)
-    env = gym.make(args.env, render_mode="ansi").unwrapped
+    # every npas id builds one of these two; both act in MultiDiscrete(search_space.nvec)
+    env = cast("NPASEnv | TabularNPASEnv", gym.make(args.env, render_mode="ansi").unwrapped)
+    nvec = cast(spaces.MultiDiscrete, env.action_space).nvec
     rng = np.random.default_rng(args.seed)
     env.reset(seed=args.seed)
     done, reward = False, 0.0
     while not done:
-        action = sample_masked_action(env.action_space.nvec, env.action_masks(), rng)
+        action = sample_masked_action(nvec, env.action_masks(), rng)
         _, reward, done, _, info = env.step(action)
     print(env.render())
     print(f"reward = {reward:.4f}  (accuracy {info['accuracy']}, latency {info['latency_ms']} ms, "

@@ -204,7 +204,7 @@ def _phase3_and_finish(config: SearchConfig, env: Any, best: Any, splits: Any, r
     from compiler_backend import compile_model
     from evaluators.accuracy.phase3 import phase3
     from evaluators.registry import make_latency
-    from npas_env.data import make_loader
+    from npas_env.data import as_loader
     from npas_env.zoo.train import evaluate_accuracy
 
     latency = make_latency("compiled", threads=config.threads)
@@ -215,7 +215,7 @@ def _phase3_and_finish(config: SearchConfig, env: Any, best: Any, splits: Any, r
     example = env.context.example_input
     compiled = compile_model(result.model, example, result.masks, threads=config.threads)
     final_ms = compiled.benchmark(warmup=10, repeats=100, min_seconds=0.5).median_ms
-    test = make_loader(splits.test, batch_size=256, shuffle=False)
+    test = as_loader(splits.test, batch_size=256, shuffle=False)
     summary = RunSummary(
         model=config.model, dataset=config.data, agent=config.agent, budget_ms=env.scorer.budget_ms,
         dense_latency_ms=env.scorer.reference_ms, final_latency_ms=final_ms,
@@ -242,7 +242,8 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, summ
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             onnx = io.BytesIO()
-            torch.onnx.export(model.eval(), example, onnx, dynamo=False)
+            # the TorchScript exporter (dynamo=False) writes to file objects; the stub omits them
+            torch.onnx.export(model.eval(), (example,), onnx, dynamo=False)  # pyright: ignore[reportArgumentType]
         atomic_write_bytes(path, onnx.getvalue())
     except Exception as exc:  # an export gap must not lose the finished run
         summary.phase1_left.append(f"ONNX export failed: {type(exc).__name__}: {exc}")

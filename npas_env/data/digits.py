@@ -10,12 +10,16 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from npas_env.data.splits import DataSplits, ImageTensorDataset, stratified_indices
+
+if TYPE_CHECKING:
+    from sklearn.utils import Bunch
 
 #: Default train / validation / test fractions.
 DIGITS_FRACTIONS = (0.6, 0.2, 0.2)
@@ -36,7 +40,7 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
             return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits as sk_load_digits
 
-    bunch = sk_load_digits()
+    bunch = cast("Bunch", sk_load_digits())  # the inferred type also allows the return_X_y tuple
     return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
 
 

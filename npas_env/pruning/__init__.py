@@ -20,6 +20,7 @@ from npas_env.pruning.apply import (
     mask_sparsity,
     masked_module_name,
     model_pattern_set,
+    module_weight,
 )
 from npas_env.pruning.masks import (
     BlockAxis,
@@ -66,6 +67,7 @@ __all__ = [
     "mask_sparsity",
     "masked_module_name",
     "model_pattern_set",
+    "module_weight",
     "pattern_mask",
     "prune_mask",
     "rank1_factors",

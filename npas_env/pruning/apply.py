@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -94,9 +95,21 @@ def _check_modules(model: nn.Module, layers: Sequence[LayerSpec]) -> None:
                               f"{tuple(getattr(weight, 'shape', ()))}, expected {spec.weight_shape}")
 
 
+def module_weight(model: nn.Module, name: str = "") -> Tensor:
+    """``model.get_submodule(name).weight`` (``""``: ``model.weight``) typed as a Tensor.
+
+    ``nn.Module.__getattr__`` is typed ``Tensor | Module``; every layer this package prunes
+    (Conv2d / Linear) holds its weight as a Parameter.
+
+    Raises:
+        AttributeError: the model has no such submodule, or it has no ``weight``.
+    """
+    return cast(Tensor, model.get_submodule(name).weight)
+
+
 def model_pattern_set(model: nn.Module, layers: Sequence[LayerSpec], num_patterns: int = 8) -> Tensor:
     """Pattern set from the 3x3 regular/grouped conv weights of ``model`` (see build_pattern_set)."""
-    weights = [model.get_submodule(s.name).weight for s in layers
+    weights = [module_weight(model, s.name) for s in layers
                if s.kernel_size == (3, 3) and s.kind in (LayerKind.CONV, LayerKind.GROUPED)]
     return build_pattern_set(weights, num_patterns)
 
@@ -110,7 +123,7 @@ def _coupled_filter_scores(model: nn.Module, layers: Sequence[LayerSpec],
         target = masked_module_name(spec.name, action.filter_type)
         if spec.coupled_group is None or action.is_dense or action.scheme is not Scheme.FILTER or target is None:
             continue
-        weight = model.get_submodule(target).weight.detach()
+        weight = module_weight(model, target).detach()
         key = (spec.coupled_group, weight.shape[0])
         norms = weight.reshape(weight.shape[0], -1).float().norm(dim=1)
         sums[key] = sums[key] + norms if key in sums else norms
@@ -143,7 +156,7 @@ def compute_masks(model: nn.Module, layers: Sequence[LayerSpec], actions: Sequen
         target = masked_module_name(spec.name, action.filter_type)
         if action.is_dense or target is None:
             continue
-        weight = model.get_submodule(target).weight
+        weight = module_weight(model, target)
         try:
             masks[target] = prune_mask(weight, action.scheme, action.rate, action.block_size,
                                        pattern_set=pattern_set, filter_scores=scores.get(target))
@@ -163,7 +176,7 @@ def enforce_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
     with torch.no_grad():
         for name, mask in masks.items():
             try:
-                weight = model.get_submodule(name).weight
+                weight = module_weight(model, name)
             except AttributeError:
                 raise InvalidPlan(f"mask for {name!r}, but the model has no such module with a weight") from None
             if weight.shape != mask.shape:

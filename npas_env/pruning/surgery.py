@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
 
 from npas_env.errors import InvalidAction, InvalidPlan
 from npas_env.plan import FilterType
+
+
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d size attribute (typed ``tuple[int, ...]``, always a pair at runtime)."""
+    return cast("tuple[int, int]", value)
 
 
 def _is_same_padding(conv: nn.Conv2d) -> bool:
@@ -48,13 +54,14 @@ def to_conv1x1(conv: nn.Conv2d) -> nn.Conv2d:
         raise InvalidAction(f"1x1 replacement keeps the output size only for 'same' padding; got "
                             f"kernel {conv.kernel_size}, padding {conv.padding}, dilation {conv.dilation}")
     weight = conv.weight
-    new = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=conv.stride, padding=0,
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=_pair(conv.stride), padding=0,
                     groups=conv.groups, bias=conv.bias is not None,
                     device=weight.device, dtype=weight.dtype)
     kh, kw = conv.kernel_size
     with torch.no_grad():
         new.weight.copy_(weight[:, :, kh // 2, kw // 2, None, None])
         if conv.bias is not None:
+            assert new.bias is not None  # built with bias=True
             new.bias.copy_(conv.bias)
     return new.train(conv.training)
 
@@ -96,8 +103,10 @@ def to_dw_separable(conv: nn.Conv2d) -> nn.Sequential:
                             f"groups={conv.groups}")
     weight = conv.weight
     kwargs = {"device": weight.device, "dtype": weight.dtype}
-    depthwise = nn.Conv2d(conv.in_channels, conv.in_channels, conv.kernel_size, stride=conv.stride,
-                          padding=conv.padding, dilation=conv.dilation, groups=conv.in_channels,
+    padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+    depthwise = nn.Conv2d(conv.in_channels, conv.in_channels, _pair(conv.kernel_size),
+                          stride=_pair(conv.stride), padding=padding, dilation=_pair(conv.dilation),
+                          groups=conv.in_channels,
                           bias=False, padding_mode=conv.padding_mode, **kwargs)
     pointwise = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None, **kwargs)
     dw_weight, pw_weight = rank1_factors(weight)
@@ -105,6 +114,7 @@ def to_dw_separable(conv: nn.Conv2d) -> nn.Sequential:
         depthwise.weight.copy_(dw_weight)
         pointwise.weight.copy_(pw_weight)
         if conv.bias is not None:
+            assert pointwise.bias is not None  # built with bias=True
             pointwise.bias.copy_(conv.bias)
     return nn.Sequential(depthwise, pointwise).train(conv.training)
 

@@ -34,7 +34,7 @@ from npas_env.data import DataSplits
 from npas_env.errors import InvalidConfig
 from npas_env.layers import LayerSpec
 from npas_env.plan import PruningPlan
-from npas_env.pruning import compute_masks, prune_mask
+from npas_env.pruning import compute_masks, module_weight, prune_mask
 
 
 @register_algorithm("admm")
@@ -71,7 +71,7 @@ class AdmmPruning:
         start = time.perf_counter()
         prep = prepare(model, layers, plan, settings.device)
         net = prep.model
-        weights = {name: net.get_submodule(name).weight for name, _ in prep.targets}
+        weights = {name: module_weight(net, name) for name, _ in prep.targets}
         with torch.no_grad():
             z = {n: self.project(w.detach().clone(), prep, n) for n, w in weights.items()}
             u = {n: torch.zeros_like(w) for n, w in weights.items()}

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from npas_env.data import DataSplits, make_loader
+from npas_env.data import DataSplits, as_loader
 from npas_env.errors import EvaluatorNotFound, InvalidConfig
 from npas_env.layers import LayerSpec
 from npas_env.plan import LayerAction, PruningPlan
@@ -162,8 +162,8 @@ def train(model: nn.Module, data: DataSplits, epochs: int, settings: TrainSettin
     The shuffling order depends on ``settings.seed`` and ``epoch_offset``, so successive calls
     see different (but reproducible) orders.
     """
-    loader = make_loader(data.train, settings.batch_size, shuffle=True,
-                         seed=settings.seed * 1000 + epoch_offset)
+    loader = as_loader(data.train, settings.batch_size, shuffle=True,
+                       seed=settings.seed * 1000 + epoch_offset)
 
     def step() -> None:
         if masks:
@@ -178,7 +178,7 @@ def train(model: nn.Module, data: DataSplits, epochs: int, settings: TrainSettin
 
 
 def validation_accuracy(model: nn.Module, data: DataSplits) -> float:
-    return evaluate_accuracy(model, make_loader(data.val, 256))
+    return evaluate_accuracy(model, as_loader(data.val, 256))
 
 
 def finish(name: str, prepared: Prepared, model: nn.Module, masks: dict[str, Tensor],

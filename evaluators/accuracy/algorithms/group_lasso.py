@@ -38,7 +38,7 @@ from npas_env.data import DataSplits
 from npas_env.errors import InvalidConfig
 from npas_env.layers import LayerSpec
 from npas_env.plan import LayerAction, PruningPlan, Scheme
-from npas_env.pruning import compute_masks, keep_top_groups
+from npas_env.pruning import compute_masks, keep_top_groups, module_weight
 
 RateMode = Literal["threshold", "at_least_plan", "plan"]
 
@@ -108,7 +108,7 @@ class ReweightedGroupLasso:
         start = time.perf_counter()
         prep = prepare(model, layers, plan, settings.device)
         net = prep.model
-        weights = {n: net.get_submodule(n).weight for n, _ in prep.targets}
+        weights = {n: module_weight(net, n) for n, _ in prep.targets}
         groups = {}
         for name, action in prep.targets:
             ids, count = group_ids(tuple(weights[name].shape), action)
@@ -155,7 +155,7 @@ class ReweightedGroupLasso:
         for name, action in targets:
             if action.scheme in (Scheme.FILTER, Scheme.PATTERN):
                 continue
-            weight = net.get_submodule(name).weight.detach()
+            weight = module_weight(net, name).detach()
             ids, count = groups[name]
             sizes = torch.zeros(count, dtype=torch.long, device=ids.device).scatter_add(
                 0, ids.flatten(), torch.ones_like(ids.flatten()))
