@@ -3,10 +3,15 @@
 For every zoo model and N random plans (uniform over each layer's allowed actions): share of
 predictions within +-10 %, MAPE, Kendall tau, cost of one prediction (cold = empty memo, warm =
 memo of earlier plans), raw and calibrated (``a * sum + b`` fitted on the first plans, evaluated on
-the rest). Also the LUT build rate. Writes ``docs/benchmarks/latency.md``.
+the rest). Also the LUT build rate. Writes ``docs/benchmarks/latency.md`` (``--no-write``: print only).
+
+``--grid model`` builds (or resumes) one model-specific table per model, timed in context
+(:mod:`evaluators.latency.model_builder`), and fits the predictor on it, calibrated on the
+table's own compiled builds.
 
     python -m benchmarks.bench_latency                      # everything (long: builds the LUT)
     python -m benchmarks.bench_latency --models resnet20 --plans 10 --grid bench
+    python -m benchmarks.bench_latency --models small_cnn resnet20 --grid model --no-write
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from evaluators.context import ModelContext
 from evaluators.latency.compiled import CompiledLatency
 from evaluators.latency.lut import LookupTableLatency
 from evaluators.latency.lut_builder import DEFAULT_GRID, QUICK_GRID, GridSpec, build_lut
+from evaluators.latency.model_builder import build_model_lut, describe
 from evaluators.latency.predictor import LatencyPredictor, error_report
 from evaluators.latency.profiling import pin_threads
+from npas_env.io import cache_dir
 from npas_env.layers import extract_layers
 from npas_env.plan import PruningPlan
 from npas_env.search_space import SearchSpace, sample_masked_action
@@ -80,26 +87,60 @@ def cost_ms(evaluator, ctx: ModelContext, plans: list[PruningPlan]) -> tuple[flo
     return cold, (time.perf_counter() - t0) * 1e3 / max(1, len(plans) - len(plans) // 2)
 
 
-def run(args: argparse.Namespace) -> str:
-    pin_threads(args.threads)
-    t0 = time.perf_counter()
+def grid_evaluators(args: argparse.Namespace) -> tuple[LookupTableLatency, LatencyPredictor, list[str]]:
+    """The LUT and predictor of a generic grid table (one for all models)."""
     table = build_lut(args.device, args.lut, GRIDS[args.grid], threads=args.threads, backend="compiled")
     build = table.machine.get("build", {})
     predictor = LatencyPredictor().fit(table)
-    lut = LookupTableLatency(table)
+    return LookupTableLatency(table), predictor, [
+        f"- LUT: {len(table)} settings, grid `{args.grid}`, built at "
+        f"{build.get('settings_per_min', 'n/a')} settings/min (paper: 512 in ~30 min = 17/min); "
+        f"noise {table.noise()}",
+        f"- predictor hold-out on the table: {predictor.report.get('holdout')}"]
+
+
+def model_evaluators(args: argparse.Namespace, ctx: ModelContext) -> tuple[LookupTableLatency, LatencyPredictor, list[str]]:
+    """The LUT of a model-specific in-context table (built or resumed) and a predictor fitted on it."""
+    path = (args.lut or cache_dir()) / f"lut-{args.device}-model-{ctx.name}.json"
+    table = build_model_lut(ctx, path, device=args.device, rates=args.rates, max_builds=args.max_builds,
+                            threads=args.threads, rounds=args.rounds)
+    predictor = LatencyPredictor().fit_model_table(table, ctx)
+    info = describe(table)
+    plans, walls = table.build_plans()
+    in_sample = error_report([table.predict(plan)[0] for plan in plans], walls)
+    return LookupTableLatency(table), predictor, [
+        f"- {ctx.name}: model table `{path.name}`, {info['entries']} settings from {info['builds']} compiled "
+        f"models (rates {args.rates or 'all'}), built at {info['settings_per_min']} settings/min "
+        f"(paper: 17/min), base {info['base_ms']:.4f} ms of dense {info['dense_ms']:.4f} ms; noise {info['noise']}",
+        f"- {ctx.name}: base + entries vs its own compiled models (in-sample: the entries come from "
+        f"these builds) {in_sample}",
+        f"- {ctx.name}: predictor hold-out on the table {predictor.report.get('holdout')}, calibration "
+        f"on the builds {predictor.report.get('calibration')}"]
+
+
+def make_context(name: str) -> ModelContext:
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ModelContext(model, x, tuple(extract_layers(model, x)), SearchSpace(), name)
+
+
+def run(args: argparse.Namespace) -> str:
+    pin_threads(args.threads)
+    t0 = time.perf_counter()
+    lines: list[str] = []
+    if args.grid != "model":
+        lut, predictor, lines = grid_evaluators(args)
     compiled = CompiledLatency(threads=args.threads, repeats=20, min_seconds=0.05)
-    lines = [f"- LUT: {len(table)} settings, grid `{args.grid}`, built at "
-             f"{build.get('settings_per_min', 'n/a')} settings/min (paper: 512 in ~30 min = 17/min); "
-             f"noise {table.noise()}",
-             f"- predictor hold-out on the table: {predictor.report.get('holdout')}"]
     rows = []
     for name in args.models:
-        torch.manual_seed(0)
-        model = build_model(name).eval()
-        x = torch.randn(1, 3, 32, 32)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ctx = ModelContext(model, x, tuple(extract_layers(model, x)), SearchSpace(), name)
+        ctx = make_context(name)
+        if args.grid == "model":
+            lut, predictor, more = model_evaluators(args, ctx)
+            lines += more
+            print(f"{name}: table ready, {time.perf_counter() - t0:.0f} s", flush=True)
         plans = random_plans(ctx, args.plans, args.seed)
         measured = np.array([r.latency_ms if r.ok else np.nan for r in compiled.measure(ctx, plans)])
         for label, ev in (("lut", lut), ("predictor", predictor)):
@@ -126,27 +167,39 @@ def _markdown(args: argparse.Namespace, lines: list[str], rows: list[dict], seco
                    f"{r['tau']:.2f} | {r['cal_within']:.0%} | {r['cal_mape']:.1f} | {r['extrap']:.0%} | "
                    f"{r['cold']:.3f} | {r['warm']:.4f} |\n" for r in rows)
     return (f"# Latency models vs compiled measurements\n\n{machine_summary()}\n\n"
-            f"`python -m benchmarks.bench_latency --models {' '.join(args.models)} --plans {args.plans} "
-            f"--grid {args.grid} --threads {args.threads}` ({seconds:.0f} s). Goals: >= 95 % within ±10 %, "
-            "Kendall τ >= 0.9, < 1 ms per prediction. Calibrated = `a * sum + b` fitted on the first "
-            "quarter of the plans, scored on the rest.\n\n" + "\n".join(lines) + "\n\n" + head + body)
+            f"`python -m benchmarks.bench_latency {_command(args)}` ({seconds:.0f} s). Goals: >= 95 % "
+            "within ±10 %, Kendall τ >= 0.9, < 1 ms per prediction. Calibrated = `a * sum + b` fitted on "
+            "the first quarter of the plans, scored on the rest.\n\n" + "\n".join(lines) + "\n\n" + head + body)
+
+
+def _command(args: argparse.Namespace) -> str:
+    cmd = f"--models {' '.join(args.models)} --plans {args.plans} --grid {args.grid} --threads {args.threads}"
+    if args.grid == "model" and args.rates:
+        cmd += f" --rates {' '.join(f'{r:g}' for r in args.rates)}"
+    if args.grid == "model" and args.max_builds:
+        cmd += f" --max-builds {args.max_builds}"
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=sorted(MODELS))
     p.add_argument("--plans", type=int, default=30)
-    p.add_argument("--grid", choices=sorted(GRIDS), default="bench")
+    p.add_argument("--grid", choices=[*sorted(GRIDS), "model"], default="bench",
+                   help="a generic grid table, or `model`: one in-context table per model")
     p.add_argument("--lut", type=Path, default=None,
-                   help="table file (default: <npas cache>/lut-<device>-<grid>.json; resumed)")
+                   help="table file (default: <npas cache>/lut-<device>-<grid>.json; resumed); with "
+                   "--grid model the directory of the per-model tables (default: the npas cache)")
+    p.add_argument("--rates", type=float, nargs="+", help="--grid model: pruned rates to measure "
+                   "(default: all of the search space; others interpolated)")
+    p.add_argument("--max-builds", type=int, help="--grid model: compiled models per table in this run")
+    p.add_argument("--rounds", type=int, default=7, help="--grid model: profiling rounds per compiled model")
     p.add_argument("--device", default="local")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    if args.lut is None:
-        from npas_env.io import cache_dir
-
+    if args.lut is None and args.grid != "model":
         args.lut = cache_dir() / f"lut-{args.device}-{args.grid}.json"
     md = run(args)
     print(md)

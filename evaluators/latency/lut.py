@@ -26,15 +26,23 @@ from typing import Any
 
 from evaluators.context import ModelContext
 from evaluators.latency.lut_table import LatencyTable, LayerSetting
+from evaluators.latency.model_table import (
+    ModelLatencyTable,
+    is_model_table,
+    mismatch_message,
+    read_table_json,
+)
 from evaluators.registry import register_latency
 from evaluators.results import LatencyResult
 from npas_env.errors import InvalidPlan
 from npas_env.layers import LayerKind, LayerSpec
 from npas_env.plan import FilterType, LayerAction, PruningPlan, Scheme
+from npas_env.search_space import SearchSpace
 
 #: Extrapolation slopes (d log latency / d log axis) are clamped to these ranges.
 #: The third value is the slope used when an axis has a single table point.
 _SLOPE_LIMITS = {"channels": (0.0, 2.5, 2.0), "fmap": (0.0, 2.5, 2.0), "rate": (-1.2, 0.0, -0.8)}
+_SPACE = SearchSpace()   # canonicalization only (model tables store canonical actions)
 
 
 @dataclass(frozen=True)
@@ -188,8 +196,12 @@ class TableModel:
 class LookupTableLatency:
     """Sum of per-layer table latencies; see the module docstring.
 
+    With a model-specific table (:class:`~evaluators.latency.model_table.ModelLatencyTable`, from
+    ``npas build-lut --model``) the latency is the table's base term plus its in-context entries,
+    and plans of any other model (arch fingerprint) fail.
+
     Args:
-        table: a :class:`LatencyTable` or the path of a table file.
+        table: a :class:`LatencyTable`, a ``ModelLatencyTable`` or the path of either file.
         device: the device the table must be for (None: accept the table's device).
         backend: the backend version the table must be for (None: accept any).
         force: use a table made for another device/backend anyway (with a warning).
@@ -197,24 +209,33 @@ class LookupTableLatency:
 
     name = "lut"
 
-    def __init__(self, table: str | Path | LatencyTable, *, device: str | None = None,
+    def __init__(self, table: str | Path | LatencyTable | ModelLatencyTable, *, device: str | None = None,
                  backend: str | None = None, force: bool = False) -> None:
-        if isinstance(table, LatencyTable):
-            table.check(device=device, backend=backend, force=force)
-            self.path = None
+        self.path = None if isinstance(table, (LatencyTable, ModelLatencyTable)) else str(table)
+        if self.path is not None:
+            table = load_table(self.path, device=device, backend=backend, force=force)
         else:
-            self.path = str(table)
-            table = LatencyTable.load(table, device=device, backend=backend, force=force)
-        self.table = table
-        self.model = TableModel(table)
+            table.check(device=device, backend=backend, force=force)  # type: ignore[union-attr]
+        self.table: LatencyTable | ModelLatencyTable = table  # type: ignore[assignment]
+        self.model = None if isinstance(table, ModelLatencyTable) else TableModel(table)  # type: ignore[arg-type]
+        self.base_ms = (table.base_ms or 0.0) if isinstance(table, ModelLatencyTable) else 0.0
         self._memo: dict[tuple[str, int, LayerAction], tuple[float, bool]] = {}
 
     def config(self) -> dict[str, Any]:
-        return {"device": self.table.device, "backend": self.table.backend,
-                "created": self.table.created, "entries": len(self.table)}
+        cfg = {"device": self.table.device, "backend": self.table.backend,
+               "created": self.table.created, "entries": len(self.table)}
+        if isinstance(self.table, ModelLatencyTable):
+            cfg.update(arch_fingerprint=self.table.arch_fingerprint, base_ms=self.table.base_ms)
+        return cfg
 
     def layer_ms(self, spec: LayerSpec, action: LayerAction) -> tuple[float, bool]:
         """Latency of one layer in ms and whether any part was extrapolated."""
+        if isinstance(self.table, ModelLatencyTable):
+            try:
+                return self.table.layer_ms(spec.name, _SPACE.canonical(spec, action))
+            except KeyError as exc:
+                raise InvalidPlan(str(exc.args[0])) from None
+        assert self.model is not None
         total, flagged = 0.0, False
         for q in layer_queries(spec, action):
             ms, ex = self.model.lookup(q)
@@ -224,13 +245,18 @@ class LookupTableLatency:
 
     def measure(self, context: ModelContext, plans: Sequence[PruningPlan]) -> list[LatencyResult]:
         fp = context.arch_fingerprint
+        if isinstance(self.table, ModelLatencyTable) and self.table.arch_fingerprint != fp:
+            return [LatencyResult.failure(mismatch_message(self.table, fp)) for _ in plans]
+        if isinstance(self.table, ModelLatencyTable) and self.table.base_ms is None:
+            return [LatencyResult.failure("the model latency table has no dense build yet; finish it "
+                                          "with `npas build-lut --model ...`") for _ in plans]
         results = []
         for plan in plans:
             if len(plan.actions) != len(context.layers):
                 results.append(LatencyResult.failure(
                     f"plan has {len(plan.actions)} actions for {len(context.layers)} layers"))
                 continue
-            total, flagged, per_layer = 0.0, False, []
+            total, flagged, per_layer = self.base_ms, False, []
             try:
                 for idx, (spec, action) in enumerate(zip(context.layers, plan.actions, strict=False)):
                     key = (fp, idx, action)
@@ -243,9 +269,21 @@ class LookupTableLatency:
                 results.append(LatencyResult.failure(str(exc)))
                 continue
             results.append(LatencyResult(total, threads=self.table.threads, extrapolated=flagged,
-                                         details={"layer_ms": per_layer}))
+                                         details={"layer_ms": per_layer, "base_ms": self.base_ms}))
         return results
 
     def scheme_names(self) -> list[str]:
         """Schemes present in the table (for diagnostics)."""
+        if self.model is None:
+            return sorted({a.scheme.value for _, a in self.table.entries} | {Scheme.DENSE.value})  # type: ignore[union-attr]
         return sorted({s for _, s, _ in self.model.families} | {Scheme.DENSE.value})
+
+
+def load_table(path: str | Path, *, device: str | None = None, backend: str | None = None,
+               force: bool = False) -> LatencyTable | ModelLatencyTable:
+    """A grid table or a model-specific table, whichever ``path`` holds (checked like ``load``)."""
+    data = read_table_json(path)
+    table = (ModelLatencyTable.from_dict(data, str(path)) if is_model_table(data)
+             else LatencyTable.from_dict(data, str(path)))
+    table.check(device=device, backend=backend, force=force)
+    return table

@@ -6,7 +6,9 @@ The CLI (``npas build-lut --device NAME --out FILE``) mounts :func:`add_build_lu
     add_build_lut_parser(sub)          # sets args.func = run_build_lut
     args = parser.parse_args(); args.func(args)
 
-or runs ``python -m evaluators.latency.lut_builder --device NAME --out FILE``.
+or runs ``python -m evaluators.latency.lut_builder --device NAME --out FILE``. With ``--model NAME``
+the command builds a model-specific table instead (each layer timed inside the whole compiled
+model, :mod:`evaluators.latency.model_builder`).
 """
 
 from __future__ import annotations
@@ -142,10 +144,10 @@ def build_lut(device: str, out: str | Path, grid: GridSpec = DEFAULT_GRID, *,
     if resume and out.exists():
         table = LatencyTable.load(out, device=device, backend=version, force=force)
     else:
-        table = LatencyTable(device, version, _machine(), cascade=cascade, threads=threads)
+        table = LatencyTable(device, version, machine_info(), cascade=cascade, threads=threads)
     todo = [s for s in grid.settings() if s not in table]
     start, done, failures = time.perf_counter(), 0, []
-    bar = _bar(len(todo), progress)
+    bar = progress_bar(len(todo), progress)
     for group in setting_groups(todo):
         try:
             measured = run(group, table.cascade)
@@ -170,7 +172,8 @@ def build_lut(device: str, out: str | Path, grid: GridSpec = DEFAULT_GRID, *,
     return table
 
 
-def _bar(total: int, enabled: bool) -> Any:
+def progress_bar(total: int, enabled: bool) -> Any:
+    """A tqdm bar counting settings (disabled: a no-op bar)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="build-lut", unit="setting", disable=not enabled)
@@ -192,7 +195,8 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
+    """CPU, platform, Python and torch versions (recorded in tables)."""
     try:
         from benchmarks.machine import cpu_model
 
@@ -205,7 +209,8 @@ def _machine() -> dict[str, Any]:
 
 def add_build_lut_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``build-lut`` sub-command to an argparse ``subparsers`` object."""
-    p = subparsers.add_parser("build-lut", help="profile a latency lookup table for a device")
+    p = subparsers.add_parser("build-lut", help="profile a latency lookup table for a device "
+                              "(--model: a model-specific table, timed in context)")
     _add_arguments(p)
     p.set_defaults(func=run_build_lut)
     return p
@@ -221,12 +226,22 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-env", default="NPAS_DEVICE_TOKEN", help="env var holding the server token")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     p.add_argument("--force", action="store_true", help="resume a table of another device/backend")
+    m = p.add_argument_group("model-specific table (in-context per-layer times of one model)")
+    m.add_argument("--model", help="zoo model name: time its own layers inside the compiled model")
+    m.add_argument("--num-classes", type=int, default=10)
+    m.add_argument("--input-size", type=int, default=32, help="input height = width (3 channels)")
+    m.add_argument("--rates", type=float, nargs="+", help="pruned rates to measure (default: all; "
+                   "others are interpolated)")
+    m.add_argument("--max-builds", type=int, help="stop after this many compiled models (resume later)")
+    m.add_argument("--rounds", type=int, default=7, help="profiling rounds per compiled model")
 
 
 def run_build_lut(args: argparse.Namespace) -> int:
     """Handler of ``npas build-lut``; prints a summary and returns the exit code."""
     import os
 
+    if args.model:
+        return _run_model_build(args)
     runner: str | SettingRunner = "local"
     if args.remote:
         from evaluators.latency.remote import RemoteRunner
@@ -238,6 +253,31 @@ def run_build_lut(args: argparse.Namespace) -> int:
     build = table.machine.get("build", {})
     print(f"{len(table)} settings in {args.out} ({build.get('settings_per_min', 0)} settings/min "
           f"this run); noise: {table.noise()}")
+    return 0
+
+
+def _run_model_build(args: argparse.Namespace) -> int:
+    import warnings as _warnings
+
+    import torch
+
+    from evaluators.context import ModelContext
+    from evaluators.latency.model_builder import build_model_lut, describe
+    from npas_env.layers import extract_layers
+    from npas_env.zoo import build_model
+
+    if args.remote or args.backend == "eager":
+        raise InvalidConfig("--model tables are measured locally with the compiled backend")
+    torch.manual_seed(0)
+    model = build_model(args.model, num_classes=args.num_classes).eval()
+    x = torch.randn(1, 3, args.input_size, args.input_size)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        ctx = ModelContext(model, x, tuple(extract_layers(model, x)), name=args.model)
+    table = build_model_lut(ctx, args.out, device=args.device, rates=args.rates, max_builds=args.max_builds,
+                            resume=not args.no_resume, threads=args.threads, rounds=args.rounds,
+                            force=args.force)
+    print(f"{args.model}: {describe(table)} in {args.out}")
     return 0
 
 

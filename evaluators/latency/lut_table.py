@@ -19,6 +19,7 @@ import datetime as _dt
 import json
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ class LatencyTable:
     device: str
     backend: str
     machine: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
+    created: str = field(default_factory=lambda: utc_now())
     cascade: int = 10
     threads: int = 1
     entries: dict[str, TableEntry] = field(default_factory=dict)
@@ -146,12 +147,7 @@ class LatencyTable:
 
     def noise(self) -> dict[str, float]:
         """Summary of the per-setting relative IQRs (median, p90, max) and the entry count."""
-        values = sorted(e.rel_iqr for e in self.entries.values())
-        if not values:
-            return {"entries": 0}
-        return {"entries": len(values), "median_rel_iqr": values[len(values) // 2],
-                "p90_rel_iqr": values[min(len(values) - 1, int(0.9 * len(values)))],
-                "max_rel_iqr": values[-1]}
+        return noise_summary(e.rel_iqr for e in self.entries.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "device": self.device,
@@ -216,6 +212,21 @@ class LatencyTable:
             raise TableMismatch(msg + "; rebuild it with `npas build-lut` on this device, or pass "
                                 "force=True to use it anyway")
         warnings.warn(msg + "; used anyway because force=True", stacklevel=3)
+
+
+def noise_summary(rel_iqrs: Iterable[float]) -> dict[str, float]:
+    """Entry count and median / p90 / max of per-entry relative IQRs."""
+    values = sorted(rel_iqrs)
+    if not values:
+        return {"entries": 0}
+    return {"entries": len(values), "median_rel_iqr": values[len(values) // 2],
+            "p90_rel_iqr": values[min(len(values) - 1, int(0.9 * len(values)))],
+            "max_rel_iqr": values[-1]}
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 (table creation dates)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
 
 
 def backend_version() -> str:

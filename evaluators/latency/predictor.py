@@ -23,6 +23,7 @@ import numpy as np
 from evaluators.context import ModelContext
 from evaluators.latency.lut import Query, layer_queries
 from evaluators.latency.lut_table import KERNEL_OF, LAYER_TYPES, LatencyTable
+from evaluators.latency.model_table import ModelLatencyTable
 from evaluators.registry import register_latency
 from evaluators.results import LatencyResult
 from npas_env.errors import CacheError, InvalidConfig
@@ -146,11 +147,39 @@ class LatencyPredictor:
 
     def fit(self, table: LatencyTable, holdout: float = 0.2, seed: int = 0) -> LatencyPredictor:
         """Fit on ``table``; ``report`` gets the error on a random ``holdout`` share (then refit on all)."""
+        queries, ms = _table_queries(table)
+        self._fit_queries(queries, ms, holdout, seed)
+        self.device, self.backend = table.device, table.backend
+        return self
+
+    def fit_model_table(self, table: ModelLatencyTable, context: ModelContext,
+                        holdout: float = 0.2, seed: int = 0) -> LatencyPredictor:
+        """Fit on a model table's in-context entries, then calibrate on its compiled builds.
+
+        Entries of layers that map to one table query are the training targets (a
+        depthwise-separable replacement, two queries, cannot be split and is left out); the
+        builds (whole plans with their measured whole-call latency) fit ``a * sum + b``, where
+        ``b`` takes the place of the table's base term.
+        """
+        specs = {s.name: s for s in context.layers}
+        queries, ms = [], []
+        for (layer, action), entry in table.entries.items():
+            qs = layer_queries(specs[layer], action) if layer in specs else []
+            if len(qs) == 1 and entry.latency_ms > 0:
+                queries.append(qs[0])
+                ms.append(entry.latency_ms)
+        self._fit_queries(queries, np.asarray(ms), holdout, seed)
+        self.device, self.backend = table.device, table.backend
+        plans, walls = table.build_plans()
+        if len(plans) >= 2:
+            self.calibrate(context, plans, walls)
+        return self
+
+    def _fit_queries(self, queries: Sequence[Query], ms: np.ndarray, holdout: float, seed: int) -> None:
         try:
             from sklearn.ensemble import GradientBoostingRegressor
         except ImportError as exc:  # pragma: no cover - a core dependency
             raise InvalidConfig(f"fitting a predictor needs scikit-learn: {exc}") from None
-        queries, ms = _table_queries(table)
         if len(queries) < 5:
             raise InvalidConfig(f"need at least 5 table entries to fit, got {len(queries)}")
         x = np.stack([features(q) for q in queries])
@@ -162,9 +191,7 @@ class LatencyPredictor:
             self.report = {"holdout": error_report(self._predict_x(x[test]), ms[test])}
         self._fit_arrays(x, y, GradientBoostingRegressor, seed)
         self.report["train"] = error_report(self._predict_queries(queries), ms)
-        self.device, self.backend = table.device, table.backend
         self._memo.clear()
-        return self
 
     def _fit_arrays(self, x: np.ndarray, y: np.ndarray, gbr: Any, seed: int) -> None:
         """Ridge in log space (extrapolates), then boosted trees on its residuals."""

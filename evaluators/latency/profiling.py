@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ class ModelTiming:
     spread_ms: float
     layer_rounds_ms: dict[str, list[float]] = field(default_factory=dict)
     backend: str = "compiled"
+    wall_rounds_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {"latency_ms": self.latency_ms, "spread_ms": self.spread_ms,
@@ -109,20 +111,37 @@ def _measure_compiled(model: nn.Module, x: torch.Tensor, masks: Mapping[str, tor
     from compiler_backend import compile_model
 
     compiled = compile_model(model, x, dict(masks or {}), threads=threads)
+    return time_compiled(compiled, rounds=rounds, min_round_s=min_round_s)
+
+
+def time_compiled(compiled: Any, *, rounds: int = 7, min_round_s: float = 0.02,
+                  wall: bool = False) -> ModelTiming:
+    """Per-op profile rounds of a ``CompiledModel`` (and with ``wall``, whole-call rounds).
+
+    Each round profiles the ops (``compiled.profile``: mean per op over the round's runs); with
+    ``wall`` the per-op time is the median over single profiled runs instead, and the round then
+    times whole calls (``compiled.benchmark``, median), the figure ``CompiledLatency`` reports,
+    so callers can relate the two in the same round.
+    """
     names = {info.op_index: info.name for info in compiled.program.layers}
     t0 = time.perf_counter()
     compiled.profile(repeats=2, warmup=2)
     per_run = max((time.perf_counter() - t0) / 4, 1e-6)
     repeats = int(min(50, max(3, min_round_s / per_run)))
     layer_rounds: dict[str, list[float]] = {n: [] for n in names.values()}
-    totals = []
+    totals, walls = [], []
     for _ in range(rounds):
-        per_op = compiled.profile(repeats=repeats, warmup=0)
+        if wall:   # per-op median of single runs: robust to preemption, like the wall median
+            per_op = np.median([compiled.profile(repeats=1, warmup=0) for _ in range(repeats)], axis=0)
+        else:
+            per_op = compiled.profile(repeats=repeats, warmup=0)
         totals.append(float(per_op.sum()))
         for op, name in names.items():
             layer_rounds[name].append(float(per_op[op]))
+        if wall:
+            walls.append(float(compiled.benchmark(warmup=1, repeats=repeats).median_ms))
     q25, q50, q75 = np.percentile(totals, [25, 50, 75])
-    return ModelTiming(float(q50), float(q75 - q25), layer_rounds, "compiled")
+    return ModelTiming(float(q50), float(q75 - q25), layer_rounds, "compiled", walls)
 
 
 def _measure_eager(model: nn.Module, x: torch.Tensor, threads: int, rounds: int,

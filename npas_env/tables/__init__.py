@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,15 +169,20 @@ def _load_path(path: str) -> TabularTable:
 
 
 # ---------------------------------------------------------------------------------- build
-def table_actions(space: SearchSpace, spec: LayerSpec) -> list[LayerAction]:
-    """Canonical actions the layer's own mask allows (filter pruning dropped on coupled layers)."""
+def table_actions(space: SearchSpace, spec: LayerSpec, *, coupled_filter: bool = False) -> list[LayerAction]:
+    """Canonical actions the layer's own mask allows.
+
+    Filter pruning is dropped on coupled layers (residual groups) unless ``coupled_filter``: a
+    table whose rows must be independent cannot hold it, a per-layer latency table can.
+    """
     mask = space.action_mask(spec)
     offsets = np.concatenate([[0], np.cumsum(space.nvec)[:-1]])
     allowed = [np.flatnonzero(mask[o:o + n]) for o, n in zip(offsets, space.nvec, strict=True)]
     seen: dict[LayerAction, None] = {}
     for vec in itertools.product(*allowed):
         action = space.decode(spec, np.array(vec), check=False)
-        if spec.coupled_group is not None and action.scheme is Scheme.FILTER and not action.is_dense:
+        if (not coupled_filter and spec.coupled_group is not None and action.scheme is Scheme.FILTER
+                and not action.is_dense):
             continue
         seen.setdefault(action, None)
     return list(seen)
@@ -193,11 +198,16 @@ def latency_delta(layer: str, result: Any, reference: Any) -> float:
     mine, ref = result.details.get("layers_ms"), reference.details.get("layers_ms")
     if not mine or not ref:
         return float(result.latency_ms - reference.latency_ms)
+    return layer_ops_ms(layer, mine) - layer_ops_ms(layer, ref)
 
-    def own(times: dict[str, float]) -> float:
-        return sum(ms for op, ms in times.items() if op == layer or op.startswith(layer + "."))
 
-    return own(mine) - own(ref)
+def layer_ops_ms(layer: str, ops_ms: Mapping[str, float]) -> float:
+    """Time of ``layer``'s own ops in a per-op profile ``{op name: ms}``.
+
+    A layer's ops are the layer itself or its ``<layer>.*`` replacements after a filter-type
+    change; a skipped layer has none (0.0).
+    """
+    return sum(ms for op, ms in ops_ms.items() if op == layer or op.startswith(layer + "."))
 
 
 def build_table(context: ModelContext, accuracy: Any, latency: Any, *, batch_size: int = 32,
