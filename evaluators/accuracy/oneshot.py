@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from evaluators.context import ModelContext
 from evaluators.registry import register_accuracy
 from evaluators.results import AccuracyResult
-from npas_env.data import DataSplits, check_dataset, load_dataset, make_loader
+from npas_env.data import DataSplits, as_loader, check_dataset, load_dataset
 from npas_env.errors import InvalidConfig, InvalidData, NpasError
 from npas_env.plan import PruningPlan
 from npas_env.pruning import PrunedModel, apply_plan, check_plan, enforce_masks, model_pattern_set
@@ -54,10 +54,16 @@ def dataset_id(dataset: str | DataSplits) -> dict[str, Any]:
             "num_classes": dataset.num_classes}
 
 
-def val_subset(val: Dataset, fraction: float | None, seed: int) -> Dataset:
-    """The first ``ceil(fraction * n)`` items of a seeded permutation of ``val`` (all if None)."""
+def val_subset(val: Dataset | DataLoader, fraction: float | None, seed: int) -> Dataset | DataLoader:
+    """The first ``ceil(fraction * n)`` items of a seeded permutation of ``val`` (all if None).
+
+    A user's DataLoader is used as it is; it cannot be subsampled.
+    """
     if fraction is None or fraction >= 1.0:
         return val
+    if isinstance(val, DataLoader):
+        raise InvalidConfig("val_fraction needs a Dataset validation split, not a DataLoader: "
+                            "pass the Dataset or leave val_fraction unset")
     n = len(val)  # type: ignore[arg-type]
     take = max(1, int(round(fraction * n)))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:take]
@@ -190,10 +196,10 @@ class OneShotAccuracy:
     def _finetune_and_score(self, model: nn.Module, pruned: PrunedModel,
                             details: dict[str, Any]) -> tuple[float | None, float, str | None]:
         """Returns (val accuracy, epochs run, divergence message or None)."""
-        val = make_loader(val_subset(self.data.val, self.val_fraction, self.seed), _EVAL_BATCH)
+        val = as_loader(val_subset(self.data.val, self.val_fraction, self.seed), _EVAL_BATCH)
         if self.epochs == 0:
             return evaluate_accuracy(model, val), 0.0, None
-        train = make_loader(self.data.train, self.batch_size, shuffle=True, seed=self.seed)
+        train = as_loader(self.data.train, self.batch_size, shuffle=True, seed=self.seed)
         optimizer = make_sgd(model, self.lr)
         scheduler = None
         if self.schedule == "cosine":
