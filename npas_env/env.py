@@ -17,6 +17,7 @@ from npas_env.errors import InvalidAction, InvalidConfig, InvalidModel
 from npas_env.layers import analyze_model
 from npas_env.observation import ObservationEncoder
 from npas_env.plan import LayerAction, PruningPlan
+from npas_env.render import render_decisions
 from npas_env.reward import RewardFn, make_reward
 from npas_env.scoring import PlanScorer, resolve
 from npas_env.search_space import SearchSpace
@@ -159,13 +160,7 @@ class NPASEnv(gym.Env):
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
-        rows = [f"{'layer':<28} {'kind':<10} decision"]
-        for spec, act in zip(self.layers, self._actions):
-            rows.append(f"{spec.name:<28} {spec.kind.value:<10} {act}")
-        if self.last_info:
-            rows.append(f"accuracy={self.last_info.get('accuracy')} latency_ms="
-                        f"{self.last_info.get('latency_ms')} error={self.last_info.get('error')}")
-        return "\n".join(rows)
+        return render_decisions(self.layers, self._actions, self.last_info)
 
     # -------------------------------------------------------------------- helpers
     @property

@@ -29,6 +29,7 @@ from evaluators.results import AccuracyResult, LatencyResult
 from npas_env.errors import InvalidAction, InvalidConfig
 from npas_env.observation import BUDGET_CAP, ObservationEncoder, encode_layer
 from npas_env.plan import LayerAction, PruningPlan, Scheme
+from npas_env.render import render_decisions
 from npas_env.reward import RewardFn, make_reward
 from npas_env.tables import TabularTable, load_table
 
@@ -62,13 +63,18 @@ class TabularNPASEnv(gym.Env):
     ## Arguments
     table: shipped table name, JSON path or :class:`TabularTable`. reward: RewardFn or name.
     latency_budget_ms: target (None: half the dense latency).
+    render_mode: None or ``"ansi"`` (``render()`` returns the decisions as text).
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["ansi"]}
 
     def __init__(self, table: str | Path | TabularTable = "small_cnn_digits", *,
-                 reward: RewardFn | str | None = None, latency_budget_ms: float | None = None) -> None:
+                 reward: RewardFn | str | None = None, latency_budget_ms: float | None = None,
+                 render_mode: str | None = None) -> None:
         super().__init__()
+        if render_mode not in (None, "ansi"):
+            raise InvalidConfig(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.render_mode, self._last_info = render_mode, None
         self.table = load_table(table)
         self.layers, space = self.table.layers, self.table.space
         self.reward_fn = make_reward(reward)
@@ -123,7 +129,7 @@ class TabularNPASEnv(gym.Env):
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        self._idx, self._rows, self._kept = 0, [], 0.0
+        self._idx, self._rows, self._kept, self._last_info = 0, [], 0.0, None
         self._drop_sum, self._lat_sum = 0.0, 0.0
         return self._obs_reset.copy(), {"action_mask": self._masks[0].copy()}
 
@@ -159,9 +165,15 @@ class TabularNPASEnv(gym.Env):
         accuracy = min(max(self.table.base_accuracy - self._drop_sum, 0.0), 1.0)
         latency = max(self.reference_ms + self._lat_sum, 1e-3 * self.reference_ms)
         reward = float(self.reward_fn(accuracy, latency, budget_ms=self.budget_ms, reference_ms=self.reference_ms))
-        return reward, True, False, {"accuracy": accuracy, "latency_ms": latency, "budget_ms": self.budget_ms,
-                                     "reference_latency_ms": self.reference_ms, "rows": tuple(self._rows),
-                                     "error": None}
+        self._last_info = {"accuracy": accuracy, "latency_ms": latency, "budget_ms": self.budget_ms,
+                           "reference_latency_ms": self.reference_ms, "rows": tuple(self._rows),
+                           "error": None}
+        return reward, True, False, self._last_info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        return render_decisions(self.layers, self.plan().actions[:len(self._rows)], self._last_info)
 
     def action_masks(self) -> np.ndarray:
         """Allowed choices for the current layer, flattened MultiDiscrete layout (bool)."""

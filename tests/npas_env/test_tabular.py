@@ -114,3 +114,11 @@ def test_observations_match_the_real_env(table):
     # analytic latency is additive, so exact; the proxy accuracy is not (the table approximates it)
     assert info_t["latency_ms"] == pytest.approx(info_r["latency_ms"])
     assert tab.plan(info_t["rows"]) == info_r["plan"]
+
+
+def test_demo_renders_a_tabular_episode(capsys):
+    from npas_env.cli import main
+
+    assert main(["demo", "--env", "npas/TabularSmallCNN-v0"]) == 0
+    out = capsys.readouterr().out
+    assert "decision" in out and "reward =" in out
