@@ -21,9 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/pyright
 	$(BIN)/python -m pytest -q
 
-# pyright (basic mode, settings in pyproject.toml). Not yet part of `test`: files still have errors.
+# pyright (basic mode, settings in pyproject.toml); also run by `test`.
 typecheck: $(STAMP)
 	$(BIN)/pyright
 

@@ -178,10 +178,11 @@ class TableModel:
         if fam is not None:
             return fam, False
         same_scheme = [k for k in self.families if k[0] == q.layer_type and k[1] == q.scheme]
-        if same_scheme and q.block is not None:
+        block = q.block
+        if same_scheme and block is not None:
             def dist(k: tuple[str, str, tuple[int, int] | None]) -> float:
                 b = k[2] or (1, 1)
-                return sum(abs(math.log(max(x, 1) / max(y, 1))) for x, y in zip(b, q.block, strict=False))
+                return sum(abs(math.log(max(x, 1) / max(y, 1))) for x, y in zip(b, block, strict=False))
             return self.families[min(same_scheme, key=dist)], True
         if same_scheme:
             return self.families[same_scheme[0]], True

@@ -283,7 +283,7 @@ def _run_model_build(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m evaluators.latency.lut_builder --device NAME --out FILE``."""
-    parser = argparse.ArgumentParser(prog="npas build-lut", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="npas build-lut", description=(__doc__ or "").splitlines()[0])
     _add_arguments(parser)
     return run_build_lut(parser.parse_args(argv))
 

@@ -65,7 +65,8 @@ def _table_queries(table: LatencyTable) -> tuple[list[Query], np.ndarray]:
     return queries, np.asarray(ms)
 
 
-def error_report(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+def error_report(predicted: Sequence[float] | np.ndarray,
+                 measured: Sequence[float] | np.ndarray) -> dict[str, float]:
     """MAPE (%), share of predictions within +-10 % and the count."""
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
     rel = np.abs(p - m) / m
@@ -76,7 +77,7 @@ def error_report(predicted: Sequence[float], measured: Sequence[float]) -> dict[
 class TreeEnsemble:
     """A boosted tree ensemble as padded numpy arrays (JSON round trip, vectorized predict)."""
 
-    def __init__(self, init: float, learning_rate: float, trees: list[dict[str, list[float]]]) -> None:
+    def __init__(self, init: float, learning_rate: float, trees: list[dict[str, Any]]) -> None:
         self.init, self.learning_rate, self.trees = float(init), float(learning_rate), trees
         width = max((len(t["left"]) for t in trees), default=1)
         def pad(key: str, fill: float) -> np.ndarray:

@@ -147,7 +147,7 @@ def time_compiled(compiled: Any, *, rounds: int = 7, min_round_s: float = 0.02,
 def _measure_eager(model: nn.Module, x: torch.Tensor, threads: int, rounds: int,
                    min_round_s: float) -> ModelTiming:
     model = model.eval()
-    weighted = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    weighted: dict[nn.Module, str] = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     spent: dict[str, float] = dict.fromkeys(weighted.values(), 0.0)
     starts: dict[str, float] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, _i: starts.__setitem__(weighted[mod], time.perf_counter()))

@@ -116,7 +116,8 @@ class TabularTable:
         for entries in data["rows"]:
             actions = [LayerAction.from_dict({k: e[k] for k in ("scheme", "rate", "block_size", "filter_type")})
                        for e in entries]
-            rows.append(LayerTable(actions, [e["drop"] for e in entries], [e["latency_ms"] for e in entries]))
+            rows.append(LayerTable(actions, np.asarray([e["drop"] for e in entries], dtype=np.float64),
+                                   np.asarray([e["latency_ms"] for e in entries], dtype=np.float64)))
         sp = data["search_space"]
         space = SearchSpace(tuple(sp["filter_types"]), tuple(sp["schemes"]), tuple(sp["rates"]),
                             tuple(tuple(b) for b in sp["block_sizes"]), sp["prune_depthwise"],
@@ -249,7 +250,8 @@ def build_table(context: ModelContext, accuracy: Any, latency: Any, *, batch_siz
     rows = []
     for i, spec in enumerate(context.layers):
         acts = table_actions(context.search_space, spec)
-        rows.append(LayerTable(acts, [values[i, a][0] for a in acts], [values[i, a][1] for a in acts]))
+        rows.append(LayerTable(acts, np.asarray([values[i, a][0] for a in acts], dtype=np.float64),
+                               np.asarray([values[i, a][1] for a in acts], dtype=np.float64)))
     meta = {"model": context.name, "arch_fingerprint": context.arch_fingerprint,
             "accuracy": {"name": accuracy.name, "config": accuracy.config()},
             "latency": {"name": latency.name, "config": latency.config()},
