@@ -21,12 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pyright
+	$(BIN)/pyright -p .
 	$(BIN)/python -m pytest -q
 
 # pyright (basic mode, settings in pyproject.toml); also run by `test`.
 typecheck: $(STAMP)
-	$(BIN)/pyright
+	$(BIN)/pyright -p .
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
