@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,9 +86,23 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def failure_lines(trials: Sequence[Trial], top: int = 10) -> list[str]:
+    """A markdown section counting failed evaluations by reason (empty if none failed)."""
+    reasons = Counter(t.error.strip()[:160] for t in trials if t.error)
+    if not reasons:
+        return []
+    lines = ["", "## Failed evaluations", "",
+             f"{sum(reasons.values())} of {len(trials)} true evaluations failed; each scored the "
+             "failure reward and the search went on.", "", "| count | reason |", "|---|---|"]
+    lines += [f"| {n} | {reason.replace('|', '/')} |" for reason, n in reasons.most_common(top)]
+    if len(reasons) > top:
+        lines.append(f"| {sum(n for _, n in reasons.most_common()[top:])} | (other reasons) |")
+    return lines
+
+
 def render_report(summary: RunSummary, layers: Sequence[LayerSpec], plan_actions: Sequence[Any],
-                  best: Trial | None) -> str:
-    """The run's markdown report."""
+                  best: Trial | None, trials: Sequence[Trial] = ()) -> str:
+    """The run's markdown report (``trials``: every true evaluation, for the failure counts)."""
     lines = [f"# npas search: {summary.model} on {summary.dataset}", "",
              "| | dense (after phase 1) | final (phase 3) |", "|---|---|---|",
              f"| accuracy (test) | {summary.dense_accuracy:.4f} | {_fmt(summary.final_accuracy, '.4f')} |",
@@ -112,6 +127,7 @@ def render_report(summary: RunSummary, layers: Sequence[LayerSpec], plan_actions
             lines.append(f"| {row.get('name')} | {_fmt(row.get('accuracy'), '.4f')} | "
                          f"{_fmt(row.get('latency_ms'), '.4f')} | {row.get('meets_budget')} | "
                          f"{row.get('error') or ''} |")
+    lines += failure_lines(trials)
     lines += ["", "## Phase 1", "", f"Replaced: {', '.join(summary.phase1_replaced) or 'nothing'}.",
               f"Left: {', '.join(summary.phase1_left) or 'nothing'}."]
     if summary.fallback_ops:

@@ -233,7 +233,7 @@ def _phase3_and_finish(config: SearchConfig, env: Any, best: Any, splits: Any, r
     clock.lap("final compile and export")
     write_pareto_plot(run_dir.files["pareto.png"], problem.trials, summary)
     atomic_write_text(run_dir.files["report.md"],
-                      render_report(summary, env.layers, best.plan.actions, best))
+                      render_report(summary, env.layers, best.plan.actions, best, problem.trials))
     return replace(summary, seconds=clock.seconds)
 
 

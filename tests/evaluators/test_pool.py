@@ -19,6 +19,7 @@ from npas_env.env import NPASEnv
 from npas_env.errors import InvalidConfig
 from npas_env.plan import PruningPlan
 from npas_env.problem import SearchProblem
+from npas_env.report import failure_lines
 from tests.conftest import TinyNet
 
 TIMEOUT_S = 0.5
@@ -148,3 +149,7 @@ def test_faulty_search_of_100_evaluations_completes_with_defined_failures(env):
             assert reason in trial.error, (reason, trial.error)
     print("fault counts over 100 evaluations:", dict(counts))
     assert set(FAULT_KINDS) <= set(counts), counts
+    report = "\n".join(failure_lines(problem.trials, top=100))
+    failed = sum(t.error is not None for t in problem.trials)
+    assert f"{failed} of 100 true evaluations failed" in report
+    assert all(REASONS[k].format(role="accuracy").split(" ")[0] in report for k in FAULT_KINDS)
