@@ -119,8 +119,8 @@ class _Lowerer:
         shape = (1, *shape[1:])
         if node.target == "dim":
             self.const[node] = len(shape)
-        elif len(node.args) > 1:
-            dim = node.args[1]
+        elif len(node.args) > 1 or "dim" in node.kwargs:
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs["dim"]
             if not isinstance(dim, int):  # a computed dim: leave the call to PyTorch
                 return False
             self.const[node] = shape[dim]

@@ -110,3 +110,23 @@ def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.raises(BackendError, match="apt-get install gcc"):
         compile_model(_model(), torch.randn(1, 3, 16, 16), cache_dir=tmp_path)
+
+
+class _SizeByKeyword(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        return self.fc(y.reshape(y.size(0), y.size(dim=1) * y.size(dim=2) * y.size(3)))
+
+
+def test_size_with_a_keyword_dim_is_one_dimension(compiler_cache) -> None:
+    torch.manual_seed(0)
+    model = _SizeByKeyword().eval()
+    x = torch.randn(1, 3, 8, 8)
+    cm = compile_model(model, x, cache_dir=compiler_cache)
+    ref = model(x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
