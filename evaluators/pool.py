@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, TypeVar
 
 from evaluators.context import ModelContext
 from evaluators.registry import make_accuracy, make_latency
@@ -49,6 +49,7 @@ from evaluators.results import AccuracyResult, LatencyResult
 from npas_env.errors import InvalidConfig, InvalidPlan
 from npas_env.plan import PruningPlan
 
+_C = TypeVar("_C", bound="Closeable")
 _WORKER: dict[str, Any] = {}  # set by the initializer inside a worker process
 
 
@@ -123,7 +124,24 @@ def collect_answer(result_type: type, answer: Any = None, exc: BaseException | N
     return answer[0]
 
 
-class EvaluationPool:
+class Closeable:
+    """``with`` support and a best-effort ``close()`` when garbage-collected."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown nothing is left to clean
+            self.close()
+
+
+class EvaluationPool(Closeable):
     """Worker processes running one evaluator on one model; see the module docstring.
 
     Args:
@@ -211,16 +229,6 @@ class EvaluationPool:
         self.restarts += 1
         return self._start(context)
 
-    def __enter__(self) -> EvaluationPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter shutdown nothing is left to clean
-            self.close()
-
     # ------------------------------------------------------------------------------ running
     def run(self, context: ModelContext, plans: Sequence[PruningPlan]) -> list[Any]:
         """Evaluate ``plans`` (one task each); results in input order, faults as failures."""
@@ -300,7 +308,7 @@ def make_pool(evaluator: Any, kind: str, *, workers: int = 2, timeout_s: float =
                           threads=threads)
 
 
-class _Pooled:
+class _Pooled(Closeable):
     kind: str
 
     def __init__(self, evaluator: Any, workers: int = 2, timeout_s: float = 60.0, *,
@@ -322,12 +330,6 @@ class _Pooled:
     def close(self) -> None:
         """Stop the worker processes."""
         self.pool.close()
-
-    def __enter__(self) -> _Pooled:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.evaluator!r}, workers={self.pool.workers}, "

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from evaluators.context import ModelContext
-from evaluators.pool import CRASHED, _install, _run_one, check_pool_args, collect_answer
+from evaluators.pool import CRASHED, Closeable, _install, _run_one, check_pool_args, collect_answer
 from npas_env.errors import InvalidConfig, MissingDependency
 from npas_env.plan import PruningPlan
 
@@ -66,7 +66,7 @@ class _Worker:
         return _run_one(plan)
 
 
-class RayEvaluationPool:
+class RayEvaluationPool(Closeable):
     """Ray actors running one evaluator on one model; see the module docstring.
 
     Args:
@@ -160,16 +160,6 @@ class RayEvaluationPool:
         for actor in actors:
             with contextlib.suppress(Exception):
                 self.ray.kill(actor, no_restart=True)
-
-    def __enter__(self) -> RayEvaluationPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter shutdown nothing is left to clean
-            self.close()
 
     # ------------------------------------------------------------------------------ running
     def run(self, context: ModelContext, plans: Sequence[PruningPlan]) -> list[Any]:
