@@ -18,27 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from npas_env.cli import main
-from npas_env.zoo import build_model
-from npas_env.zoo.pretrained import _save_checkpoint, checkpoint_path
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["bench", "--agents", "random,uniform", "--seeds", "2", "--budget", "6", "--model", "small_cnn",
         "--accuracy", "proxy", "--latency", "analytic"]
 STARTUP_KILL_S = 1.5
 RUN_FILES = {f"{m}-seed{s}.json" for m in ("random", "uniform") for s in (0, 1)}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache dir with an untrained small_cnn where ``pretrained`` looks (training takes minutes)."""
-    root = tmp_path_factory.mktemp("bench-cache")
-    torch.manual_seed(0)
-    path = checkpoint_path("small_cnn", "digits", cache_dir=root / "pretrained")
-    _save_checkpoint(path, "small_cnn", build_model("small_cnn", num_classes=10), 10, {})
-    return root
 
 
 def bench_in_process(out: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:

@@ -31,8 +31,6 @@ import pytest
 import torch
 
 from npas_env.search_job import DONE_MARKER, RunDirectory, SearchConfig
-from npas_env.zoo import build_model
-from npas_env.zoo.pretrained import _save_checkpoint, checkpoint_path
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("search_harness.py")
@@ -58,16 +56,6 @@ KILL_POINTS = [
 ]
 #: Evaluations (in trial order) each plan should get over all the runs above plus the final one.
 EXPECTED_RUNS_PER_PLAN = [3, 2, 1, 2, 2, 1]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache dir with an untrained small_cnn where ``pretrained`` looks (training takes minutes)."""
-    root = tmp_path_factory.mktemp("search-cache")
-    torch.manual_seed(0)
-    path = checkpoint_path("small_cnn", "digits", cache_dir=root / "pretrained")
-    _save_checkpoint(path, "small_cnn", build_model("small_cnn", num_classes=10), 10, {})
-    return root
 
 
 def harness_env(cache: Path, eval_log: Path) -> dict[str, str]:
