@@ -133,13 +133,16 @@ def run(args: argparse.Namespace) -> str:
     lines: list[str] = []
     if args.grid != "model":
         lut, predictor, lines = grid_evaluators(args)
-    compiled = CompiledLatency(threads=args.threads, repeats=20, min_seconds=0.05)
     rows = []
     for name in args.models:
         ctx = make_context(name)
+        # anchored to the dense model; with a model table, on the table's dense scale
+        compiled = CompiledLatency(threads=args.threads)
         if args.grid == "model":
             lut, predictor, more = model_evaluators(args, ctx)
             lines += more
+            compiled = CompiledLatency(threads=args.threads,
+                                       reference_ms=getattr(lut.table, "dense_ms", None))
             print(f"{name}: table ready, {time.perf_counter() - t0:.0f} s", flush=True)
         plans = random_plans(ctx, args.plans, args.seed)
         measured = np.array([r.latency_ms if r.ok else np.nan for r in compiled.measure(ctx, plans)])

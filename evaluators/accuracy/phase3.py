@@ -11,6 +11,7 @@ candidates within the budget wins; if none is within it, the fastest one is retu
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,8 +160,8 @@ def phase3(context: ModelContext, plan: PruningPlan, data: str | DataSplits, *,
         latency_ms = latency_error = None
         if latency_evaluator is not None and result.ok:
             if callable(getattr(latency_evaluator, "measure_model", None)):  # the model itself
-                measured = latency_evaluator.measure_model(result.model, context.example_input,
-                                                           result.masks)
+                measured = measure_model_in_context(latency_evaluator, result.model, result.masks,
+                                                    context)
             else:  # evaluators that only take plans: the realized plan
                 measured = latency_evaluator.measure(context, [realized])[0]
             latency_ms, latency_error = measured.latency_ms, measured.error
@@ -177,3 +178,15 @@ def phase3(context: ModelContext, plan: PruningPlan, data: str | DataSplits, *,
     return Phase3Result(chosen.name, chosen.model, chosen.masks, chosen.accuracy,
                         rows[best]["latency_ms"], plans[best], rows[best]["meets_budget"] and not error,
                         tuple(rows), error)
+
+
+def measure_model_in_context(evaluator: Any, model: nn.Module, masks: Any, context: ModelContext) -> Any:
+    """``evaluator.measure_model`` on the fine-tuned model, passing ``context`` where accepted
+    (the compiled evaluator anchors its timing to the context's dense model)."""
+    try:
+        accepts = "context" in inspect.signature(evaluator.measure_model).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if accepts:
+        return evaluator.measure_model(model, context.example_input, masks, context=context)
+    return evaluator.measure_model(model, context.example_input, masks)

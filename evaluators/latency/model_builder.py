@@ -6,7 +6,9 @@ profile separates the layers' own op times (:func:`npas_env.tables.layer_ops_ms`
 tabular builder), so one gcc run measures one setting per layer. Layers whose actions are all done
 repeat a measured one (an extra sample). The first build is the dense model; the base term is the
 median over builds of the whole-call latency minus the layers' own op times (:func:`base_term`). See
-:mod:`evaluators.latency.model_table` for the table and the prediction.
+:mod:`evaluators.latency.model_table` for the table and the prediction. The local runner times the
+dense model after every round and rescales the round to the dense build's latency, so builds made
+while the machine ran faster or slower land on one scale (:mod:`evaluators.latency.anchor`).
 
 CLI: ``npas build-lut --model resnet20 --device NAME --out FILE [--rates 2 5 10]`` (mounted by
 :func:`evaluators.latency.lut_builder.add_build_lut_parser`).
@@ -44,12 +46,20 @@ class LocalModelRunner:
     def __init__(self, threads: int = 1, rounds: int = 7, min_round_s: float = 0.02) -> None:
         self.threads, self.rounds, self.min_round_s = threads, rounds, min_round_s
         self.version = backend_version()
+        self.reference: Any = None
+
+    def set_reference(self, model: torch.nn.Module, x: torch.Tensor) -> None:
+        """Time the dense ``model`` after every round from now on (anchors builds to one scale)."""
+        self.reference = self._compile(model, x, {})
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, masks: dict[str, torch.Tensor]) -> ModelTiming:
+        return time_compiled(self._compile(model, x, masks), rounds=self.rounds,
+                             min_round_s=self.min_round_s, wall=True, reference=self.reference)
+
+    def _compile(self, model: torch.nn.Module, x: torch.Tensor, masks: dict[str, torch.Tensor]) -> Any:
         from compiler_backend import compile_model
 
-        compiled = compile_model(model, x, masks, threads=self.threads)
-        return time_compiled(compiled, rounds=self.rounds, min_round_s=self.min_round_s, wall=True)
+        return compile_model(model, x, masks, threads=self.threads)
 
 
 def layer_actions(context: ModelContext, rates: Sequence[float] | None = None) -> list[list[LayerAction]]:
@@ -90,6 +100,8 @@ def build_model_lut(context: ModelContext, out: str | Path, *, device: str = "lo
     run = runner or LocalModelRunner(threads, rounds)
     table = _open_table(context, Path(out), device, str(getattr(run, "version", "custom")),
                         threads, resume, force)
+    if callable(getattr(run, "set_reference", None)):  # anchored: rounds rescaled to the dense build
+        run.set_reference(context.model, context.example_input)  # type: ignore[attr-defined]
     todo = _todo(context, table, rates, seed)
     pattern_set = _pattern_set(context)
     n_builds = max((len(t) for t in todo), default=0) + (table.base_ms is None)
@@ -191,11 +203,14 @@ def _measure_build(context: ModelContext, table: ModelLatencyTable, actions: lis
     per_round = [{op: v[r] for op, v in timing.layer_rounds_ms.items()} for r in range(n_rounds)]
     layer_rounds = np.array([[layer_ops_ms(name, ops) for ops in per_round] for name in context.layer_names])
     walls = np.asarray(timing.wall_rounds_ms)
+    if dense:
+        table.dense_ms = float(np.median(walls))
+    if len(timing.reference_rounds_ms) == n_rounds and table.dense_ms:  # anchored runner
+        scale = table.dense_ms / np.asarray(timing.reference_rounds_ms)
+        layer_rounds, walls = layer_rounds * scale, walls * scale
     for name, action, values in zip(context.layer_names, actions, layer_rounds, strict=True):
         q25, q50, q75 = np.percentile(values, [25, 50, 75])
         table.add_sample(name, action, float(q50), float((q75 - q25) / q50) if q50 > 0 else 0.0)
-    if dense:
-        table.dense_ms = float(np.median(walls))
     table.builds.append({"actions": [a.to_dict() for a in actions], "wall_ms": float(np.median(walls)),
                          "layers_ms": float(np.median(layer_rounds.sum(axis=0)))})
     table.base_ms = base_term(table.builds)

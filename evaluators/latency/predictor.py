@@ -86,6 +86,7 @@ class TreeEnsemble:
         self.feature, self.threshold = pad("feature", 0).astype(int), pad("threshold", 0.0)
         self.value = pad("value", 0.0)
         self.depth = max((int(t.get("depth", width)) for t in trees), default=0)
+        self._flat: tuple[np.ndarray, ...] | None = None
 
     @classmethod
     def from_sklearn(cls, model: Any) -> TreeEnsemble:
@@ -98,16 +99,23 @@ class TreeEnsemble:
         return cls(float(model.init_.constant_.ravel()[0]), model.learning_rate, trees)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Predictions for rows of ``x`` (n, n_features)."""
-        n_trees, n = self.left.shape[0], x.shape[0]
-        node = np.zeros((n_trees, n), dtype=int)
-        rows = np.arange(n_trees)[:, None]
+        """Predictions for rows of ``x`` (n, n_features): all trees walked together on flat arrays."""
+        n_trees, width = self.left.shape
+        n, nf = x.shape
+        if self._flat is None:  # global node ids (a leaf points to itself), int32 for fast gathers
+            base = (np.arange(n_trees) * width)[:, None]
+            own = base + np.arange(width)[None, :]
+            self._flat = (np.where(self.left >= 0, self.left + base, own).ravel().astype(np.int32),
+                          np.where(self.right >= 0, self.right + base, own).ravel().astype(np.int32),
+                          self.feature.ravel().astype(np.int32), self.threshold.ravel(),
+                          self.value.ravel())
+        left, right, feature, threshold, value = self._flat
+        node = np.repeat(np.arange(n_trees, dtype=np.int32) * width, n)
+        cols = np.tile(np.arange(n, dtype=np.int32) * nf, n_trees)
+        xf = x.ravel()
         for _ in range(self.depth):
-            feat, thr = self.feature[rows, node], self.threshold[rows, node]
-            go_left = x[np.arange(n)[None, :], feat] <= thr
-            nxt = np.where(go_left, self.left[rows, node], self.right[rows, node])
-            node = np.where(nxt >= 0, nxt, node)
-        return self.init + self.learning_rate * self.value[rows, node].sum(axis=0)
+            node = np.where(xf[cols + feature[node]] <= threshold[node], left[node], right[node])
+        return self.init + self.learning_rate * value[node].reshape(n_trees, n).sum(axis=0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"init": self.init, "learning_rate": self.learning_rate, "trees": self.trees}
@@ -217,8 +225,11 @@ class LatencyPredictor:
     def plan_ms(self, context: ModelContext, plan: PruningPlan) -> float:
         """Uncalibrated sum of the predicted per-layer latencies (ms)."""
         self._fill_memo(context, [plan])
-        fp = context.arch_fingerprint
-        return sum(self._memo[(fp, i, a)] for i, a in enumerate(plan.actions))
+        return self._memo_sum(context, plan)
+
+    def _memo_sum(self, context: ModelContext, plan: PruningPlan) -> float:
+        fp, memo = context.arch_fingerprint, self._memo
+        return sum(memo[(fp, i, a)] for i, a in enumerate(plan.actions))
 
     def _fill_memo(self, context: ModelContext, plans: Sequence[PruningPlan]) -> None:
         """Predict every (layer, action) of ``plans`` not seen yet in one vectorized call."""
@@ -254,7 +265,7 @@ class LatencyPredictor:
                 results.append(LatencyResult.failure(
                     f"plan has {len(plan.actions)} actions for {len(context.layers)} layers"))
                 continue
-            ms = self.calibration[0] * self.plan_ms(context, plan) + self.calibration[1]
+            ms = self.calibration[0] * self._memo_sum(context, plan) + self.calibration[1]
             results.append(LatencyResult(ms) if ms > 0 else LatencyResult.failure(
                 f"calibrated prediction {ms:.3g} ms <= 0; recalibrate the predictor"))
         return results

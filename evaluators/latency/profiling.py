@@ -39,6 +39,7 @@ class ModelTiming:
     layer_rounds_ms: dict[str, list[float]] = field(default_factory=dict)
     backend: str = "compiled"
     wall_rounds_ms: list[float] = field(default_factory=list)
+    reference_rounds_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {"latency_ms": self.latency_ms, "spread_ms": self.spread_ms,
@@ -115,13 +116,15 @@ def _measure_compiled(model: nn.Module, x: torch.Tensor, masks: Mapping[str, tor
 
 
 def time_compiled(compiled: Any, *, rounds: int = 7, min_round_s: float = 0.02,
-                  wall: bool = False) -> ModelTiming:
+                  wall: bool = False, reference: Any = None) -> ModelTiming:
     """Per-op profile rounds of a ``CompiledModel`` (and with ``wall``, whole-call rounds).
 
     Each round profiles the ops (``compiled.profile``: mean per op over the round's runs); with
     ``wall`` the per-op time is the median over single profiled runs instead, and the round then
     times whole calls (``compiled.benchmark``, median), the figure ``CompiledLatency`` reports,
-    so callers can relate the two in the same round.
+    so callers can relate the two in the same round. A ``reference`` compiled model is timed
+    the same way after every round (``reference_rounds_ms``), to rescale rounds taken while the
+    machine ran in another speed state (``evaluators.latency.anchor``).
     """
     names = {info.op_index: info.name for info in compiled.program.layers}
     t0 = time.perf_counter()
@@ -129,7 +132,7 @@ def time_compiled(compiled: Any, *, rounds: int = 7, min_round_s: float = 0.02,
     per_run = max((time.perf_counter() - t0) / 4, 1e-6)
     repeats = int(min(50, max(3, min_round_s / per_run)))
     layer_rounds: dict[str, list[float]] = {n: [] for n in names.values()}
-    totals, walls = [], []
+    totals, walls, refs = [], [], []
     for _ in range(rounds):
         if wall:   # per-op median of single runs: robust to preemption, like the wall median
             per_op = np.median([compiled.profile(repeats=1, warmup=0) for _ in range(repeats)], axis=0)
@@ -140,8 +143,10 @@ def time_compiled(compiled: Any, *, rounds: int = 7, min_round_s: float = 0.02,
             layer_rounds[name].append(float(per_op[op]))
         if wall:
             walls.append(float(compiled.benchmark(warmup=1, repeats=repeats).median_ms))
+        if reference is not None:
+            refs.append(float(reference.benchmark(warmup=1, repeats=repeats).median_ms))
     q25, q50, q75 = np.percentile(totals, [25, 50, 75])
-    return ModelTiming(float(q50), float(q75 - q25), layer_rounds, "compiled", walls)
+    return ModelTiming(float(q50), float(q75 - q25), layer_rounds, "compiled", walls, refs)
 
 
 def _measure_eager(model: nn.Module, x: torch.Tensor, threads: int, rounds: int,

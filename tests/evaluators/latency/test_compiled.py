@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import shutil
 
 import pytest
@@ -12,6 +13,7 @@ import npas_env  # noqa: F401  (import order: npas_env <-> evaluators cycle, see
 from evaluators.context import ModelContext
 from evaluators.registry import make_latency
 from npas_env.layers import extract_layers
+from npas_env.errors import InvalidConfig
 from npas_env.plan import LayerAction, PruningPlan, Scheme
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
@@ -46,3 +48,29 @@ def test_compiled_latency_failure_is_a_result(tmp_path, monkeypatch) -> None:
     evaluator = make_latency("compiled", warmup=0, repeats=1, cache_dir=tmp_path)
     [result] = evaluator.measure(ctx, [PruningPlan.dense(ctx.layer_names, ctx.arch_fingerprint)])
     assert not result.ok and "gcc" in result.error
+
+
+def test_compiled_latency_anchors_to_the_dense_model(tmp_path) -> None:
+    ctx = _context()
+    names = ctx.layer_names
+    dense = PruningPlan.dense(names, ctx.arch_fingerprint)
+    evaluator = make_latency("compiled", warmup=1, repeats=6, rounds=3, min_seconds=0.0,
+                             cache_dir=tmp_path, reference_ms=2.0)
+    [result] = evaluator.measure(ctx, [dense])
+    d = result.details
+    assert result.ok and d["reference_ms"] == 2.0 and d["raw_ms"] > 0
+    assert result.latency_ms == pytest.approx(2.0 * d["ratio_to_dense"])
+    assert 0.5 < d["ratio_to_dense"] < 2.0  # the dense plan against itself
+    clone = pickle.loads(pickle.dumps(evaluator))  # loaded reference libraries are not pickled
+    assert clone.config() == evaluator.config()
+    plain = make_latency("compiled", warmup=1, repeats=3, min_seconds=0.0, cache_dir=tmp_path,
+                         anchor=False)
+    [raw] = plain.measure(ctx, [dense])
+    assert raw.ok and "ratio_to_dense" not in raw.details
+
+
+def test_compiled_latency_rejects_bad_anchor_settings() -> None:
+    with pytest.raises(InvalidConfig, match="CompiledLatency"):
+        make_latency("compiled", rounds=0)
+    with pytest.raises(InvalidConfig, match="CompiledLatency"):
+        make_latency("compiled", reference_ms=-1.0)

@@ -60,6 +60,29 @@ class FakeRunner:
         return ModelTiming(wall, 0.0, ops, "fake", [wall] * 3)
 
 
+class SlowingRunner(FakeRunner):
+    """FakeRunner on a machine that runs 1.5x slower after the dense build, with a reference."""
+
+    def set_reference(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.reference = FakeRunner()(model, x, {}).latency_ms
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, masks: dict) -> ModelTiming:
+        t = super().__call__(model, x, masks)
+        slow = 1.0 if self.calls == 1 else 1.5
+        return ModelTiming(t.latency_ms * slow, 0.0, {k: [v * slow for v in r] for k, r in t.layer_rounds_ms.items()},
+                           "fake", [w * slow for w in t.wall_rounds_ms], [self.reference * slow] * 3)
+
+
+def test_model_table_rescales_builds_to_the_dense_build(tmp_path) -> None:
+    ctx = _context()
+    plain = build_model_lut(ctx, tmp_path / "a.json", runner=FakeRunner(), rates=(2.0,), progress=False)
+    anchored = build_model_lut(ctx, tmp_path / "b.json", runner=SlowingRunner(), rates=(2.0,), progress=False)
+    assert set(plain.entries) == set(anchored.entries)
+    for key, entry in plain.entries.items():
+        assert anchored.entries[key].latency_ms == pytest.approx(entry.latency_ms)
+    assert anchored.base_ms == pytest.approx(plain.base_ms)
+
+
 def _plan(ctx: ModelContext, actions) -> PruningPlan:
     return PruningPlan(tuple(actions), ctx.layer_names, ctx.arch_fingerprint)
 
