@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model, machine_summary  # noqa: E402
 from compiler_backend import compile_model, resolve_isa  # noqa: E402
-from compiler_backend.peak import MachinePeak, measure_peak  # noqa: E402
+from compiler_backend.peak import MachinePeak, fma_probe, measure_peak  # noqa: E402
 from npas_env.pruning import prune_mask  # noqa: E402
 
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
@@ -107,9 +107,13 @@ def layer_rows(peak: MachinePeak, threads: list[int], cache: Path | None,
                quick: bool) -> list[str]:
     out = ["## Per layer: block-punched 3x3 / block-based 1x1, block 8x16, batch 1\n",
            "ORT dense = onnxruntime on the unpruned layer (the reference). `x ORT` = ORT dense "
-           "time / ours; `x own dense` = our dense / ours; GFLOP/s counts kept weights only.\n",
+           "time / ours; `x own dense` = our dense / ours; GFLOP/s counts kept weights only. "
+           "`frac peak` divides by the FMA peak measured at the start of the run; `peak now` is "
+           "the FMA probe timed round-robin with the layers (same rounds, same speed state) "
+           "and `frac peak now` divides by it.\n",
            "| layer | thr | ORT dense us | rate | ours us | x ORT dense | x own dense | "
-           "GFLOP/s kept | frac peak | compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "GFLOP/s kept | frac peak | peak now | frac peak now | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in (3, 1):
         for c, hw in SHAPES:
             for th in threads:
@@ -122,6 +126,7 @@ def layer_rows(peak: MachinePeak, threads: list[int], cache: Path | None,
                 ref = ort_fn(model, x, th)
                 if ref:
                     fns["ort"] = ref
+                fns["peak"], probe_flops = fma_probe(resolve_isa(), th, cache=cache)
                 meta = {}
                 for rate in (1, 2, 4, 8):
                     mask = layer_mask(conv.weight, "block", rate)
@@ -131,12 +136,14 @@ def layer_rows(peak: MachinePeak, threads: list[int], cache: Path | None,
                     meta[rate] = (2 * kept * hw * hw, ct)
                 r = interleaved(fns, 1.0 if quick else 2.5)
                 ort_ms = r.get("ort", math.nan)
+                peak_now = probe_flops / r["peak"] / 1e6
                 for rate, (flops, ct) in meta.items():
                     ms = r[f"r{rate}"]
                     gf = flops / ms / 1e6
                     out.append(f"| conv{k}x{k} {c}@{hw} | {th} | {ort_ms * 1e3:.0f} | {rate}x | "
                                f"{ms * 1e3:.0f} | {ort_ms / ms:.2f}x | {r['r1'] / ms:.2f}x | "
-                               f"{gf:.0f} | {gf / peak.gflops[th]:.2f} | {ct:.1f} |")
+                               f"{gf:.0f} | {gf / peak.gflops[th]:.2f} | {peak_now:.0f} | "
+                               f"{gf / peak_now:.2f} | {ct:.1f} |")
                 print("\n".join(out[-4:]), flush=True)
     return out
 

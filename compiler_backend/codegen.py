@@ -39,6 +39,7 @@ from compiler_backend.kernels import (
     FILL_TEMPLATE,
     PAD_TEMPLATE,
     POOL_TEMPLATE,
+    SPLIT2_TEMPLATE,
     channel_template,
     crop_template,
     spatial_template,
@@ -52,7 +53,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 _SLACK = 256  # floats after every buffer: wide-row / full-tile over-reads stay in the arena
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "generate"]
@@ -268,6 +269,11 @@ class _Builder:
         cin, h, w = op.in_shape
         s, ph, pw, hq, wq = geo["s"], geo["ph"], geo["pw"], geo["hq"], geo["wq"]
         plane = hq * wq
+        if s == 2 and len(geo["phases"]) == 4:  # one deinterleaving pass per input row
+            self._template("split2", SPLIT2_TEMPLATE)
+            args = [src, dst, cin, h, w, ph, pw, plane, wq, w]
+            return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[10] = "
+                    f"{{{', '.join(map(str, args))}}};\n  pad_split2(tid, nt, A, k);\n}}\n")
         self._template("pad", PAD_TEMPLATE)
         calls = []
         for n, (a, b) in enumerate(geo["phases"]):

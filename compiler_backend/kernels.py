@@ -125,6 +125,32 @@ PAD_TEMPLATE = f"""static {NOINLINE} void pad_phase(int tid, int nt, float* rest
 }}
 """
 
+#: Stride 2 with all four phases (kernels >= 2x2): one pass per input row splits it into its even
+#: and odd columns (a loop gcc vectorizes with shuffles) and writes both into the phase planes of
+#: its row parity; ``pad_phase`` instead makes one short strided pass per phase and output row.
+#: Parameter array ``k``: src, dst, cin, h, w, ph, pw, plane (hq * wq), wq, src row stride.
+SPLIT2_TEMPLATE = f"""static {NOINLINE} void pad_split2(int tid, int nt, float* restrict A, const int* k) {{
+  const float* X = A + k[0]; float* P = A + k[1];
+  const int cin = k[2], h = k[3], w = k[4], ph = k[5], pw = k[6], plane = k[7], wq = k[8];
+  const int xs = k[9], x0 = pw & 1, half = (w - x0) / 2, odd_tail = (w - x0) & 1;
+  const long phase = (long)cin * plane;
+  PART(cin)
+  for (int c = lo; c < hi; ++c)
+    for (int y = 0; y < h; ++y) {{
+      const int a = (y + ph) & 1, i = (y + ph) >> 1;
+      const float* sr = X + ((long)c * h + y) * xs;
+      float* row = P + (long)(2 * a) * phase + (long)c * plane + (long)i * wq;
+      float* d0 = row + (x0 + pw) / 2;                /* columns x0, x0 + 2, ... (phase b = 0) */
+      float* d1 = row + phase + (1 - x0 + pw) / 2;    /* the others (phase b = 1) */
+      if (x0) d1[0] = sr[0];
+      float* e1 = x0 ? d1 + 1 : d1;
+      const float* s0 = sr + x0;
+      for (int m = 0; m < half; ++m) {{ d0[m] = s0[2 * m]; e1[m] = s0[2 * m + 1]; }}
+      if (odd_tail) d0[half] = s0[2 * half];
+    }}
+}}
+"""
+
 #: Pruned filters (rows without kept entries): ``y = act(bias [+ residual])`` over the ``T``
 #: pixels of each row, in the spatial kernel's output layout (channel stride ``ys``, shift ``yo``).
 #: Parameter array ``k``: rows (I arena), bias (W arena), y, res (A arena), nrows, T, ys, yo,

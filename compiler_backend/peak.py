@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,11 +88,7 @@ class MachinePeak:
         return asdict(self)
 
 
-def measure_peak(isa: Isa, threads: tuple[int, ...] = (1, 2), *, cache: Path | None = None,
-                 seconds: float = 0.25, dram_mb: int = 256) -> MachinePeak:
-    """Run the probes for each thread count; about ``6 * seconds`` per thread count."""
-    import numpy as np
-
+def _library(isa: Isa, cache: Path | None) -> ctypes.CDLL:
     art = compile_source(prelude(isa) + _SOURCE, [], cache=cache)
     lib = ctypes.CDLL(str(art.path))
     lib.fma_peak.restype = ctypes.c_double
@@ -99,6 +96,33 @@ def measure_peak(isa: Isa, threads: tuple[int, ...] = (1, 2), *, cache: Path | N
     lib.bandwidth.restype = ctypes.c_double
     lib.bandwidth.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
                               ctypes.c_int]
+    return lib
+
+
+def fma_probe(isa: Isa, threads: int, seconds: float = 0.001, *,
+              cache: Path | None = None) -> tuple[Callable[[], object], float]:
+    """A call of about ``seconds`` running the FMA peak loop, and the FLOPs it does.
+
+    Timed together with a kernel (e.g. round-robin), it gives the peak *in the same rounds*:
+    a machine that changes speed states changes both, so their ratio stays meaningful.
+    """
+    lib = _library(isa, cache)
+    iters = 1 << 10
+    while True:
+        t0 = time.perf_counter()
+        lib.fma_peak(threads, iters)
+        if time.perf_counter() - t0 > seconds or iters > 1 << 30:
+            break
+        iters *= 2
+    return (lambda: lib.fma_peak(threads, iters)), 2.0 * 12 * isa.lanes * iters * threads
+
+
+def measure_peak(isa: Isa, threads: tuple[int, ...] = (1, 2), *, cache: Path | None = None,
+                 seconds: float = 0.25, dram_mb: int = 256) -> MachinePeak:
+    """Run the probes for each thread count; about ``6 * seconds`` per thread count."""
+    import numpy as np
+
+    lib = _library(isa, cache)
     gflops, dram, l2 = {}, {}, {}
     n_big = dram_mb * (1 << 20) // 8
     big_a, big_b = np.ones(n_big, np.float32), np.ones(n_big, np.float32)

@@ -230,12 +230,18 @@ def utc_now() -> str:
 
 
 def backend_version() -> str:
-    """Identifier of the local measuring backend (compiler backend + C compiler + ISA)."""
+    """Identifier of the local measuring backend (generator version + C compiler + ISA).
+
+    New kernels change every timing, so a table built with another generator version is refused
+    like one from another device (unless forced).
+    """
     try:
+        from compiler_backend.codegen import GENERATOR_VERSION
         from compiler_backend.compile import resolve_isa
         from compiler_backend.toolchain import compiler_version, find_compiler
 
-        return f"npas-compiler/{compiler_version(find_compiler())}/{resolve_isa().name}"
+        cc = compiler_version(find_compiler())
+        return f"npas-compiler-v{GENERATOR_VERSION}/{cc}/{resolve_isa().name}"
     except Exception:  # no compiler / backend: measurements come from torch eager
         import torch
 
