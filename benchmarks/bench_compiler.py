@@ -3,10 +3,12 @@
 Usage: python benchmarks/bench_compiler.py [--quick] [--threads 1 2] [--out docs/benchmarks/compiler.md]
        python benchmarks/bench_compiler.py --sections sweep --schemes filter   (a subset, printed only)
 
-Every comparison runs interleaved in one process (ours / ORT / torch alternate, median of
-repeats), because the CPU may be shared. The dense reference is onnxruntime (ORT_ENABLE_ALL,
-same thread count); every ratio names its reference. "frac peak" divides kept GFLOP/s by the
-FMA peak measured at the start of this run with the same thread count.
+Every comparison runs interleaved in one process (ours / ORT / torch alternate in 100 ms batches,
+each after a 60 ms pause and a 20 ms warm-up; median over rounds), because the machine drifts
+between speed states.
+The dense reference is onnxruntime (ORT_ENABLE_ALL, same thread count); every ratio names its
+reference. "frac peak" divides kept GFLOP/s by the FMA peak measured at the start of this run;
+"frac peak now" by an FMA probe timed in the same rounds as the layer.
 """
 
 from __future__ import annotations
@@ -65,13 +67,16 @@ def ort_fn(model: nn.Module, x: torch.Tensor, threads: int) -> Fn | None:
     return lambda: sess.run(None, feed)
 
 
-def interleaved(fns: dict[str, Fn], budget_s: float = 1.0, batch_s: float = 0.002
-                ) -> dict[str, float]:
-    """Median ms per call of each fn, measured round-robin in short batches.
+def interleaved(fns: dict[str, Fn], budget_s: float = 1.0, batch_s: float = 0.1,
+                warm_s: float = 0.02, settle_s: float = 0.06, min_rounds: int = 8) -> dict[str, float]:
+    """Median ms per call of each fn, measured round-robin in batches.
 
-    Batches are ~``batch_s`` long (shorter than a scheduler time slice, so most batches are
-    not preempted) and the order rotates every round, so a runtime whose threads keep
-    spinning after a call (ORT) slows every other fn equally often.
+    Before each batch the process sleeps ``settle_s`` (ONNX Runtime's idle workers spin for
+    tens of milliseconds after a call: about 45 ms of CPU per idle second), then runs the fn
+    untimed for ``warm_s`` (at least one call), then times calls for ``batch_s``; the order
+    rotates every round and the result is the median over rounds. Without the pause and with
+    2 ms batches, our 2-thread conv timed right after ORT ran at 0.97x its 1-thread time (1.77x
+    alone): a runtime's figure must not depend on which runtime happened to run before it.
     """
     est = {}
     for k, f in fns.items():
@@ -80,13 +85,17 @@ def interleaved(fns: dict[str, Fn], budget_s: float = 1.0, batch_s: float = 0.00
         f()
         est[k] = max(time.perf_counter() - t0, 1e-6)
     inner = {k: max(1, int(batch_s / e)) for k, e in est.items()}
-    per_round = sum(inner[k] * est[k] for k in fns)
-    rounds = max(15, min(400, int(budget_s / per_round)))
+    warm = {k: max(1, int(warm_s / e)) for k, e in est.items()}
+    per_round = sum((inner[k] + warm[k]) * est[k] + settle_s for k in fns)
+    rounds = max(min_rounds, min(400, int(budget_s / per_round)))
     ts: dict[str, list[float]] = {k: [] for k in fns}
     keys = list(fns)
     for r in range(rounds):
         for k in keys[r % len(keys):] + keys[:r % len(keys)]:
             f, n = fns[k], inner[k]
+            time.sleep(settle_s)
+            for _ in range(warm[k]):
+                f()
             t0 = time.perf_counter()
             for _ in range(n):
                 f()
@@ -110,7 +119,8 @@ def layer_rows(peak: MachinePeak, threads: list[int], cache: Path | None,
            "time / ours; `x own dense` = our dense / ours; GFLOP/s counts kept weights only. "
            "`frac peak` divides by the FMA peak measured at the start of the run; `peak now` is "
            "the FMA probe timed round-robin with the layers (same rounds, same speed state) "
-           "and `frac peak now` divides by it.\n",
+           "and `frac peak now` divides by it (1 thread only: the 2-thread probe is an OpenMP region "
+           "whose idle threads disturbed the runtimes around it).\n",
            "| layer | thr | ORT dense us | rate | ours us | x ORT dense | x own dense | "
            "GFLOP/s kept | frac peak | peak now | frac peak now | compile s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -126,7 +136,8 @@ def layer_rows(peak: MachinePeak, threads: list[int], cache: Path | None,
                 ref = ort_fn(model, x, th)
                 if ref:
                     fns["ort"] = ref
-                fns["peak"], probe_flops = fma_probe(resolve_isa(), th, cache=cache)
+                if th == 1:  # the 2-thread probe is an OpenMP region: its idle threads disturb others
+                    fns["peak"], probe_flops = fma_probe(resolve_isa(), th, cache=cache)
                 meta = {}
                 for rate in (1, 2, 4, 8):
                     mask = layer_mask(conv.weight, "block", rate)
@@ -136,7 +147,7 @@ def layer_rows(peak: MachinePeak, threads: list[int], cache: Path | None,
                     meta[rate] = (2 * kept * hw * hw, ct)
                 r = interleaved(fns, 1.0 if quick else 2.5)
                 ort_ms = r.get("ort", math.nan)
-                peak_now = probe_flops / r["peak"] / 1e6
+                peak_now = probe_flops / r["peak"] / 1e6 if "peak" in r else math.nan
                 for rate, (flops, ct) in meta.items():
                     ms = r[f"r{rate}"]
                     gf = flops / ms / 1e6
