@@ -36,6 +36,7 @@ from compiler_backend.kernels import (
     ACT_CODES,
     ACT_HELPERS,
     BORDER_TEMPLATE,
+    DW9_TEMPLATE,
     FILL_TEMPLATE,
     PAD_TEMPLATE,
     POOL_TEMPLATE,
@@ -53,7 +54,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "5"
+GENERATOR_VERSION = "6"
 _SLACK = 256  # floats after every buffer: wide-row / full-tile over-reads stay in the arena
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "generate"]
@@ -220,6 +221,9 @@ class _Builder:
             elif cfg.family == "channel":
                 parts.append(self.channel_kernel(name, seg, offsets, bias_off, x_off, y_off,
                                                  res_off, act, T))
+            elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
+                parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
+                                             act, T, ys, yo))
             else:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p))
                 parts.append(self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
@@ -321,6 +325,17 @@ class _Builder:
                 geo["wq"] if vr else lanes, vw]
         return (f"{_sig(name)} {{\n  static const int k[21] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
+
+    def dw9_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int, x_off: int,
+                   y_off: int, res_off: int | None, act: str | None, T: int, ys: int,
+                   yo: int) -> str:
+        """One row per block, 9 private entries each (depthwise 3x3): ``DW9_TEMPLATE``."""
+        self._template("dw9", DW9_TEMPLATE)
+        args = [self.add_i(seg.rows.ravel()), self.add_i(offsets), self.add_f(seg.weights), bias_off,
+                x_off, y_off, res_off or 0, seg.nblk, T, ys, yo, ACT_CODES[act or "none"],
+                int(res_off is not None)]
+        return (f"{_sig(name)} {{\n  static const int k[13] = {{{', '.join(map(str, args))}}};\n"
+                f"  dw9(tid, nt, W, I, A, k);\n}}\n")
 
     def fill_kernel(self, name: str, seg: Segment, bias_off: int, y_off: int,
                     res_off: int | None, act: str | None, T: int, ys: int, yo: int) -> str:

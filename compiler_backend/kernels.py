@@ -299,6 +299,52 @@ def spatial_template(key: str, p: int, v: int, row: bool = False) -> str:
     return text.replace("@VS@", vs).replace("@TS@", ts)
 
 
+#: Rows that each own exactly 9 entries and share them with no other row (depthwise 3x3):
+#: the row's 9 weights stay in registers while it sweeps its whole output plane ``V`` vectors
+#: at a time (the spatial kernel re-broadcasts them per tile and pays its block bookkeeping for
+#: 9 FMAs). Parameter array ``k``: rows, offsets (9 per row; I arena), weights (9 per row),
+#: bias (W arena), x, y, res (A arena), nrows, T, ys, yo, act, has_res.
+DW9_TEMPLATE = f"""static {NOINLINE} void dw9(int tid, int nt, const float* restrict W,
+    const int* restrict I, float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const int* offs = I + k[1];
+  const float* wt = W + k[2]; const float* bias = W + k[3];
+  const float* X = A + k[4]; float* Y = A + k[5]; const float* R = A + k[6]; (void)R;
+  const int T = k[8], ys = k[9], yo = k[10], act = k[11], hr = k[12];
+  PART(k[7])
+  for (int b = lo; b < hi; ++b) {{
+    const int r = rows[b]; const int* o = offs + 9 * b; const float* w9 = wt + 9 * b;
+    const vf w0 = VSET1(w9[0]), w1 = VSET1(w9[1]), w2 = VSET1(w9[2]), w3 = VSET1(w9[3]),
+             w4 = VSET1(w9[4]), w5 = VSET1(w9[5]), w6 = VSET1(w9[6]), w7 = VSET1(w9[7]),
+             w8 = VSET1(w9[8]);
+    const float* x0 = X + o[0]; const float* x1 = X + o[1]; const float* x2 = X + o[2];
+    const float* x3 = X + o[3]; const float* x4 = X + o[4]; const float* x5 = X + o[5];
+    const float* x6 = X + o[6]; const float* x7 = X + o[7]; const float* x8 = X + o[8];
+    const vf bb = VSET1(bias[r]);
+    float* y = Y + (long)r * ys + yo; const float* rp = R + (long)r * ys + yo;
+    for (int t = 0; t < T; t += 2 * VL) {{
+      vf a = VMUL(w0, VLOAD(x0 + t)), c = VMUL(w0, VLOAD(x0 + t + VL));
+#define NPAS_TAP(q) a = VFMA(w##q, VLOAD(x##q + t), a); c = VFMA(w##q, VLOAD(x##q + t + VL), c);
+      NPAS_TAP(1) NPAS_TAP(2) NPAS_TAP(3) NPAS_TAP(4) NPAS_TAP(5) NPAS_TAP(6) NPAS_TAP(7) NPAS_TAP(8)
+#undef NPAS_TAP
+      a = VADD(a, bb); c = VADD(c, bb);
+      if (t + 2 * VL <= T) {{
+        if (hr) {{ a = VADD(a, VLOAD(rp + t)); c = VADD(c, VLOAD(rp + t + VL)); }}
+        VSTORE(y + t, v_act(a, act)); VSTORE(y + t + VL, v_act(c, act));
+      }} else {{
+        const int n0 = T - t < VL ? T - t : VL, n1 = T - t - VL;
+        if (hr) a = VADD(a, VLOADM(rp + t, n0));
+        VSTOREM(y + t, v_act(a, act), n0);
+        if (n1 > 0) {{
+          if (hr) c = VADD(c, VLOADM(rp + t + VL, n1));
+          VSTOREM(y + t + VL, v_act(c, act), n1);
+        }}
+      }}
+    }}
+  }}
+}}
+"""
+
+
 def channel_template(key: str, tb: int) -> str:
     """GEMV-style kernel vectorised along output channels (Linear, tiny maps).
 

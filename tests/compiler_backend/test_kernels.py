@@ -11,7 +11,7 @@ from compiler_backend import compile_model
 # (out_channels, kernel, stride, padding, groups) on a 12 x 11 x 9 input
 _CASES = [(13, 1, 1, 0, 1), (13, 3, 1, 1, 1), (16, 3, 2, 1, 1), (12, 3, 1, 1, 12),
           (12, 5, 1, 2, 3), (9, 7, 2, 3, 1), (8, 3, 2, 0, 1), (20, 1, 2, 0, 4), (24, 3, 1, 0, 1),
-          (10, 5, 2, 2, 1), (6, 2, 2, 1, 2)]
+          (10, 5, 2, 2, 1), (6, 2, 2, 1, 2), (12, 3, 2, 1, 12)]
 
 
 class Branches(nn.Module):
