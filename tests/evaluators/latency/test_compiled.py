@@ -12,8 +12,8 @@ from torch import nn
 import npas_env  # noqa: F401  (import order: npas_env <-> evaluators cycle, see report)
 from evaluators.context import ModelContext
 from evaluators.registry import make_latency
-from npas_env.layers import extract_layers
 from npas_env.errors import InvalidConfig
+from npas_env.layers import extract_layers
 from npas_env.plan import LayerAction, PruningPlan, Scheme
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
