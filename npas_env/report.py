@@ -111,7 +111,8 @@ def render_report(summary: RunSummary, layers: Sequence[LayerSpec], plan_actions
              f"| speedup | 1.00x | {_fmt(summary.speedup, '.2f')}x |", "",
              f"Latency budget {summary.budget_ms:.4f} ms; {summary.true_evaluations} true evaluations "
              f"by `{summary.agent}`; latency measured by our compiler on this machine "
-             f"({summary.threads} thread(s), batch 1, median of repeated runs).", ""]
+             f"({summary.threads} thread(s), batch 1; each model timed in rounds alternating with "
+             "the dense model, median ratio x the dense latency).", ""]
     if best is not None:
         lines += [f"Best searched plan: reward {best.reward:.4f}, one-shot accuracy "
                   f"{_fmt(best.accuracy, '.4f')}, latency {_fmt(best.latency_ms, '.4f')} ms.", ""]
