@@ -27,10 +27,8 @@ _L1_BYTES = 12 * 1024
 _MIN_CHUNK_ENTRIES = 96
 #: Weights above this size are re-streamed less often (wider pixel chunks).
 _BIG_WEIGHTS = 128 * 1024
-#: Minimum kept FLOPs before a layer uses more than one thread (ResNet-20 / MobileNetV2 on 2
-#: threads: 4M -> 250k took end to end 0.75 -> 0.91x / 0.56 -> 0.79x ORT dense, 8x 2.87 -> 3.42x /
-#: 0.92 -> 1.43x; the persistent pool's per-step handoff costs less than the 4M guess assumed).
-_MT_FLOPS = 250_000
+#: Minimum kept FLOPs before a layer uses more than one thread.
+_MT_FLOPS = 4_000_000
 
 
 def conv_geometry(op: ConvOp) -> dict[str, Any]:
