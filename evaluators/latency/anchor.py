@@ -17,10 +17,14 @@ from typing import Protocol
 import numpy as np
 
 
+class _Timing(Protocol):
+    median_ms: float
+
+
 class Timeable(Protocol):
     """Anything with ``compiler_backend``'s ``benchmark(warmup, repeats, min_seconds)``."""
 
-    def benchmark(self, warmup: int = ..., repeats: int = ..., min_seconds: float = ...) -> object: ...
+    def benchmark(self, warmup: int = ..., repeats: int = ..., min_seconds: float = ...) -> _Timing: ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class AnchoredTiming:
 
 
 def _median_ms(target: Timeable, warmup: int, repeats: int, min_seconds: float) -> float:
-    return float(target.benchmark(warmup, repeats, min_seconds).median_ms)  # type: ignore[attr-defined]
+    return float(target.benchmark(warmup, repeats, min_seconds).median_ms)
 
 
 def time_anchored(model: Timeable, reference: Timeable, *, rounds: int = 5, repeats: int = 10,

@@ -40,8 +40,8 @@ def _log(path: str, kind: str, plans: Sequence[Any]) -> None:
         fh.writelines(f"{os.getpid()} {kind} {p.key()}\n" for p in plans)
 
 
-class LoggedAccuracy:
-    """Deterministic accuracy (1 / the largest rate) that logs every plan it evaluates."""
+class _Logged:
+    """An evaluator writing every plan it sees to the shared log file ``log``."""
 
     name = "logged"
 
@@ -50,22 +50,18 @@ class LoggedAccuracy:
 
     def config(self) -> dict[str, Any]:
         return {}
+
+
+class LoggedAccuracy(_Logged):
+    """Deterministic accuracy (1 / the largest rate) that logs every plan it evaluates."""
 
     def evaluate(self, context: Any, plans: Sequence[Any]) -> list[AccuracyResult]:
         _log(self.log, "accuracy", plans)
         return [AccuracyResult(1.0 / max(a.rate for a in p.actions)) for p in plans]
 
 
-class LoggedLatency:
+class LoggedLatency(_Logged):
     """Deterministic latency (sum of 1 / rate) that logs every plan it measures."""
-
-    name = "logged"
-
-    def __init__(self, log: str) -> None:
-        self.log = log
-
-    def config(self) -> dict[str, Any]:
-        return {}
 
     def measure(self, context: Any, plans: Sequence[Any]) -> list[LatencyResult]:
         _log(self.log, "latency", plans)
