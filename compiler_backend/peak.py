@@ -4,6 +4,11 @@ A tiny generated C library holds three probes, compiled with the backend's toolc
 
 * ``fma_peak``: 12 independent vector FMA chains (enough to cover 2 pipes x 4-6 cycles of
   latency) in a long loop, per thread; reports GFLOP/s summed over ``nt`` OpenMP threads.
+  Every chain passes through an empty ``asm`` each iteration: the chains compute the same
+  values, and without that gcc merged six of them into one (the loop did 7 FMAs and the probe
+  reported 12: 140 "GFLOP/s" on a core whose 2 FMA pipes x 8 lanes x 3.15 GHz give 101).
+* ``clock_ghz``: a chain of dependent integer adds (one per cycle on every current core), so
+  the FMA figure can be read as FLOP per cycle and checked against the core's pipes.
 * ``bandwidth``: ``b[i] = a[i] * s + b[i]`` over two arrays (2 loads + 1 store per element);
   bytes counted as 12 per element. A 256 MB working set gives DRAM, 256 KB gives L2.
 
@@ -35,6 +40,7 @@ double fma_peak(int nt, long iters) {
     const vf m = VSET1(0.999999f), c = VSET1(1e-7f);
     for (long i = 0; i < iters; ++i) {
       __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5));
+      __asm__ volatile("" : "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
       a0 = VFMA(a0, m, c); a1 = VFMA(a1, m, c); a2 = VFMA(a2, m, c); a3 = VFMA(a3, m, c);
       a4 = VFMA(a4, m, c); a5 = VFMA(a5, m, c); a6 = VFMA(a6, m, c); a7 = VFMA(a7, m, c);
       a8 = VFMA(a8, m, c); a9 = VFMA(a9, m, c); a10 = VFMA(a10, m, c); a11 = VFMA(a11, m, c);
@@ -46,6 +52,17 @@ double fma_peak(int nt, long iters) {
   }
   double dt = omp_get_wtime() - t0;
   return sink == 12345.f ? -1.0 : 2.0 * 12 * VL * (double)iters * nt / dt / 1e9;
+}
+
+double clock_ghz(long iters) {
+  long x = 0;
+  double t0 = omp_get_wtime();
+  for (long i = 0; i < iters; ++i) {
+    x += 1; __asm__ volatile("" : "+r"(x)); x += 1; __asm__ volatile("" : "+r"(x));
+    x += 1; __asm__ volatile("" : "+r"(x)); x += 1; __asm__ volatile("" : "+r"(x));
+  }
+  double dt = omp_get_wtime() - t0;
+  return x == -1 ? -1.0 : 4.0 * (double)iters / dt / 1e9;
 }
 
 double bandwidth(int nt, float* a, float* b, long n, int reps) {
@@ -76,6 +93,7 @@ class MachinePeak:
         dram_gbs: streaming bandwidth, 256 MB working set, per thread count.
         l2_gbs: bandwidth with a 256 KB working set per thread, per thread count.
         load_avg: 1-minute load average when measured (a busy CPU lowers every figure).
+        clock_ghz: core clock from a dependent integer add chain (1 thread).
     """
 
     isa: str
@@ -83,6 +101,11 @@ class MachinePeak:
     dram_gbs: dict[int, float]
     l2_gbs: dict[int, float]
     load_avg: float
+    clock_ghz: float = float("nan")
+
+    def flop_per_cycle(self, threads: int = 1) -> float:
+        """FMA peak per core and cycle (2 pipes x lanes x 2 on AVX2 / AVX-512 cores)."""
+        return self.gflops[threads] / threads / self.clock_ghz
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -93,6 +116,8 @@ def _library(isa: Isa, cache: Path | None) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(art.path))
     lib.fma_peak.restype = ctypes.c_double
     lib.fma_peak.argtypes = [ctypes.c_int, ctypes.c_long]
+    lib.clock_ghz.restype = ctypes.c_double
+    lib.clock_ghz.argtypes = [ctypes.c_long]
     lib.bandwidth.restype = ctypes.c_double
     lib.bandwidth.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
                               ctypes.c_int]
@@ -141,5 +166,7 @@ def measure_peak(isa: Isa, threads: tuple[int, ...] = (1, 2), *, cache: Path | N
         a, b = np.ones(n_l2, np.float32), np.ones(n_l2, np.float32)
         reps = max(1, int(2e8 // n_l2))
         l2[nt] = max(lib.bandwidth(nt, a.ctypes.data, b.ctypes.data, n_l2, reps) for _ in range(3))
+    iters = max(1 << 16, int(seconds * 1e9 / 4 / 3))  # ~seconds / 3 at 4 GHz
+    clock = max(lib.clock_ghz(iters) for _ in range(3))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return MachinePeak(isa.name, gflops, dram, l2, load)
+    return MachinePeak(isa.name, gflops, dram, l2, load, clock)

@@ -111,6 +111,22 @@ def test_peak_probe_reports_positive_numbers(tmp_path) -> None:
 
     peak = measure_peak(detect_isa(), (1,), cache=tmp_path, seconds=0.03, dram_mb=8)
     assert peak.gflops[1] > 1.0 and peak.dram_gbs[1] > 0.1 and peak.l2_gbs[1] > 0.1
+    assert 0.3 < peak.clock_ghz < 8.0
+
+
+def test_peak_probe_does_not_exceed_the_fma_pipes(tmp_path) -> None:
+    """x86 cores have at most 2 vector FMA pipes: peak <= 2 x lanes x 2 FLOP per cycle.
+
+    (The probe once reported 140 GFLOP/s on a 3.15 GHz AVX2 core, 44 FLOP per cycle against
+    32 possible, because gcc merged six of its identical FMA chains.)
+    """
+    from compiler_backend.isa import detect_isa
+    from compiler_backend.peak import measure_peak
+
+    isa = detect_isa()
+    peak = measure_peak(isa, (1,), cache=tmp_path, seconds=0.06, dram_mb=8)
+    # 10 % slack: the clock and the FMA loop are timed separately (a speed change in between)
+    assert peak.flop_per_cycle(1) <= 2 * isa.lanes * 2 * 1.1
 
 
 @pytest.mark.parametrize(("hw", "threads"), [(8, 1), (8, 2)])
