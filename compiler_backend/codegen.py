@@ -54,7 +54,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "6"
+GENERATOR_VERSION = "7"
 _SLACK = 256  # floats after every buffer: wide-row / full-tile over-reads stay in the arena
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "generate"]
@@ -173,8 +173,9 @@ class _Builder:
         return self.threads if numel >= 32768 else 1
 
     def conv(self, fn: str, k: int, op: ConvOp, offs: list[int]) -> tuple[str, list[tuple[str, int]]]:
-        cfg = self.configs.get(op.name) or default_config(op, self.isa, self.threads)
-        geo = _conv_geometry(op)
+        src_padded = op.src in self.padded
+        cfg = self.configs.get(op.name) or default_config(op, self.isa, self.threads, src_padded)
+        geo = _conv_geometry(op, padded_src=src_padded)
         cin, h, w = op.in_shape
         cout, oh, ow = op.out_shape
         T, wq, hq = geo["T"], geo["wq"], geo["hq"]
@@ -184,7 +185,7 @@ class _Builder:
         # source: the input itself (plain, or already padded by its producer) or a padded /
         # phase-split copy in a scratch buffer shared by convs of the same input geometry
         if geo["direct"] or op.src in self.padded:
-            x_off = offs[op.src]
+            x_off = offs[op.src] + geo["shift"]
         else:
             nph = len(geo["phases"])
             gkey = (nph, cin, hq, wq, geo["s"], geo["ph"], geo["pw"], h, w)
@@ -195,7 +196,8 @@ class _Builder:
             parts.append(self.prologue(f"{fn}_pad", op, geo, offs[op.src], x_off))
         # destination: straight into a padded output (wide rows shifted by wq + 1), the plain
         # output, or a shared wide-row scratch buffer + crop epilogue
-        wide = (cfg.family == "spatial" and op.dst in self.padded and writes_wide_padded(op)
+        wide = (cfg.family == "spatial" and op.dst in self.padded
+                and writes_wide_padded(op, src_padded)
                 and (op.res is None or op.res in self.padded))
         use_crop = not wide and (geo["crop"] or op.dst in self.padded or op.res in self.padded)
         ys, yo = T, 0

@@ -31,20 +31,35 @@ _BIG_WEIGHTS = 128 * 1024
 _MT_FLOPS = 4_000_000
 
 
-def conv_geometry(op: ConvOp) -> dict[str, Any]:
-    """Wide-row geometry: ``T`` pixels per output channel, padded plane ``hq x wq``, phases."""
+def is_pointwise(op: ConvOp) -> bool:
+    """A 1x1 / stride-1 / unpadded conv: pixel ``i`` of the output reads pixel ``i`` only."""
+    return (not op.is_linear and len(op.in_shape) == 3 and op.stride == 1
+            and tuple(op.padding) == (0, 0) and tuple(op.weight.shape[2:]) == (1, 1))
+
+
+def conv_geometry(op: ConvOp, padded_src: bool = False) -> dict[str, Any]:
+    """Wide-row geometry: ``T`` pixels per output channel, padded plane ``hq x wq``, phases.
+
+    ``shift`` is where pixel (0, 0) of the input sits in the source buffer. A pointwise conv
+    whose input is stored padded (``padded_src``) runs over that layout's rows (width
+    ``w + 2``, the two border columns between rows computed and discarded), so it reads the
+    buffer in place and can write a padded output the same way.
+    """
     cin, h, w = op.in_shape
     cout, oh, ow = op.out_shape
     kh, kw = op.weight.shape[2], op.weight.shape[3]
     s, (ph, pw) = op.stride, op.padding
+    if padded_src and is_pointwise(op):
+        return dict(direct=True, hq=h + 2, wq=w + 2, s=1, phases=[(0, 0)], T=oh * (w + 2),
+                    crop=True, kh=1, kw=1, ph=0, pw=0, ow=ow, shift=w + 3)
     if s == 1 and ph == 0 and pw == 0:
         return dict(direct=True, hq=h, wq=w, s=1, phases=[(0, 0)], T=oh * w, crop=(w != ow),
-                    kh=kh, kw=kw, ph=0, pw=0, ow=ow)
+                    kh=kh, kw=kw, ph=0, pw=0, ow=ow, shift=0)
     hp, wp = h + 2 * ph, w + 2 * pw
     hq, wq = -(-hp // s), -(-wp // s)
     phases = [(a, b) for a in range(min(s, kh)) for b in range(min(s, kw))]
     return dict(direct=False, hq=hq, wq=wq, s=s, phases=phases, T=oh * wq, crop=(wq != ow),
-                kh=kh, kw=kw, ph=ph, pw=pw, ow=ow)
+                kh=kh, kw=kw, ph=ph, pw=pw, ow=ow, shift=0)
 
 
 def tile_cycles(p: int, v: int) -> float:
@@ -101,9 +116,9 @@ def _row_group(op: ConvOp) -> int:
     return int(np.median(runs))
 
 
-def default_config(op: ConvOp, isa: Isa, threads: int) -> KernelConfig:
+def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False) -> KernelConfig:
     """The untuned choice: channel family for tiny maps, else the cost model's tile."""
-    t = conv_geometry(op)["T"]
+    t = conv_geometry(op, padded_src)["T"]
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS else 1
     if t < 2 * isa.lanes:

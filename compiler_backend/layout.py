@@ -7,28 +7,59 @@ other convs write through their crop epilogue), and every stride-1 / pad-1 consu
 it in place instead of copying it into a padded scratch buffer.
 
 A buffer is padded only if every reader understands the layout: stride-1 / pad-(1, 1) convs
-reading it as input, and convs with a wide-row output reading it as residual. Graph inputs and
-outputs, aliases, fallbacks, pooling, eltwise and concat readers keep the plain CHW layout.
+and pointwise (1x1 / stride-1) convs reading it as input, and convs with a wide-row output
+reading it as residual. Graph inputs and outputs, aliases, fallbacks, pooling, eltwise and
+concat readers keep the plain CHW layout. Pointwise convs run over the padded rows of a padded
+input (``conv_geometry(op, padded_src=True)``), so a MobileNet chain 1x1 -> depthwise 3x3 ->
+1x1 stays padded end to end and no conv in it copies its input or crops its output.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from compiler_backend.heuristics import conv_geometry
+from compiler_backend.heuristics import conv_geometry, is_pointwise
 from compiler_backend.ir import ConvOp, Graph
 from compiler_backend.lowering import op_inputs
 
 
-def reads_padded(op: ConvOp) -> bool:
-    """``op`` can read its input from a padded buffer in place."""
+def _pad1(op: ConvOp) -> bool:
     return (not op.is_linear and op.stride == 1 and tuple(op.padding) == (1, 1)
             and len(op.in_shape) == 3)
 
 
-def writes_wide_padded(op: ConvOp) -> bool:
-    """``op``'s wide rows (width ``w + 2``) map 1:1 onto a padded output plane."""
-    return reads_padded(op) and op.out_shape[1:] == op.in_shape[1:]
+def reads_padded(op: ConvOp) -> bool:
+    """``op`` can read its input from a padded buffer in place."""
+    return _pad1(op) or is_pointwise(op)
+
+
+def writes_wide_padded(op: ConvOp, src_padded: bool = False) -> bool:
+    """``op``'s wide rows (width ``w + 2``) map 1:1 onto a padded output plane.
+
+    True for stride-1 / pad-1 convs that keep the map size, and for pointwise convs whose
+    input is padded (they run over the padded rows).
+    """
+    if is_pointwise(op):
+        return src_padded
+    return _pad1(op) and op.out_shape[1:] == op.in_shape[1:]
+
+
+def _worth_padding(prod: ConvOp, readers: list[tuple[Any, str]], padded: set[int]) -> bool:
+    """Whether a padded buffer saves more copying than it costs (counted in channels).
+
+    A pointwise producer writes it in place only from a padded input. A pointwise reader
+    that writes a plain output (and has no padded residual) must crop its output when its
+    input is padded: if every reader is such, the buffer stays padded only if the readers'
+    crops are smaller than the crop its producer would need to write it plain.
+    """
+    if is_pointwise(prod) and prod.src not in padded:
+        return False
+    cropping = [r for r, role in readers if role == "src" and is_pointwise(r)
+                and r.dst not in padded and (r.res is None or r.res not in padded)]
+    if len(cropping) < len(readers):
+        return True  # some reader reads it in place for free
+    saved = prod.out_shape[0] if writes_wide_padded(prod, prod.src in padded) else 0
+    return sum(r.out_shape[0] for r in cropping) <= saved
 
 
 def plan_padded(graph: Graph) -> set[int]:
@@ -53,18 +84,26 @@ def plan_padded(graph: Graph) -> set[int]:
     for buf, prod in producers.items():
         if buf in blocked or not isinstance(prod, ConvOp) or prod.is_linear:
             continue
-        if len(graph.buffers[buf].shape) != 3 or conv_geometry(prod)["direct"]:
+        if len(graph.buffers[buf].shape) != 3:
+            continue
+        if conv_geometry(prod)["direct"] and not is_pointwise(prod):
             continue
         ok = bool(readers.get(buf))
         for reader, role in readers.get(buf, []):
             if role == "src":
                 ok &= reads_padded(reader)
             elif role == "res":
-                ok &= not conv_geometry(reader)["direct"]
+                ok &= is_pointwise(reader) or not conv_geometry(reader)["direct"]
             else:
                 ok = False
         if ok:
             padded.add(buf)
+    # drop layouts that cost more copies than they save, until none drops out
+    changed = True
+    while changed:
+        drop = {buf for buf in padded if not _worth_padding(producers[buf], readers[buf], padded)}
+        padded -= drop
+        changed = bool(drop)
     for buf in padded:
         c, h, w = graph.buffers[buf].shape
         graph.buffers[buf].numel = c * (h + 2) * (w + 2)

@@ -64,8 +64,10 @@ def test_padded_layout_chain_matches_torch(structure: str, threads: int, compile
     x = torch.randn(3, 3, 13, 10)
     graph = lower_model(model, x, masks)
     padded = plan_padded(graph)
-    assert len(padded) >= 3  # stem, c1 and block outputs live padded; pw's input does not
+    assert len(padded) >= 3  # stem, c1 and block outputs live padded
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
+    # pw could read a padded input, but would then crop its (plain) output, while the stride-2
+    # conv producing its input crops anyway: plain is cheaper
     assert convs["pw"].src not in padded and graph.output not in padded
     cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
     ref = _ref(model, masks, x)
@@ -74,6 +76,49 @@ def test_padded_layout_chain_matches_torch(structure: str, threads: int, compile
     assert cm._batch_fn is not None  # fallback-free: the batch loop runs inside C
     # only the stem (plain input) and the stride-2 conv copy their input
     assert cm.program.source.count("_pad(int tid") == 2
+
+
+class InvertedChain(nn.Module):
+    """MobileNetV2-style blocks: 1x1 expand -> depthwise 3x3 -> 1x1 project (+ residual)."""
+
+    def __init__(self, c: int = 8, e: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, 1, 1)
+        self.ex1, self.dw1 = nn.Conv2d(c, e * c, 1), nn.Conv2d(e * c, e * c, 3, 1, 1, groups=e * c)
+        self.pr1 = nn.Conv2d(e * c, c, 1)
+        self.ex2, self.dw2 = nn.Conv2d(c, e * c, 1), nn.Conv2d(e * c, e * c, 3, 2, 1, groups=e * c)
+        self.pr2 = nn.Conv2d(e * c, 2 * c, 1)
+        self.head = nn.Conv2d(2 * c, 4 * c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu6(self.stem(x))
+        b = self.pr1(F.relu6(self.dw1(F.relu6(self.ex1(a))))) + a
+        c = self.pr2(F.relu6(self.dw2(F.relu6(self.ex2(b)))))
+        return F.relu(self.head(c))
+
+
+@pytest.mark.parametrize(("structure", "threads"), [("dense", 1), ("block", 1), ("block", 2)])
+def test_pointwise_convs_keep_the_padded_layout(structure: str, threads: int,
+                                               compiler_cache) -> None:
+    """1x1 convs read and write padded buffers in place: only the stem and the stride-2
+    depthwise conv copy their input, only the stride-2 conv and pr1 crop their output. pr1's
+    output is plain: its only reader, ex2, feeds the stride-2 conv (plain), and cropping the
+    8 channels of pr1 costs less than cropping the 24 of ex2; the same for pr2 / head."""
+    torch.manual_seed(0)
+    model = InvertedChain().eval()
+    masks = _masked(model, structure)
+    masks = {n: m for n, m in masks.items() if not n.startswith("dw")}
+    x = torch.randn(2, 3, 9, 7)
+    graph = lower_model(model, x, masks)
+    padded = plan_padded(graph)
+    convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
+    assert {convs[n].dst for n in ("stem", "ex1", "dw1")} <= padded
+    assert not {convs[n].dst for n in ("pr1", "ex2", "dw2", "pr2")} & padded
+    cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+    src = cm.program.source
+    assert src.count("_pad(int tid") == 2 and src.count("_crop(int tid") == 2
 
 
 def test_batch_in_c_equals_per_sample(compiler_cache) -> None:
