@@ -37,6 +37,7 @@ from compiler_backend.kernels import (
     ACT_HELPERS,
     BORDER_TEMPLATE,
     DW9_TEMPLATE,
+    DWS2_TEMPLATE,
     FILL_TEMPLATE,
     PAD_TEMPLATE,
     POOL_TEMPLATE,
@@ -175,6 +176,8 @@ class _Builder:
     def conv(self, fn: str, k: int, op: ConvOp, offs: list[int]) -> tuple[str, list[tuple[str, int]]]:
         src_padded = op.src in self.padded
         cfg = self.configs.get(op.name) or default_config(op, self.isa, self.threads, src_padded)
+        if _depthwise_s2(op) and not src_padded:
+            return self.dw_s2(fn, k, op, offs, cfg)
         geo = _conv_geometry(op, padded_src=src_padded)
         cin, h, w = op.in_shape
         cout, oh, ow = op.out_shape
@@ -245,11 +248,33 @@ class _Builder:
             parts.append(f"{_sig(fn + '_zb')} {{\n  (void)W; (void)I;\n  static const int kb[5] = "
                          f"{{{', '.join(map(str, zb))}}};\n  zero_border(tid, nt, A, kb);\n}}\n")
             steps.append((f"{fn}_zb", work_items(cfg.threads, 2)))
+        self._record(k, op, cfg, sorted({s.p for s in segs}))
+        return "\n".join(parts), steps
+
+    def _record(self, k: int, op: ConvOp, cfg: KernelConfig, block_sizes: list[int]) -> None:
+        cout, oh, ow = op.out_shape
         kept = int(op.kept.sum())
         self.layers.append(LayerInfo(
-            op.name, k, cfg.family, structure_label(op.kept), sorted({s.p for s in segs}),
+            op.name, k, cfg.family, structure_label(op.kept), block_sizes,
             kept / max(op.kept.size, 1), 2 * op.kept.size * oh * ow, 2 * kept * oh * ow, cfg))
-        return "\n".join(parts), steps
+
+    def dw_s2(self, fn: str, k: int, op: ConvOp, offs: list[int],
+              cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
+        """Depthwise 3x3 / stride 2 read in place and written in the destination layout."""
+        self._template("dws2", DWS2_TEMPLATE)
+        cin, h, w = op.in_shape
+        cout, oh, ow = op.out_shape
+        dp, dr, do = strides(self.g, op.dst, self.padded)
+        rp, rr, ro = strides(self.g, op.res, self.padded) if op.res is not None else (0, 0, 0)
+        chans = np.arange(cout)
+        args = [self.add_i(chans), self.add_i(chans), self.add_f(op.weight.reshape(cout, 9)),
+                self.add_f(op.bias), offs[op.src], offs[op.dst],
+                offs[op.res] if op.res is not None else 0, cout, h, w, oh, ow, dp, dr, do,
+                rp, rr, ro, ACT_CODES[op.act or "none"], int(op.res is not None)]
+        body = (f"{_sig(fn + '_k')} {{\n  static const int k[20] = {{{', '.join(map(str, args))}}};\n"
+                f"  dws2(tid, nt, W, I, A, k);\n}}\n")
+        self._record(k, op, cfg, [1])
+        return body, [(f"{fn}_k", work_items(cfg.threads, 4))]
 
     def _alloc(self, buf: int) -> int:
         self.extra_bufs.append(buf)
@@ -380,6 +405,14 @@ class _Builder:
             self.crop_off = self._alloc(self.g.new_buffer((numel,)))
             self.crop_size = numel
         return self.crop_off
+
+def _depthwise_s2(op: ConvOp) -> bool:
+    """Dense depthwise 3x3 / stride 2 / pad 1 (the ``DWS2_TEMPLATE`` kernel's case)."""
+    cin = op.in_shape[0]
+    return (not op.is_linear and len(op.in_shape) == 3 and op.groups == cin == op.out_shape[0]
+            and tuple(op.weight.shape[2:]) == (3, 3) and op.stride == 2
+            and tuple(op.padding) == (1, 1) and bool(op.kept.all()))
+
 
 def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConfig] | None = None,
              *, inject_error: str | None = None) -> Program:

@@ -2,7 +2,7 @@
 
 The generator writes every kernel against ``vf`` / ``VLOAD`` / ``VFMA`` ... ; the prelude maps
 them to AVX-512 (16 lanes), AVX2+FMA (8 lanes) or portable C (8 lanes, ``#pragma omp simd``
-loops). An ARM NEON prelude (4 lanes, ``vfmaq_f32``) would slot in the same way.
+loops). ``VEVEN(a, b)`` / ``VODD(a, b)`` are the even / odd lanes of ``a`` then ``b``. An ARM NEON prelude (4 lanes, ``vfmaq_f32``) would slot in the same way.
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ typedef __m512 vf;
 #define VMUL(a, b) _mm512_mul_ps((a), (b))
 #define VMAX(a, b) _mm512_max_ps((a), (b))
 #define VMIN(a, b) _mm512_min_ps((a), (b))
+#define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+#define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
 """
 
 # AVX2 through GCC vector extensions and builtins: the same instructions as <immintrin.h>
@@ -102,6 +104,8 @@ static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #define VMUL(a, b) ((a) * (b))
 #define VMAX(a, b) __builtin_ia32_maxps256((a), (b))
 #define VMIN(a, b) __builtin_ia32_minps256((a), (b))
+#define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14)
+#define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15)
 """
 
 _GENERIC = r"""
@@ -118,6 +122,8 @@ static inline vf VADD(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] += b.v[i
 static inline vf VMUL(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] *= b.v[i]; return a; }
 static inline vf VMAX(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return a; }
 static inline vf VMIN(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }
+static inline vf VEVEN(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i < VL ? a.v[2 * i] : b.v[2 * i - VL]; return r; }
+static inline vf VODD(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i + 1 < VL ? a.v[2 * i + 1] : b.v[2 * i + 1 - VL]; return r; }
 """
 
 _VACT = r"""

@@ -345,6 +345,65 @@ DW9_TEMPLATE = f"""static {NOINLINE} void dw9(int tid, int nt, const float* rest
 """
 
 
+#: Depthwise 3x3 / stride 2 / pad 1 straight from a plain input, one channel at a time: its
+#: rows are split into even and odd columns in a small on-stack buffer (L1; the odd ones one
+#: slot to the right after a zero, which is the left padding), then every output vector is 9
+#: plain loads and 9 FMAs (output x reads columns 2x - 1, 2x, 2x + 1) and is written in its
+#: destination layout (plain or padded). So the layer needs neither a phase-split copy of its
+#: whole input nor a crop of its output. Out-of-range rows are skipped. Parameter array
+#: ``k``: rows, channels (I arena), weights (9 per row), bias (W arena), x, y, res (A arena),
+#: nrows, h, w, oh, ow, destination channel / row stride / offset, residual channel / row
+#: stride / offset, act, has_res.
+DWS2_TEMPLATE = f"""static {NOINLINE} void dws2(int tid, int nt, const float* restrict W,
+    const int* restrict I, float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const int* chans = I + k[1];
+  const float* wt = W + k[2]; const float* bias = W + k[3];
+  const float* X = A + k[4]; float* Y = A + k[5]; const float* R = A + k[6]; (void)R;
+  const int h = k[8], w = k[9], oh = k[10], ow = k[11];
+  const int dp = k[12], dr = k[13], dof = k[14], rp = k[15], rr = k[16], rof = k[17];
+  const int act = k[18], hr = k[19];
+  const int half = w / 2, rs = (ow + 1 + VL - 1) / VL * VL + VL;  /* split row stride */
+  float E[h * rs], O[h * rs];
+  PART(k[7])
+  for (int b = lo; b < hi; ++b) {{
+    const int r = rows[b]; const float* x = X + (long)chans[b] * h * w; const float* w9 = wt + 9 * b;
+    for (int i = 0; i < h; ++i) {{
+      const float* s = x + (long)i * w; float* e = E + i * rs; float* o = O + i * rs + 1;
+      int m = 0;
+      o[-1] = 0.f;
+      for (; m + VL <= half; m += VL) {{
+        const vf a = VLOAD(s + 2 * m), c = VLOAD(s + 2 * m + VL);
+        VSTORE(e + m, VEVEN(a, c)); VSTORE(o + m, VODD(a, c));
+      }}
+      for (; m < half; ++m) {{ e[m] = s[2 * m]; o[m] = s[2 * m + 1]; }}
+      if (w & 1) {{ e[half] = s[w - 1]; o[half] = 0.f; }}
+    }}
+    vf wv[9];
+    for (int q = 0; q < 9; ++q) wv[q] = VSET1(w9[q]);
+    const vf bb = VSET1(bias[r]);
+    for (int y = 0; y < oh; ++y) {{
+      float* d = Y + (long)r * dp + (long)y * dr + dof;
+      const float* rsd = R + (long)r * rp + (long)y * rr + rof;
+      const int k0 = y == 0 ? 1 : 0, k1 = 2 * y + 1 < h ? 3 : 2;
+      for (int x0 = 0; x0 < ow; x0 += VL) {{
+        const int n = ow - x0 < VL ? ow - x0 : VL;
+        vf acc = bb;
+        for (int ky = k0; ky < k1; ++ky) {{
+          const float* e = E + (2 * y - 1 + ky) * rs + x0; const float* o = O + (2 * y - 1 + ky) * rs + x0;
+          acc = VFMA(wv[3 * ky], VLOAD(o), acc);
+          acc = VFMA(wv[3 * ky + 1], VLOAD(e), acc);
+          acc = VFMA(wv[3 * ky + 2], VLOAD(o + 1), acc);
+        }}
+        if (hr) acc = VADD(acc, VLOADM(rsd + x0, n));
+        acc = v_act(acc, act);
+        if (n == VL) VSTORE(d + x0, acc); else VSTOREM(d + x0, acc, n);
+      }}
+    }}
+  }}
+}}
+"""
+
+
 def channel_template(key: str, tb: int) -> str:
     """GEMV-style kernel vectorised along output channels (Linear, tiny maps).
 

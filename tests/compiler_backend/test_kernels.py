@@ -164,3 +164,31 @@ def test_crop_epilogue_activations_and_residual_match_torch(isa: str | None,
     cm = compile_model(model, x, None, isa=isa, cache_dir=compiler_cache)
     assert cm.program.source.count("crop(tid, nt, A, k)") == 2  # c2 and c3
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-5
+
+
+class DepthwiseS2(nn.Module):
+    """Stride-2 depthwise 3x3 convs: with a residual (a 1x1 stride-2 branch), and writing a
+    padded buffer (a 3x3 / stride-1 conv reads it)."""
+
+    def __init__(self, c: int = 10) -> None:
+        super().__init__()
+        self.dw, self.sc = nn.Conv2d(c, c, 3, 2, 1, groups=c), nn.Conv2d(c, c, 1, 2)
+        self.dw2, self.c3 = nn.Conv2d(c, c, 3, 2, 1, groups=c), nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = nn.functional.relu6(self.dw(x) + self.sc(x))
+        b = self.c3(torch.relu(self.dw2(x)))
+        return torch.cat([a.flatten(1), b.flatten(1)], 1)
+
+
+@pytest.mark.parametrize("isa", ["native", "generic"])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (5, 4), (9, 7), (16, 16), (17, 40)])
+def test_stride2_depthwise_kernel_matches_torch(hw: tuple[int, int], isa: str,
+                                                compiler_cache) -> None:
+    torch.manual_seed(0)
+    model = DepthwiseS2().eval()
+    x = torch.randn(2, 10, *hw)
+    cm = compile_model(model, x, None, isa=None if isa == "native" else isa,
+                       cache_dir=compiler_cache)
+    assert cm.program.source.count("dws2(tid, nt, W, I, A, k)") == 2
+    assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
