@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from compiler_backend.heuristics import chunking, conv_geometry, default_config, row_tiles
+from compiler_backend.heuristics import (
+    chunking,
+    conv_geometry,
+    default_config,
+    is_depthwise_s2,
+    row_tiles,
+)
 from compiler_backend.ir import (
     AffineOp,
     ConcatOp,
@@ -176,7 +182,7 @@ class _Builder:
     def conv(self, fn: str, k: int, op: ConvOp, offs: list[int]) -> tuple[str, list[tuple[str, int]]]:
         src_padded = op.src in self.padded
         cfg = self.configs.get(op.name) or default_config(op, self.isa, self.threads, src_padded)
-        if _depthwise_s2(op) and not src_padded:
+        if is_depthwise_s2(op):
             return self.dw_s2(fn, k, op, offs, cfg)
         geo = _conv_geometry(op, padded_src=src_padded)
         cin, h, w = op.in_shape
@@ -260,18 +266,20 @@ class _Builder:
 
     def dw_s2(self, fn: str, k: int, op: ConvOp, offs: list[int],
               cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
-        """Depthwise 3x3 / stride 2 read in place and written in the destination layout."""
+        """Depthwise 3x3 / stride 2 read in place (plain or padded input) and written in the
+        destination layout (``DWS2_TEMPLATE``)."""
         self._template("dws2", DWS2_TEMPLATE)
         cin, h, w = op.in_shape
         cout, oh, ow = op.out_shape
+        xp, xr, xo = strides(self.g, op.src, self.padded)
         dp, dr, do = strides(self.g, op.dst, self.padded)
         rp, rr, ro = strides(self.g, op.res, self.padded) if op.res is not None else (0, 0, 0)
         chans = np.arange(cout)
         args = [self.add_i(chans), self.add_i(chans), self.add_f(op.weight.reshape(cout, 9)),
                 self.add_f(op.bias), offs[op.src], offs[op.dst],
                 offs[op.res] if op.res is not None else 0, cout, h, w, oh, ow, dp, dr, do,
-                rp, rr, ro, ACT_CODES[op.act or "none"], int(op.res is not None)]
-        body = (f"{_sig(fn + '_k')} {{\n  static const int k[20] = {{{', '.join(map(str, args))}}};\n"
+                rp, rr, ro, ACT_CODES[op.act or "none"], int(op.res is not None), xp, xr, xo]
+        body = (f"{_sig(fn + '_k')} {{\n  static const int k[23] = {{{', '.join(map(str, args))}}};\n"
                 f"  dws2(tid, nt, W, I, A, k);\n}}\n")
         self._record(k, op, cfg, [1])
         return body, [(f"{fn}_k", work_items(cfg.threads, 4))]
@@ -405,14 +413,6 @@ class _Builder:
             self.crop_off = self._alloc(self.g.new_buffer((numel,)))
             self.crop_size = numel
         return self.crop_off
-
-def _depthwise_s2(op: ConvOp) -> bool:
-    """Dense depthwise 3x3 / stride 2 / pad 1 (the ``DWS2_TEMPLATE`` kernel's case)."""
-    cin = op.in_shape[0]
-    return (not op.is_linear and len(op.in_shape) == 3 and op.groups == cin == op.out_shape[0]
-            and tuple(op.weight.shape[2:]) == (3, 3) and op.stride == 2
-            and tuple(op.padding) == (1, 1) and bool(op.kept.all()))
-
 
 def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConfig] | None = None,
              *, inject_error: str | None = None) -> Program:

@@ -37,6 +37,14 @@ def is_pointwise(op: ConvOp) -> bool:
             and tuple(op.padding) == (0, 0) and tuple(op.weight.shape[2:]) == (1, 1))
 
 
+def is_depthwise_s2(op: ConvOp) -> bool:
+    """Dense depthwise 3x3 / stride 2 / pad 1 (``DWS2_TEMPLATE``: reads any input layout)."""
+    cin = op.in_shape[0]
+    return (not op.is_linear and len(op.in_shape) == 3 and op.groups == cin == op.out_shape[0]
+            and tuple(op.weight.shape[2:]) == (3, 3) and op.stride == 2
+            and tuple(op.padding) == (1, 1) and bool(op.kept.all()))
+
+
 def conv_geometry(op: ConvOp, padded_src: bool = False) -> dict[str, Any]:
     """Wide-row geometry: ``T`` pixels per output channel, padded plane ``hq x wq``, phases.
 

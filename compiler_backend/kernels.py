@@ -345,7 +345,7 @@ DW9_TEMPLATE = f"""static {NOINLINE} void dw9(int tid, int nt, const float* rest
 """
 
 
-#: Depthwise 3x3 / stride 2 / pad 1 straight from a plain input, one channel at a time: its
+#: Depthwise 3x3 / stride 2 / pad 1 straight from its input (plain or padded), one channel at a time: its
 #: rows are split into even and odd columns in a small on-stack buffer (L1; the odd ones one
 #: slot to the right after a zero, which is the left padding), then every output vector is 9
 #: plain loads and 9 FMAs (output x reads columns 2x - 1, 2x, 2x + 1) and is written in its
@@ -361,14 +361,14 @@ DWS2_TEMPLATE = f"""static {NOINLINE} void dws2(int tid, int nt, const float* re
   const float* X = A + k[4]; float* Y = A + k[5]; const float* R = A + k[6]; (void)R;
   const int h = k[8], w = k[9], oh = k[10], ow = k[11];
   const int dp = k[12], dr = k[13], dof = k[14], rp = k[15], rr = k[16], rof = k[17];
-  const int act = k[18], hr = k[19];
+  const int act = k[18], hr = k[19], xcs = k[20], xrs = k[21], xof = k[22];
   const int half = w / 2, rs = (ow + 1 + VL - 1) / VL * VL + VL;  /* split row stride */
   float E[h * rs], O[h * rs];
   PART(k[7])
   for (int b = lo; b < hi; ++b) {{
-    const int r = rows[b]; const float* x = X + (long)chans[b] * h * w; const float* w9 = wt + 9 * b;
+    const int r = rows[b]; const float* x = X + (long)chans[b] * xcs + xof; const float* w9 = wt + 9 * b;
     for (int i = 0; i < h; ++i) {{
-      const float* s = x + (long)i * w; float* e = E + i * rs; float* o = O + i * rs + 1;
+      const float* s = x + (long)i * xrs; float* e = E + i * rs; float* o = O + i * rs + 1;
       int m = 0;
       o[-1] = 0.f;
       for (; m + VL <= half; m += VL) {{

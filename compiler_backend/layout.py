@@ -6,9 +6,9 @@ pad-1 conv stores its rows shifted by ``wq + 1`` and zeroes the two junk columns
 other convs write through their crop epilogue), and every stride-1 / pad-1 consumer conv reads
 it in place instead of copying it into a padded scratch buffer.
 
-A buffer is padded only if every reader understands the layout: stride-1 / pad-(1, 1) convs
-and pointwise (1x1 / stride-1) convs reading it as input, and convs with a wide-row output
-reading it as residual. Graph inputs and outputs, aliases, fallbacks, pooling, eltwise and
+A buffer is padded only if every reader understands the layout: stride-1 / pad-(1, 1) convs,
+pointwise (1x1 / stride-1) convs and the stride-2 depthwise kernel (any layout) reading it as
+input, and convs with a wide-row output reading it as residual. Graph inputs and outputs, aliases, fallbacks, pooling, eltwise and
 concat readers keep the plain CHW layout. Pointwise convs run over the padded rows of a padded
 input (``conv_geometry(op, padded_src=True)``), so a MobileNet chain 1x1 -> depthwise 3x3 ->
 1x1 stays padded end to end and no conv in it copies its input or crops its output.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compiler_backend.heuristics import conv_geometry, is_pointwise
+from compiler_backend.heuristics import conv_geometry, is_depthwise_s2, is_pointwise
 from compiler_backend.ir import ConvOp, Graph
 from compiler_backend.lowering import op_inputs
 
@@ -30,7 +30,7 @@ def _pad1(op: ConvOp) -> bool:
 
 def reads_padded(op: ConvOp) -> bool:
     """``op`` can read its input from a padded buffer in place."""
-    return _pad1(op) or is_pointwise(op)
+    return _pad1(op) or is_pointwise(op) or is_depthwise_s2(op)
 
 
 def writes_wide_padded(op: ConvOp, src_padded: bool = False) -> bool:

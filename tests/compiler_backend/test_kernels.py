@@ -167,18 +167,20 @@ def test_crop_epilogue_activations_and_residual_match_torch(isa: str | None,
 
 
 class DepthwiseS2(nn.Module):
-    """Stride-2 depthwise 3x3 convs: with a residual (a 1x1 stride-2 branch), and writing a
-    padded buffer (a 3x3 / stride-1 conv reads it)."""
+    """Stride-2 depthwise 3x3 convs: with a residual (a 1x1 stride-2 branch), writing a padded
+    buffer (a 3x3 / stride-1 conv reads it), and reading a padded buffer."""
 
     def __init__(self, c: int = 10) -> None:
         super().__init__()
         self.dw, self.sc = nn.Conv2d(c, c, 3, 2, 1, groups=c), nn.Conv2d(c, c, 1, 2)
         self.dw2, self.c3 = nn.Conv2d(c, c, 3, 2, 1, groups=c), nn.Conv2d(c, c, 3, 1, 1)
+        self.c0, self.dw3 = nn.Conv2d(c, c, 3, 1, 1), nn.Conv2d(c, c, 3, 2, 1, groups=c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = nn.functional.relu6(self.dw(x) + self.sc(x))
         b = self.c3(torch.relu(self.dw2(x)))
-        return torch.cat([a.flatten(1), b.flatten(1)], 1)
+        c = self.dw3(torch.relu(self.c0(x)))
+        return torch.cat([a.flatten(1), b.flatten(1), c.flatten(1)], 1)
 
 
 @pytest.mark.parametrize("isa", ["native", "generic"])
@@ -190,5 +192,5 @@ def test_stride2_depthwise_kernel_matches_torch(hw: tuple[int, int], isa: str,
     x = torch.randn(2, 10, *hw)
     cm = compile_model(model, x, None, isa=None if isa == "native" else isa,
                        cache_dir=compiler_cache)
-    assert cm.program.source.count("dws2(tid, nt, W, I, A, k)") == 2
+    assert cm.program.source.count("dws2(tid, nt, W, I, A, k)") == 3
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
