@@ -125,9 +125,10 @@ PAD_TEMPLATE = f"""static {NOINLINE} void pad_phase(int tid, int nt, float* rest
 }}
 """
 
-#: Stride 2 with all four phases (kernels >= 2x2): one pass per input row splits it into its even
-#: and odd columns (a loop gcc vectorizes with shuffles) and writes both into the phase planes of
-#: its row parity; ``pad_phase`` instead makes one short strided pass per phase and output row.
+#: Stride 2 with all four phases (kernels >= 2x2): one pass per input row splits it into its
+#: even and odd columns (``VEVEN`` / ``VODD``: gcc left the plain loop scalar) and writes both
+#: into the phase planes of its row parity; ``pad_phase`` instead makes one short strided pass
+#: per phase and output row.
 #: Parameter array ``k``: src, dst, cin, h, w, ph, pw, plane (hq * wq), wq, src row stride.
 SPLIT2_TEMPLATE = f"""static {NOINLINE} void pad_split2(int tid, int nt, float* restrict A, const int* k) {{
   const float* X = A + k[0]; float* P = A + k[1];
@@ -145,7 +146,12 @@ SPLIT2_TEMPLATE = f"""static {NOINLINE} void pad_split2(int tid, int nt, float* 
       if (x0) d1[0] = sr[0];
       float* e1 = x0 ? d1 + 1 : d1;
       const float* s0 = sr + x0;
-      for (int m = 0; m < half; ++m) {{ d0[m] = s0[2 * m]; e1[m] = s0[2 * m + 1]; }}
+      int m = 0;
+      for (; m + VL <= half; m += VL) {{
+        const vf a = VLOAD(s0 + 2 * m), b = VLOAD(s0 + 2 * m + VL);
+        VSTORE(d0 + m, VEVEN(a, b)); VSTORE(e1 + m, VODD(a, b));
+      }}
+      for (; m < half; ++m) {{ d0[m] = s0[2 * m]; e1[m] = s0[2 * m + 1]; }}
       if (odd_tail) d0[half] = s0[2 * half];
     }}
 }}
