@@ -42,6 +42,7 @@ from compiler_backend.kernels import (
     ACT_CODES,
     ACT_HELPERS,
     BORDER_TEMPLATE,
+    CROP_SPLIT2_TEMPLATE,
     DW9_TEMPLATE,
     DWS2_TEMPLATE,
     FILL_TEMPLATE,
@@ -55,7 +56,13 @@ from compiler_backend.kernels import (
 from compiler_backend.kernels import (
     sig as _sig,
 )
-from compiler_backend.layout import plan_padded, strides, writes_wide_padded
+from compiler_backend.layout import (
+    plan_padded,
+    plan_split2,
+    split2_geometry,
+    strides,
+    writes_wide_padded,
+)
 from compiler_backend.segments import BATCH_TEMPLATE, segment_source, work_items
 from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, emit_pool
 from compiler_backend.sparsity import Segment, build_segments, structure_label
@@ -113,6 +120,7 @@ class _Builder:
         self.extra_bufs: list[int] = []
         self.templates: dict[str, str] = {}
         self.padded = plan_padded(graph)
+        self.split = plan_split2(graph, self.padded)
         self.pad_scratch: dict[tuple[int, ...], int] = {}
         self.crop_off, self.crop_size = -1, 0
 
@@ -180,20 +188,22 @@ class _Builder:
         return self.threads if numel >= 32768 else 1
 
     def conv(self, fn: str, k: int, op: ConvOp, offs: list[int]) -> tuple[str, list[tuple[str, int]]]:
-        src_padded = op.src in self.padded
-        cfg = self.configs.get(op.name) or default_config(op, self.isa, self.threads, src_padded)
+        src_padded, src_split = op.src in self.padded, op.src in self.split
+        cfg = self.configs.get(op.name) or default_config(op, self.isa, self.threads, src_padded,
+                                                          src_split)
         if is_depthwise_s2(op):
             return self.dw_s2(fn, k, op, offs, cfg)
-        geo = _conv_geometry(op, padded_src=src_padded)
+        geo = _conv_geometry(op, padded_src=src_padded, split_src=src_split)
         cin, h, w = op.in_shape
         cout, oh, ow = op.out_shape
         T, wq, hq = geo["T"], geo["wq"], geo["hq"]
         parts: list[str] = []
         calls: list[str] = []
-        pad_step = not (geo["direct"] or op.src in self.padded)
+        in_place = geo["direct"] or src_padded or src_split
+        pad_step = not in_place
         # source: the input itself (plain, or already padded by its producer) or a padded /
         # phase-split copy in a scratch buffer shared by convs of the same input geometry
-        if geo["direct"] or op.src in self.padded:
+        if in_place:
             x_off = offs[op.src] + geo["shift"]
         else:
             nph = len(geo["phases"])
@@ -208,7 +218,8 @@ class _Builder:
         wide = (cfg.family == "spatial" and op.dst in self.padded
                 and writes_wide_padded(op, src_padded)
                 and (op.res is None or op.res in self.padded))
-        use_crop = not wide and (geo["crop"] or op.dst in self.padded or op.res in self.padded)
+        use_crop = not wide and (geo["crop"] or op.dst in self.padded or op.res in self.padded
+                                 or op.dst in self.split)
         ys, yo = T, 0
         if wide:
             y_off, act = offs[op.dst], op.act
@@ -397,11 +408,18 @@ class _Builder:
 
     def crop(self, name: str, op: ConvOp, T: int, wq: int, tmp_off: int, offs: list[int]) -> str:
         cout, oh, ow = op.out_shape
+        rp, rr, ro = strides(self.g, op.res, self.padded) if op.res is not None else (0, 0, 0)
+        res = offs[op.res] if op.res is not None else 0
+        if op.dst in self.split:
+            self._template("crop_split2", CROP_SPLIT2_TEMPLATE)
+            hq, dwq = split2_geometry(cout, oh, ow)
+            args = [tmp_off, offs[op.dst], res, cout * oh, oh, ow, T, wq, hq * dwq, dwq, cout,
+                    rp, rr, ro, ACT_CODES[op.act or "none"], int(op.res is not None)]
+            return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[16] = "
+                    f"{{{', '.join(map(str, args))}}};\n  crop_split2(tid, nt, A, k);\n}}\n")
         key = "crop"
         self._template(key, crop_template(key))
         dp, dr, do = strides(self.g, op.dst, self.padded)
-        rp, rr, ro = strides(self.g, op.res, self.padded) if op.res is not None else (0, 0, 0)
-        res = offs[op.res] if op.res is not None else 0
         args = [tmp_off, offs[op.dst], res, cout * oh, oh, ow, T, wq, dp, dr, do, rp, rr, ro,
                 ACT_CODES[op.act or "none"], int(op.res is not None)]
         return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[16] = "

@@ -45,13 +45,14 @@ def is_depthwise_s2(op: ConvOp) -> bool:
             and tuple(op.padding) == (1, 1) and bool(op.kept.all()))
 
 
-def conv_geometry(op: ConvOp, padded_src: bool = False) -> dict[str, Any]:
+def conv_geometry(op: ConvOp, padded_src: bool = False, split_src: bool = False) -> dict[str, Any]:
     """Wide-row geometry: ``T`` pixels per output channel, padded plane ``hq x wq``, phases.
 
     ``shift`` is where pixel (0, 0) of the input sits in the source buffer. A pointwise conv
     whose input is stored padded (``padded_src``) runs over that layout's rows (width
     ``w + 2``, the two border columns between rows computed and discarded), so it reads the
-    buffer in place and can write a padded output the same way.
+    buffer in place and can write a padded output the same way. A 1x1 / stride-2 conv whose
+    input is stored phase-split (``split_src``) runs over phase (1, 1) like a direct conv.
     """
     cin, h, w = op.in_shape
     cout, oh, ow = op.out_shape
@@ -60,6 +61,10 @@ def conv_geometry(op: ConvOp, padded_src: bool = False) -> dict[str, Any]:
     if padded_src and is_pointwise(op):
         return dict(direct=True, hq=h + 2, wq=w + 2, s=1, phases=[(0, 0)], T=oh * (w + 2),
                     crop=True, kh=1, kw=1, ph=0, pw=0, ow=ow, shift=w + 3)
+    if split_src and kh == kw == 1:
+        hq, wq = -(-(h + 2) // 2), -(-(w + 2) // 2)
+        return dict(direct=True, hq=hq, wq=wq, s=1, phases=[(0, 0)], T=oh * wq, crop=True,
+                    kh=1, kw=1, ph=0, pw=0, ow=ow, shift=3 * cin * hq * wq)
     if s == 1 and ph == 0 and pw == 0:
         return dict(direct=True, hq=h, wq=w, s=1, phases=[(0, 0)], T=oh * w, crop=(w != ow),
                     kh=kh, kw=kw, ph=0, pw=0, ow=ow, shift=0)
@@ -124,9 +129,10 @@ def _row_group(op: ConvOp) -> int:
     return int(np.median(runs))
 
 
-def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False) -> KernelConfig:
+def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
+                   split_src: bool = False) -> KernelConfig:
     """The untuned choice: channel family for tiny maps, else the cost model's tile."""
-    t = conv_geometry(op, padded_src)["T"]
+    t = conv_geometry(op, padded_src, split_src)["T"]
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS else 1
     if t < 2 * isa.lanes:

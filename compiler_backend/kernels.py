@@ -498,6 +498,40 @@ def crop_template(key: str) -> str:
 """
 
 
+#: A crop epilogue whose destination is stored phase-split (``layout.plan_split2``): output row
+#: ``y`` is padded row ``y + 1`` of phase ``(y + 1) & 1``; its even columns go to phase column
+#: 1 (starting at 0), its odd ones to phase column 0 (starting at 1, after the left padding).
+#: Parameter array ``k``: scratch, dst, res, rows (cout * oh), oh, ow, T, wq (scratch row
+#: stride), phase plane size, phase row width, cout, res channel stride / row stride / offset,
+#: act, has_res.
+CROP_SPLIT2_TEMPLATE = f"""static {NOINLINE} void crop_split2(int tid, int nt, float* restrict A, const int* k) {{
+  const float* S = A + k[0]; float* D = A + k[1]; const float* R = A + k[2];
+  const int oh = k[4], ow = k[5], T = k[6], wq = k[7], plane = k[8], dwq = k[9], cout = k[10];
+  const int rp = k[11], rr = k[12], rof = k[13], act = k[14], hr = k[15];
+  const long phase = (long)cout * plane;
+  PART(k[3])
+  for (int q = lo; q < hi; ++q) {{
+    const int co = q / oh, y = q % oh, a = (y + 1) & 1, i = (y + 1) >> 1;
+    const float* s = S + (long)co * T + y * wq; const float* r = R + (long)co * rp + y * rr + rof;
+    float* row = D + (long)(2 * a) * phase + (long)co * plane + (long)i * dwq;
+    float* d1 = row + phase;  /* phase b = 1: columns 0, 2, 4, ... at 0, 1, 2, ... */
+    float* d0 = row + 1;      /* phase b = 0: columns 1, 3, 5, ... at 1, 2, 3, ... */
+    int x = 0;
+    for (; x + 2 * VL <= ow; x += 2 * VL) {{
+      vf u = VLOAD(s + x), v = VLOAD(s + x + VL);
+      if (hr) {{ u = VADD(u, VLOAD(r + x)); v = VADD(v, VLOAD(r + x + VL)); }}
+      u = v_act(u, act); v = v_act(v, act);
+      VSTORE(d1 + x / 2, VEVEN(u, v)); VSTORE(d0 + x / 2, VODD(u, v));
+    }}
+    for (; x < ow; ++x) {{
+      const float val = s_act(s[x] + (hr ? r[x] : 0.f), act);
+      if (x & 1) d0[x / 2] = val; else d1[x / 2] = val;
+    }}
+  }}
+}}
+"""
+
+
 def sig(name: str) -> str:
     """C signature of a step function ``name(tid, nt, W, I, A)``."""
     return (f"static {NOINLINE} void {name}(int tid, int nt, const float* restrict W, "

@@ -9,7 +9,9 @@ it in place instead of copying it into a padded scratch buffer.
 A buffer is padded only if every reader understands the layout: stride-1 / pad-(1, 1) convs,
 pointwise (1x1 / stride-1) convs and the stride-2 depthwise kernel (any layout) reading it as
 input, and convs with a wide-row output reading it as residual. Graph inputs and outputs, aliases, fallbacks, pooling, eltwise and
-concat readers keep the plain CHW layout. Pointwise convs run over the padded rows of a padded
+concat readers keep the plain CHW layout.
+
+A third layout, *phase-split* (``plan_split2``), serves buffers read only by stride-2 convs. Pointwise convs run over the padded rows of a padded
 input (``conv_geometry(op, padded_src=True)``), so a MobileNet chain 1x1 -> depthwise 3x3 ->
 1x1 stays padded end to end and no conv in it copies its input or crops its output.
 """
@@ -62,8 +64,8 @@ def _worth_padding(prod: ConvOp, readers: list[tuple[Any, str]], padded: set[int
     return sum(r.out_shape[0] for r in cropping) <= saved
 
 
-def plan_padded(graph: Graph) -> set[int]:
-    """Ids of the buffers stored padded (see the module docstring); sets their ``numel``."""
+def _edges(graph: Graph) -> tuple[dict[int, Any], dict[int, list[tuple[Any, str]]]]:
+    """Producer op of every buffer, and its readers with their role (src / res / other)."""
     producers: dict[int, Any] = {}
     for op in graph.ops:
         dst = getattr(op, "dst", None)
@@ -78,8 +80,19 @@ def plan_padded(graph: Graph) -> set[int]:
         else:
             for b in op_inputs(op):
                 readers.setdefault(b, []).append((op, "other"))
+    return producers, readers
+
+
+def _blocked(graph: Graph) -> set[int]:
     blocked = {graph.input, graph.output}
     blocked.update(b.alias_of for b in graph.buffers if b.alias_of is not None)
+    return blocked
+
+
+def plan_padded(graph: Graph) -> set[int]:
+    """Ids of the buffers stored padded (see the module docstring); sets their ``numel``."""
+    producers, readers = _edges(graph)
+    blocked = _blocked(graph)
     padded: set[int] = set()
     for buf, prod in producers.items():
         if buf in blocked or not isinstance(prod, ConvOp) or prod.is_linear:
@@ -108,6 +121,46 @@ def plan_padded(graph: Graph) -> set[int]:
         c, h, w = graph.buffers[buf].shape
         graph.buffers[buf].numel = c * (h + 2) * (w + 2)
     return padded
+
+
+def reads_split2(op: ConvOp) -> bool:
+    """``op`` can read a phase-split buffer in place (3x3 / s2 / p1: all four phases; 1x1 / s2
+    / p0: phase (1, 1), which holds the even rows and columns)."""
+    if op.is_linear or len(op.in_shape) != 3 or op.stride != 2 or is_depthwise_s2(op):
+        return False
+    k, pad = tuple(op.weight.shape[2:]), tuple(op.padding)
+    return (k, pad) in (((3, 3), (1, 1)), ((1, 1), (0, 0)))
+
+
+def split2_geometry(c: int, h: int, w: int) -> tuple[int, int]:
+    """(rows, row width) of each of the four phase planes of a split ``(c, h, w)`` buffer."""
+    return -(-(h + 2) // 2), -(-(w + 2) // 2)
+
+
+def plan_split2(graph: Graph, padded: set[int]) -> set[int]:
+    """Ids of the buffers stored *phase-split* for stride-2 readers; sets their ``numel``.
+
+    A stride-2 / pad-1 conv reads its input as four phase planes (even / odd padded rows x
+    even / odd padded columns), normally made by a copy (``pad_split2``). When every reader of
+    a conv's output is such a conv (or a 1x1 stride-2 shortcut, which reads phase (1, 1)), the
+    producer's crop epilogue writes the phases directly and no reader copies its input.
+    """
+    producers, readers = _edges(graph)
+    blocked = _blocked(graph) | padded
+    split: set[int] = set()
+    for buf, prod in producers.items():
+        if buf in blocked or not isinstance(prod, ConvOp) or prod.is_linear:
+            continue
+        rd = readers.get(buf, [])
+        if (len(graph.buffers[buf].shape) == 3 and rd
+                and all(role == "src" and reads_split2(r) for r, role in rd)
+                and any(tuple(r.weight.shape[2:]) == (3, 3) for r, _ in rd)):
+            split.add(buf)
+    for buf in split:
+        c, h, w = graph.buffers[buf].shape
+        hq, wq = split2_geometry(c, h, w)
+        graph.buffers[buf].numel = 4 * c * hq * wq
+    return split
 
 
 def strides(graph: Graph, buf: int, padded: set[int]) -> tuple[int, int, int]:

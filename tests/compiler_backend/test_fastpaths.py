@@ -13,7 +13,7 @@ from compiler_backend.compile import lower_model
 from compiler_backend.heuristics import best_tile, default_config
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import ISAS
-from compiler_backend.layout import plan_padded
+from compiler_backend.layout import plan_padded, plan_split2
 
 
 class ResChain(nn.Module):
@@ -74,8 +74,10 @@ def test_padded_layout_chain_matches_torch(structure: str, threads: int, compile
     out = cm.run(x)
     assert float((out - ref).abs().max() / ref.abs().max()) < 1e-4
     assert cm._batch_fn is not None  # fallback-free: the batch loop runs inside C
-    # only the stem (plain input) and the stride-2 conv copy their input
-    assert cm.program.source.count("_pad(int tid") == 2
+    # only the stem (plain input) copies its input: c3's output is stored phase-split for the
+    # stride-2 conv (``plan_split2``)
+    assert cm.program.source.count("_pad(int tid") == 1
+    assert convs["down"].src in plan_split2(graph, padded)
 
 
 class InvertedChain(nn.Module):
@@ -119,6 +121,40 @@ def test_pointwise_convs_keep_the_padded_layout(structure: str, threads: int,
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
     src = cm.program.source
     assert src.count("_pad(int tid") == 1 and src.count("_crop(int tid") == 0
+
+
+class DownBlock(nn.Module):
+    """A ResNet stage transition: 3x3 stride-2 conv + 1x1 stride-2 shortcut, then a residual."""
+
+    def __init__(self, c: int = 6) -> None:
+        super().__init__()
+        self.c0 = nn.Conv2d(3, c, 3, 1, 1)
+        self.conv1, self.short = nn.Conv2d(c, 2 * c, 3, 2, 1), nn.Conv2d(c, 2 * c, 1, 2)
+        self.conv2 = nn.Conv2d(2 * c, 2 * c, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.c0(x))
+        return F.relu(self.conv2(F.relu(self.conv1(a))) + self.short(a))
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (5, 6), (9, 7), (16, 17)])
+@pytest.mark.parametrize(("structure", "threads"), [("dense", 1), ("block", 2)])
+def test_phase_split_layout_feeds_stride2_convs(hw: tuple[int, int], structure: str,
+                                                threads: int, compiler_cache) -> None:
+    """c0 writes its output as four phase planes (crop_split2); the 3x3 stride-2 conv reads all
+    four and the 1x1 stride-2 shortcut phase (1, 1) in place: no conv copies its input."""
+    torch.manual_seed(0)
+    model = DownBlock().eval()
+    masks = _masked(model, structure)
+    x = torch.randn(2, 3, *hw)
+    graph = lower_model(model, x, masks)
+    convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
+    assert convs["conv1"].src in plan_split2(graph, plan_padded(graph))
+    cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+    src = cm.program.source
+    assert src.count("crop_split2(tid, nt, A, k)") == 1 and src.count("_pad(int tid") == 1
 
 
 def test_batch_in_c_equals_per_sample(compiler_cache) -> None:

@@ -141,28 +141,37 @@ def test_generic_c_fallback_isa_matches(compiler_cache) -> None:
 
 
 class CropActs(nn.Module):
-    """Crop epilogues (whole vectors + a tail) with ReLU6 + residual and Hardswish."""
+    """Crop epilogues (whole vectors + a tail) with ReLU6 + residual and Hardswish.
 
-    def __init__(self) -> None:
+    c2's output is read by the strided conv c3 only (stored phase-split: ``crop_split2``) or,
+    with ``plain``, also returned (plain layout: ``crop``).
+    """
+
+    def __init__(self, plain: bool) -> None:
         super().__init__()
+        self.plain = plain
         self.c1 = nn.Conv2d(4, 8, 3, 1, 1)
         self.c2 = nn.Conv2d(8, 8, 3, 1, 1)
         self.c3 = nn.Conv2d(8, 8, 3, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = nn.functional.hardswish(self.c1(x))
-        b = nn.functional.relu6(self.c2(a) + a)  # read by a strided conv: plain, via the crop
-        return nn.functional.hardswish(self.c3(b))
+        b = nn.functional.relu6(self.c2(a) + a)
+        c = nn.functional.hardswish(self.c3(b))
+        return torch.cat([c.flatten(1), b.flatten(1)], 1) if self.plain else c
 
 
+@pytest.mark.parametrize("plain", [True, False])
 @pytest.mark.parametrize("isa", [None, "generic"])
-def test_crop_epilogue_activations_and_residual_match_torch(isa: str | None,
+def test_crop_epilogue_activations_and_residual_match_torch(isa: str | None, plain: bool,
                                                             compiler_cache) -> None:
     torch.manual_seed(0)
-    model = CropActs().eval()
+    model = CropActs(plain).eval()
     x = torch.randn(2, 4, 11, 21) * 3
     cm = compile_model(model, x, None, isa=isa, cache_dir=compiler_cache)
-    assert cm.program.source.count("crop(tid, nt, A, k)") == 2  # c2 and c3
+    src = cm.program.source
+    assert src.count("crop(tid, nt, A, k)") == (2 if plain else 1)  # c3 (and c2 if plain)
+    assert src.count("crop_split2(tid, nt, A, k)") == (0 if plain else 1)
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-5
 
 
