@@ -242,7 +242,7 @@ class _Builder:
                 parts.append(self.fill_kernel(name, seg, bias_off, y_off, res_off, act, T, ys, yo))
             elif cfg.family == "channel":
                 parts.append(self.channel_kernel(name, seg, offsets, bias_off, x_off, y_off,
-                                                 res_off, act, T))
+                                                 res_off, act, geo))
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
                 parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
                                              act, T, ys, yo))
@@ -395,15 +395,17 @@ class _Builder:
 
     def channel_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                        x_off: int, y_off: int, res_off: int | None, act: str | None,
-                       T: int) -> str:
+                       geo: dict[str, Any]) -> str:
+        T, wq, ow = geo["T"], geo["wq"], geo["ow"]
+        pos = (np.arange(T // wq)[:, None] * wq + np.arange(ow)[None, :]).ravel()
         ro, eo = self.add_i(seg.rows), self.add_i(seg.eptr)
         oo, wo = self.add_i(offsets), self.add_f(seg.weights)
-        tb = min(T, 8)
+        tb = min(pos.size, 8)
         key = f"ck_t{tb}"
         self._template(key, channel_template(key, tb))
         args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, T,
-                ACT_CODES[act or "none"], int(res_off is not None)]
-        return (f"{_sig(name)} {{\n  static const int k[12] = {{{', '.join(map(str, args))}}};\n"
+                ACT_CODES[act or "none"], int(res_off is not None), self.add_i(pos), pos.size]
+        return (f"{_sig(name)} {{\n  static const int k[14] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 
     def crop(self, name: str, op: ConvOp, T: int, wq: int, tmp_off: int, offs: list[int]) -> str:

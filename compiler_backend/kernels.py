@@ -413,32 +413,42 @@ DWS2_TEMPLATE = f"""static {NOINLINE} void dws2(int tid, int nt, const float* re
 def channel_template(key: str, tb: int) -> str:
     """GEMV-style kernel vectorised along output channels (Linear, tiny maps).
 
-    Parameter array ``k``: rows, eptr, offsets, weights, bias, x, y, res, nblk, T, act, has_res.
+    It walks only the ``npix`` real output pixels: ``pos[u]`` is pixel ``u``'s place in the
+    wide-row layout (row stride ``wq``), so the junk columns of a tiny map (2x2: half of a
+    wide row) cost nothing. Outputs and residuals use the wide-row layout (channel stride
+    ``T``). Weights are prefetched 10 KB ahead: on tiny maps each weight is used by a few
+    pixels only, so the layer streams its weights (VGG-16's 2x2 layers: 9.4 MB each) from
+    DRAM. Parameter array ``k``: rows, eptr, offsets, weights, bias, x, y, res, nblk, T, act,
+    has_res, pos (I arena), npix.
     """
-    rexpr = " + (hr ? R[(long)r * T + t0 + u] : 0.f)"
+    rexpr = " + (hr ? R[(long)r * T + pu] : 0.f)"
     if tb == 1:
         inner = """      vf c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
+      const float* xq = X + pp[0];
       int e = e0;
       for (; e + 4 <= e1; e += 4) {
-        c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(X[off[e] + t0]), c0);
-        c1 = VFMA(VLOAD(wt + (long)(e + 1) * VL), VSET1(X[off[e + 1] + t0]), c1);
-        c2 = VFMA(VLOAD(wt + (long)(e + 2) * VL), VSET1(X[off[e + 2] + t0]), c2);
-        c3 = VFMA(VLOAD(wt + (long)(e + 3) * VL), VSET1(X[off[e + 3] + t0]), c3);
+        c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(xq[off[e]]), c0);
+        c1 = VFMA(VLOAD(wt + (long)(e + 1) * VL), VSET1(xq[off[e + 1]]), c1);
+        c2 = VFMA(VLOAD(wt + (long)(e + 2) * VL), VSET1(xq[off[e + 2]]), c2);
+        c3 = VFMA(VLOAD(wt + (long)(e + 3) * VL), VSET1(xq[off[e + 3]]), c3);
       }
-      for (; e < e1; ++e) c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(X[off[e] + t0]), c0);
+      for (; e < e1; ++e) c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(xq[off[e]]), c0);
       acc[0] = VADD(VADD(c0, c1), VADD(c2, c3));"""
     else:
-        full = " ".join(f"acc[{u}] = VFMA(w, VSET1(xp[{u}]), acc[{u}]);" for u in range(tb))
+        decl = " ".join(f"const int p{u} = pp[{u}];" for u in range(tb))
+        full = " ".join(f"acc[{u}] = VFMA(w, VSET1(xp[p{u}]), acc[{u}]);" for u in range(tb))
         inner = f"""      for (int u = 0; u < {tb}; ++u) acc[u] = VZERO();
       if (tb == {tb}) {{
+        {decl}
         for (int e = e0; e < e1; ++e) {{
-          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e] + t0;
+          __builtin_prefetch(wt + (long)(e + 320) * VL);
+          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e];
           {full}
         }}
       }} else {{
         for (int e = e0; e < e1; ++e) {{
-          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e] + t0;
-          for (int u = 0; u < tb; ++u) acc[u] = VFMA(w, VSET1(xp[u]), acc[u]);
+          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e];
+          for (int u = 0; u < tb; ++u) acc[u] = VFMA(w, VSET1(xp[pp[u]]), acc[u]);
         }}
       }}"""
     return f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
@@ -446,21 +456,24 @@ def channel_template(key: str, tb: int) -> str:
   const int* rows = I + k[0]; const int* ep = I + k[1]; const int* off = I + k[2];
   const float* wt = W + k[3]; const float* bias = W + k[4];
   const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
-  const int nblk = k[8], T = k[9], act = k[10], hr = k[11];
+  const int nblk = k[8], T = k[9], act = k[10], hr = k[11]; const int* pos = I + k[12];
+  const int npix = k[13];
   PART(nblk)
   for (int b = lo; b < hi; ++b) {{
     const int* rw = rows + b * VL; const int e0 = ep[b], e1 = ep[b + 1];
-    for (int t0 = 0; t0 < T; t0 += {tb}) {{
-      const int tb = T - t0 < {tb} ? T - t0 : {tb};
+    for (int t0 = 0; t0 < npix; t0 += {tb}) {{
+      const int tb = npix - t0 < {tb} ? npix - t0 : {tb}; const int* pp = pos + t0;
       vf acc[{tb}]; float tmp[{tb}][VL];
 {inner}
       for (int u = 0; u < tb; ++u) VSTORE(tmp[u], acc[u]);
-      for (int u = 0; u < tb; ++u)
+      for (int u = 0; u < tb; ++u) {{
+        const int pu = pp[u];
         for (int q = 0; q < VL; ++q) {{
           const int r = rw[q];
           if (r < 0) continue;
-          Y[(long)r * T + t0 + u] = s_act(tmp[u][q] + bias[r]{rexpr}, act);
+          Y[(long)r * T + pu] = s_act(tmp[u][q] + bias[r]{rexpr}, act);
         }}
+      }}
     }}
   }}
 }}

@@ -29,16 +29,20 @@ class Branches(nn.Module):
 
 
 class TinyMap(nn.Module):
-    """1x1 feature maps: 3x3 conv with padding, 1x1 conv, and a wide Linear (channel family)."""
+    """Tiny feature maps (1x1 to 3x3): 3x3 convs with padding (one with a residual), a 1x1
+    conv, and a wide Linear: all in the channel family."""
 
     def __init__(self) -> None:
         super().__init__()
         self.c3 = nn.Conv2d(16, 21, 3, 1, 1)
+        self.c4 = nn.Conv2d(21, 21, 3, 1, 1)
         self.c1 = nn.Conv2d(21, 19, 1)
         self.fc = nn.Linear(19, 45)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(torch.relu(self.c1(self.c3(x))), 1))
+        a = self.c3(x)
+        b = torch.relu(self.c1(torch.relu(self.c4(a) + a)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(b, 1), 1))
 
 
 def _mask(shape: tuple[int, ...], structure: str, gen: torch.Generator) -> torch.Tensor:
@@ -105,12 +109,13 @@ def test_kernels_match_torch_per_structure(structure: str, compiler_cache) -> No
     assert not cm.report.fallbacks
 
 
+@pytest.mark.parametrize("hw", [1, 2, 3])
 @pytest.mark.parametrize("structure", ["dense", "block_based", "unstructured"])
-def test_tiny_maps_and_linear_match_torch(structure: str, compiler_cache) -> None:
+def test_tiny_maps_and_linear_match_torch(structure: str, hw: int, compiler_cache) -> None:
     torch.manual_seed(0)
     model = TinyMap().eval()
     masks = _masks(model, structure)
-    x = torch.randn(1, 16, 1, 1)
+    x = torch.randn(2, 16, hw, hw)
     cm = compile_model(model, x, masks, cache_dir=compiler_cache)
     assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
     assert {layer.family for layer in cm.report.layers} == {"channel"}
