@@ -71,7 +71,8 @@ from compiler_backend.tuning.base import KernelConfig
 GENERATOR_VERSION = "7"
 _SLACK = 256  # floats after every buffer: wide-row / full-tile over-reads stay in the arena
 _conv_geometry = conv_geometry  # backwards-compatible names
-__all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "generate"]
+__all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "default_configs",
+           "generate"]
 
 
 @dataclass
@@ -434,6 +435,22 @@ class _Builder:
             self.crop_size = numel
         return self.crop_off
 
+def _private_copy(graph: Graph) -> Graph:
+    """The graph with its own buffer list (layout planning sets buffer sizes)."""
+    return Graph([dataclasses.replace(buf) for buf in graph.buffers], graph.ops, graph.input,
+                 graph.output, graph.output_shape)
+
+
+def default_configs(graph: Graph, isa: Isa, threads: int) -> dict[str, KernelConfig]:
+    """The untuned kernel choice of every conv / linear layer, given the buffer layouts
+    ``generate`` will use (a pointwise conv on a padded input runs over wider rows)."""
+    graph = _private_copy(graph)
+    padded = plan_padded(graph)
+    split = plan_split2(graph, padded)
+    return {op.name: default_config(op, isa, threads, op.src in padded, op.src in split)
+            for op in graph.ops if isinstance(op, ConvOp)}
+
+
 def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConfig] | None = None,
              *, inject_error: str | None = None) -> Program:
     """Generate the C program for ``graph`` (see the module docstring for the runtime model).
@@ -441,8 +458,7 @@ def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConf
     The graph is not modified: scratch buffers and layouts go to a private copy of its buffer
     list, so repeated calls (tuning) give identical sources for identical configs.
     """
-    graph = Graph([dataclasses.replace(buf) for buf in graph.buffers], graph.ops, graph.input,
-                  graph.output, graph.output_shape)
+    graph = _private_copy(graph)
     b = _Builder(graph, isa, threads, configs or {}, inject_error)
     offs = b.plan_memory()
     segments: list[list[int]] = [[]]

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler_backend.codegen import generate
+from compiler_backend.codegen import default_configs, generate
 from compiler_backend.heuristics import conv_geometry as _conv_geometry
-from compiler_backend.heuristics import default_config
 from compiler_backend.ir import ConvOp, Graph
 from compiler_backend.isa import Isa
 from compiler_backend.toolchain import compile_source, compiler_version, find_compiler
@@ -101,7 +100,8 @@ def _search(graph: Graph, todo: list[ConvOp], isa: Isa, threads: int, cfg: Tunin
             best: dict[str, tuple[float, KernelConfig]], root: Path) -> None:
     rng = random.Random(cfg.seed)
     spaces = {op.name: _space(op, isa, threads) for op in todo}
-    pops = {op.name: [default_config(op, isa, threads)]
+    defaults = default_configs(graph, isa, threads)
+    pops = {op.name: [defaults[op.name]]
             + rng.sample(spaces[op.name], min(cfg.population - 1, len(spaces[op.name])))
             for op in todo}
     seen: dict[str, dict[KernelConfig, float]] = {op.name: {} for op in todo}
