@@ -23,17 +23,22 @@ def test_tuning_runs_and_log_is_reused(compiler_cache, tmp_path) -> None:
 
 
 def test_tuner_starts_from_the_layout_aware_defaults(tmp_path) -> None:
-    """With one candidate per layer the tuner keeps the untuned choice ``generate`` makes."""
+    """With one candidate per layer the tuner keeps the untuned choice ``generate`` makes.
+
+    On this 2x6 map the 1x1 conv reads the padded output of the 3x3 conv: 16 wide-row pixels
+    (spatial family) instead of 12 plain ones (channel family).
+    """
     from compiler_backend import resolve_isa
     from compiler_backend.codegen import default_configs
     from compiler_backend.compile import lower_model
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
-    x = torch.randn(1, 8, 12, 12)
+    x = torch.randn(1, 8, 2, 6)
     cfg = TuningConfig(generations=1, population=1, repeats=2, use_log=False)
     tuned = compile_model(model, x, tune=cfg, cache_dir=tmp_path)
     untuned = compile_model(model, x, cache_dir=tmp_path)
     expected = default_configs(lower_model(model, x, None), resolve_isa(), 1)
     assert {info.name: info.config for info in tuned.program.layers} == expected
     assert {info.name: info.config for info in untuned.program.layers} == expected
+    assert expected["2"].family == "spatial"
