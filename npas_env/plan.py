@@ -102,7 +102,8 @@ class LayerAction:
             return "dense"
         text = "dense" if self.is_dense else f"{self.scheme.value} {self.rate:g}x"
         if self.block_size and not self.is_dense and self.scheme.uses_block:
-            text += f" {self.block_size[0]}x{self.block_size[1]}"
+            bh, bw = self.block_size
+            text += " whole-matrix blocks" if (bh, bw) == (0, 0) else f" {bh}x{bw}"
         if self.filter_type is not FilterType.KEEP:
             text = f"[{self.filter_type.value}] {text}"
         return text

@@ -43,3 +43,11 @@ def test_bad_plan_files_are_clear(text, match):
 def test_unreadable_plan_file(tmp_path):
     with pytest.raises(InvalidPlan, match="cannot read"):
         PruningPlan.load(tmp_path / "missing.json")
+
+
+def test_action_text_names_whole_matrix_blocks() -> None:
+    """Block (0, 0) means one block per weight matrix (structured), not a 0x0 block."""
+    from npas_env.plan import LayerAction, Scheme
+
+    assert str(LayerAction(Scheme.BLOCK_PUNCHED, 2.5, (0, 0))) == "block_punched 2.5x whole-matrix blocks"
+    assert str(LayerAction(Scheme.BLOCK_BASED, 3.0, (8, 16))) == "block_based 3x 8x16"
