@@ -214,7 +214,8 @@ def spatial_template(key: str, p: int, v: int, row: bool = False) -> str:
     (loads may over-read into the arena slack).
     """
     acc = " ".join(f"vf a{q}_{u};" for q in range(p) for u in range(v))
-    zero = " ".join(f"a{q}_{u} = VZERO();" for q in range(p) for u in range(v))
+    zero = " ".join(f"{{ const vf b = VSET1(bias[rr[{q}]]); "
+                    + " ".join(f"a{q}_{u} = b;" for u in range(v)) + " }" for q in range(p))
     reload = " ".join(f"a{q}_{u} = VLOAD(Y + (long)rr[{q}] * ys + t + yo + {u} * @VS@);"
                       for q in range(p) for u in range(v))
     loads = " ".join(f"const vf x{u} = VLOAD(xp + {u} * @VS@);" for u in range(v))
@@ -230,16 +231,15 @@ def spatial_template(key: str, p: int, v: int, row: bool = False) -> str:
 
     def store(q: int, u: int, masked: bool, final: bool) -> str:
         dst = f"yp + {u} * @VS@"
-        body = f"vf y = VADD(a{q}_{u}, bb);{res(q, u, masked)} y = v_act(y, act);" if final else \
+        body = f"vf y = a{q}_{u};{res(q, u, masked)} y = v_act(y, act);" if final else \
             f"vf y = a{q}_{u};"
         if masked:
             return f" if (n{u} > 0) {{ {body} VSTOREM({dst}, y, n{u}); }}"
         return f" {{ {body} VSTORE({dst}, y); }}"
 
     def stores(masked: bool, final: bool) -> str:
-        bb = "const vf bb = VSET1(bias[r]); " if final else ""
         return "\n".join(
-            f"          {{ const int r = rw[{q}]; if (r >= 0) {{ {bb}"
+            f"          {{ const int r = rw[{q}]; if (r >= 0) {{ "
             f"float* yp = Y + (long)r * ys + t + yo;"
             + "".join(store(q, u, masked, final) for u in range(v)) + " } }" for q in range(p))
 
