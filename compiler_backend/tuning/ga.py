@@ -2,8 +2,11 @@
 
 All layers are tuned at once: individual ``k`` of every layer's population goes into build
 ``k`` of the whole model; one profiling run of that build scores every layer's individual.
-Results persist in a JSON tuning log keyed by (layer shape, sparsity signature, machine,
-compiler), so a layer is tuned once per machine.
+The per-layer winners are then checked as a whole: the tuned model and the untuned one are
+timed in alternating rounds and the tuned configs are kept only if the model got faster (the
+winners of short, noisy per-layer timings did not always add up: 0.92-1.17x the untuned
+latency before this check). Results persist in a JSON tuning log keyed by (layer shape,
+sparsity signature, machine, compiler), so a layer is tuned once per machine.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import platform
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +28,9 @@ from compiler_backend.toolchain import compile_source, compiler_version, find_co
 from compiler_backend.tuning.base import KernelConfig, TuningConfig
 from npas_env.io import atomic_write_text
 from npas_env.io import cache_dir as default_cache_dir
+
+if TYPE_CHECKING:
+    from compiler_backend.runtime import CompiledModel
 
 
 def machine_id(isa: Isa) -> str:
@@ -88,6 +95,7 @@ def tune_graph(graph: Graph, isa: Isa, threads: int, cfg: TuningConfig,
             todo.append(op)
     if todo:
         _search(graph, todo, isa, threads, cfg, best, root)
+        _keep_if_faster(graph, todo, isa, threads, best, root)
         for op in todo:
             t, c = best[op.name]
             log[keys[op.name]] = {"time_ms": t, "config": c.to_dict(), "layer": op.name}
@@ -123,6 +131,39 @@ def _search(graph: Graph, todo: list[ConvOp], isa: Isa, threads: int, cfg: Tunin
         best[op.name] = (t, c)
 
 
+def _keep_if_faster(graph: Graph, todo: list[ConvOp], isa: Isa, threads: int,
+                    best: dict[str, tuple[float, KernelConfig]], root: Path) -> None:
+    """Reset the tuned layers to their defaults unless the whole tuned model is faster."""
+    tuned = {name: c for name, (_, c) in best.items()}
+    defaults = default_configs(graph, isa, threads)
+    untuned = {**tuned, **{op.name: defaults[op.name] for op in todo}}
+    if tuned == untuned:
+        return
+    t_tuned, t_untuned = _whole_model_ms([_build(graph, isa, threads, tuned, root),
+                                          _build(graph, isa, threads, untuned, root)])
+    if t_tuned >= t_untuned:
+        for op in todo:
+            best[op.name] = (best[op.name][0], defaults[op.name])
+
+
+def _whole_model_ms(models: list[CompiledModel], rounds: int = 7) -> list[float]:
+    """Median batch-1 latency of each model, timed in alternating rounds."""
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for k, model in enumerate(models):
+            times[k].append(model.benchmark(warmup=3, repeats=15).median_ms)
+    return [float(np.median(t)) for t in times]
+
+
+def _build(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConfig],
+           root: Path) -> CompiledModel:
+    from compiler_backend.runtime import CompiledModel
+
+    program = generate(graph, isa, threads, configs)
+    artifact = compile_source(program.source, program.line_map, cache=root)
+    return CompiledModel(graph, program, artifact, threads, isa.name)
+
+
 def _mutate(parent: KernelConfig, space: list[KernelConfig], rng: random.Random) -> KernelConfig:
     near = [c for c in space if sum(a != b for a, b in zip(
         (c.family, c.p_max, c.v, c.threads), (parent.family, parent.p_max, parent.v,
@@ -132,11 +173,7 @@ def _mutate(parent: KernelConfig, space: list[KernelConfig], rng: random.Random)
 
 def _measure(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConfig],
              repeats: int, root: Path) -> dict[str, float]:
-    from compiler_backend.runtime import CompiledModel
-
-    program = generate(graph, isa, threads, configs)
-    artifact = compile_source(program.source, program.line_map, cache=root)
-    model = CompiledModel(graph, program, artifact, threads, isa.name)
+    model = _build(graph, isa, threads, configs, root)
     runs = [model.profile(repeats=max(1, repeats // 3), warmup=2) for _ in range(3)]
     per_op = np.median(np.stack(runs), axis=0)
-    return {info.name: float(per_op[info.op_index]) for info in program.layers}
+    return {info.name: float(per_op[info.op_index]) for info in model.program.layers}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -42,3 +43,29 @@ def test_tuner_starts_from_the_layout_aware_defaults(tmp_path) -> None:
     assert {info.name: info.config for info in tuned.program.layers} == expected
     assert {info.name: info.config for info in untuned.program.layers} == expected
     assert expected["2"].family == "spatial"
+
+
+@pytest.mark.parametrize(("tuned_ms", "keep"), [(1.0, True), (2.0, False)])
+def test_tuned_configs_are_kept_only_if_the_whole_model_is_faster(
+        tmp_path, monkeypatch, tuned_ms: float, keep: bool) -> None:
+    from compiler_backend import KernelConfig, resolve_isa
+    from compiler_backend.codegen import default_configs
+    from compiler_backend.compile import lower_model
+    from compiler_backend.tuning import ga
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
+    x = torch.randn(1, 8, 12, 12)
+    odd = KernelConfig("spatial", 1, 1, 1)  # what the "search" found for every layer
+
+    def fake_search(graph, todo, isa, threads, cfg, best, root) -> None:
+        for op in todo:
+            best[op.name] = (0.5, odd)
+
+    monkeypatch.setattr(ga, "_search", fake_search)
+    monkeypatch.setattr(ga, "_whole_model_ms", lambda models: [tuned_ms, 1.5])
+    cfg = TuningConfig(use_log=False)
+    tuned = compile_model(model, x, tune=cfg, cache_dir=tmp_path)
+    defaults = default_configs(lower_model(model, x, None), resolve_isa(), 1)
+    chosen = {info.name: info.config for info in tuned.program.layers}
+    assert chosen == ({name: odd for name in defaults} if keep else defaults)
