@@ -27,6 +27,7 @@ from compiler_backend.heuristics import (
     default_config,
     is_depthwise_s2,
     row_tiles,
+    split2_geometry,
 )
 from compiler_backend.ir import (
     AffineOp,
@@ -56,13 +57,7 @@ from compiler_backend.kernels import (
 from compiler_backend.kernels import (
     sig as _sig,
 )
-from compiler_backend.layout import (
-    plan_padded,
-    plan_split2,
-    split2_geometry,
-    strides,
-    writes_wide_padded,
-)
+from compiler_backend.layout import plan_padded, plan_split2, strides, writes_wide_padded
 from compiler_backend.segments import BATCH_TEMPLATE, segment_source, work_items
 from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, emit_pool
 from compiler_backend.sparsity import Segment, build_segments, structure_label
@@ -281,7 +276,7 @@ class _Builder:
         """Depthwise 3x3 / stride 2 read in place (plain or padded input) and written in the
         destination layout (``DWS2_TEMPLATE``)."""
         self._template("dws2", DWS2_TEMPLATE)
-        cin, h, w = op.in_shape
+        _, h, w = op.in_shape
         cout, oh, ow = op.out_shape
         xp, xr, xo = strides(self.g, op.src, self.padded)
         dp, dr, do = strides(self.g, op.dst, self.padded)
@@ -415,7 +410,7 @@ class _Builder:
         res = offs[op.res] if op.res is not None else 0
         if op.dst in self.split:
             self._template("crop_split2", CROP_SPLIT2_TEMPLATE)
-            hq, dwq = split2_geometry(cout, oh, ow)
+            hq, dwq = split2_geometry(oh, ow)
             args = [tmp_off, offs[op.dst], res, cout * oh, oh, ow, T, wq, hq * dwq, dwq, cout,
                     rp, rr, ro, ACT_CODES[op.act or "none"], int(op.res is not None)]
             return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[16] = "
@@ -434,6 +429,7 @@ class _Builder:
             self.crop_off = self._alloc(self.g.new_buffer((numel,)))
             self.crop_size = numel
         return self.crop_off
+
 
 def _private_copy(graph: Graph) -> Graph:
     """The graph with its own buffer list (layout planning sets buffer sizes)."""

@@ -38,11 +38,22 @@ def is_pointwise(op: ConvOp) -> bool:
 
 
 def is_depthwise_s2(op: ConvOp) -> bool:
-    """Dense depthwise 3x3 / stride 2 / pad 1 (``DWS2_TEMPLATE``: reads any input layout)."""
-    cin = op.in_shape[0]
-    return (not op.is_linear and len(op.in_shape) == 3 and op.groups == cin == op.out_shape[0]
-            and tuple(op.weight.shape[2:]) == (3, 3) and op.stride == 2
-            and tuple(op.padding) == (1, 1) and bool(op.kept.all()))
+    """Dense depthwise 3x3 / stride 2 / pad 1 (``DWS2_TEMPLATE``: reads any input layout).
+
+    The kernel splits one input channel into an on-stack buffer of about ``8 h (w / 2 + 34)``
+    bytes; maps that would need more than 1 MB of stack take the general path.
+    """
+    if op.is_linear or len(op.in_shape) != 3:
+        return False
+    cin, h, w = op.in_shape
+    return (op.groups == cin == op.out_shape[0] and tuple(op.weight.shape[2:]) == (3, 3)
+            and op.stride == 2 and tuple(op.padding) == (1, 1) and bool(op.kept.all())
+            and h * (w // 2 + 34) <= 1 << 17)
+
+
+def split2_geometry(h: int, w: int) -> tuple[int, int]:
+    """(rows, row width) of each of the four phase planes of a phase-split ``h x w`` map."""
+    return -(-(h + 2) // 2), -(-(w + 2) // 2)
 
 
 def conv_geometry(op: ConvOp, padded_src: bool = False, split_src: bool = False) -> dict[str, Any]:
@@ -62,7 +73,7 @@ def conv_geometry(op: ConvOp, padded_src: bool = False, split_src: bool = False)
         return dict(direct=True, hq=h + 2, wq=w + 2, s=1, phases=[(0, 0)], T=oh * (w + 2),
                     crop=True, kh=1, kw=1, ph=0, pw=0, ow=ow, shift=w + 3)
     if split_src and kh == kw == 1:
-        hq, wq = -(-(h + 2) // 2), -(-(w + 2) // 2)
+        hq, wq = split2_geometry(h, w)
         return dict(direct=True, hq=hq, wq=wq, s=1, phases=[(0, 0)], T=oh * wq, crop=True,
                     kh=1, kw=1, ph=0, pw=0, ow=ow, shift=3 * cin * hq * wq)
     if s == 1 and ph == 0 and pw == 0:

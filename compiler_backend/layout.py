@@ -8,19 +8,25 @@ it in place instead of copying it into a padded scratch buffer.
 
 A buffer is padded only if every reader understands the layout: stride-1 / pad-(1, 1) convs,
 pointwise (1x1 / stride-1) convs and the stride-2 depthwise kernel (any layout) reading it as
-input, and convs with a wide-row output reading it as residual. Graph inputs and outputs, aliases, fallbacks, pooling, eltwise and
-concat readers keep the plain CHW layout.
+input, and convs with a wide-row output reading it as residual. Graph inputs and outputs,
+aliases, fallbacks, pooling, eltwise and concat readers keep the plain CHW layout. Pointwise
+convs run over the padded rows of a padded input (``conv_geometry(op, padded_src=True)``), so
+a MobileNet chain 1x1 -> depthwise 3x3 -> 1x1 stays padded end to end and no conv in it copies
+its input or crops its output.
 
-A third layout, *phase-split* (``plan_split2``), serves buffers read only by stride-2 convs. Pointwise convs run over the padded rows of a padded
-input (``conv_geometry(op, padded_src=True)``), so a MobileNet chain 1x1 -> depthwise 3x3 ->
-1x1 stays padded end to end and no conv in it copies its input or crops its output.
+A third layout, *phase-split* (``plan_split2``), serves buffers read only by stride-2 convs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from compiler_backend.heuristics import conv_geometry, is_depthwise_s2, is_pointwise
+from compiler_backend.heuristics import (
+    conv_geometry,
+    is_depthwise_s2,
+    is_pointwise,
+    split2_geometry,
+)
 from compiler_backend.ir import ConvOp, Graph
 from compiler_backend.lowering import op_inputs
 
@@ -132,11 +138,6 @@ def reads_split2(op: ConvOp) -> bool:
     return (k, pad) in (((3, 3), (1, 1)), ((1, 1), (0, 0)))
 
 
-def split2_geometry(c: int, h: int, w: int) -> tuple[int, int]:
-    """(rows, row width) of each of the four phase planes of a split ``(c, h, w)`` buffer."""
-    return -(-(h + 2) // 2), -(-(w + 2) // 2)
-
-
 def plan_split2(graph: Graph, padded: set[int]) -> set[int]:
     """Ids of the buffers stored *phase-split* for stride-2 readers; sets their ``numel``.
 
@@ -158,7 +159,7 @@ def plan_split2(graph: Graph, padded: set[int]) -> set[int]:
             split.add(buf)
     for buf in split:
         c, h, w = graph.buffers[buf].shape
-        hq, wq = split2_geometry(c, h, w)
+        hq, wq = split2_geometry(h, w)
         graph.buffers[buf].numel = 4 * c * hq * wq
     return split
 

@@ -208,3 +208,13 @@ def test_stride2_depthwise_kernel_matches_torch(hw: tuple[int, int], isa: str,
                        cache_dir=compiler_cache)
     assert cm.program.source.count("dws2(tid, nt, W, I, A, k)") == 3
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
+
+
+def test_stride2_depthwise_on_a_huge_map_takes_the_general_path(compiler_cache) -> None:
+    """The kernel's per-channel split buffer lives on the stack: past 1 MB it is not used."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, 2, 1, groups=2)).eval()
+    x = torch.randn(1, 2, 1100, 300)
+    cm = compile_model(model, x, None, cache_dir=compiler_cache)
+    assert "dws2(tid, nt, W, I, A, k)" not in cm.program.source
+    assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
