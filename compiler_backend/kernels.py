@@ -16,6 +16,15 @@ ACT_HELPERS = """static inline vf v_act(vf y, int act) {
   switch (act) { case 1: return v_relu(y); case 2: return v_relu6(y);
                  case 3: return v_hardswish(y); default: return y; }
 }
+/* e[m] = s[2m], o[m] = s[2m + 1] for m < n (gcc leaves the plain loop scalar) */
+static inline void npas_deinterleave(const float* s, float* e, float* o, int n) {
+  int m = 0;
+  for (; m + VL <= n; m += VL) {
+    const vf a = VLOAD(s + 2 * m), b = VLOAD(s + 2 * m + VL);
+    VSTORE(e + m, VEVEN(a, b)); VSTORE(o + m, VODD(a, b));
+  }
+  for (; m < n; ++m) { e[m] = s[2 * m]; o[m] = s[2 * m + 1]; }
+}
 static inline float s_act(float y, int act) {
   switch (act) { case 1: return s_relu(y); case 2: return s_relu6(y);
                  case 3: return s_hardswish(y); default: return y; }
@@ -126,7 +135,7 @@ PAD_TEMPLATE = f"""static {NOINLINE} void pad_phase(int tid, int nt, float* rest
 """
 
 #: Stride 2 with all four phases (kernels >= 2x2): one pass per input row splits it into its
-#: even and odd columns (``VEVEN`` / ``VODD``: gcc left the plain loop scalar) and writes both
+#: even and odd columns (``npas_deinterleave``) and writes both
 #: into the phase planes of its row parity; ``pad_phase`` instead makes one short strided pass
 #: per phase and output row.
 #: Parameter array ``k``: src, dst, cin, h, w, ph, pw, plane (hq * wq), wq, src row stride.
@@ -146,12 +155,7 @@ SPLIT2_TEMPLATE = f"""static {NOINLINE} void pad_split2(int tid, int nt, float* 
       if (x0) d1[0] = sr[0];
       float* e1 = x0 ? d1 + 1 : d1;
       const float* s0 = sr + x0;
-      int m = 0;
-      for (; m + VL <= half; m += VL) {{
-        const vf a = VLOAD(s0 + 2 * m), b = VLOAD(s0 + 2 * m + VL);
-        VSTORE(d0 + m, VEVEN(a, b)); VSTORE(e1 + m, VODD(a, b));
-      }}
-      for (; m < half; ++m) {{ d0[m] = s0[2 * m]; e1[m] = s0[2 * m + 1]; }}
+      npas_deinterleave(s0, d0, e1, half);
       if (odd_tail) d0[half] = s0[2 * half];
     }}
 }}
@@ -351,8 +355,8 @@ DW9_TEMPLATE = f"""static {NOINLINE} void dw9(int tid, int nt, const float* rest
 """
 
 
-#: Depthwise 3x3 / stride 2 / pad 1 straight from its input (plain or padded), one channel at a time: its
-#: rows are split into even and odd columns in a small on-stack buffer (L1; the odd ones one
+#: Depthwise 3x3 / stride 2 / pad 1 straight from its input (plain or padded), one channel at
+#: a time: its rows are split into even and odd columns in a small on-stack buffer (L1; the odd ones one
 #: slot to the right after a zero, which is the left padding), then every output vector is 9
 #: plain loads and 9 FMAs (output x reads columns 2x - 1, 2x, 2x + 1) and is written in its
 #: destination layout (plain or padded). So the layer needs neither a phase-split copy of its
@@ -375,13 +379,8 @@ DWS2_TEMPLATE = f"""static {NOINLINE} void dws2(int tid, int nt, const float* re
     const int r = rows[b]; const float* x = X + (long)chans[b] * xcs + xof; const float* w9 = wt + 9 * b;
     for (int i = 0; i < h; ++i) {{
       const float* s = x + (long)i * xrs; float* e = E + i * rs; float* o = O + i * rs + 1;
-      int m = 0;
       o[-1] = 0.f;
-      for (; m + VL <= half; m += VL) {{
-        const vf a = VLOAD(s + 2 * m), c = VLOAD(s + 2 * m + VL);
-        VSTORE(e + m, VEVEN(a, c)); VSTORE(o + m, VODD(a, c));
-      }}
-      for (; m < half; ++m) {{ e[m] = s[2 * m]; o[m] = s[2 * m + 1]; }}
+      npas_deinterleave(s, e, o, half);
       if (w & 1) {{ e[half] = s[w - 1]; o[half] = 0.f; }}
     }}
     vf wv[9];
