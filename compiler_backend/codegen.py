@@ -63,7 +63,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "7"
+GENERATOR_VERSION = "8"
 _SLACK = 256  # floats after every buffer: wide-row / full-tile over-reads stay in the arena
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "default_configs",
@@ -344,25 +344,19 @@ class _Builder:
         vr = row_tiles(p, v, lanes, oh, ow, geo["wq"], T, self.isa.max_acc)
         v = vr or v
         vw = v * geo["wq"] if vr else v * lanes  # pixels per tile step
-        ro, eo = self.add_i(seg.rows), self.add_i(seg.eptr)
-        oo, wo = self.add_i(offsets), self.add_f(seg.weights)
         nch, tch, ccs = chunking(T, vw, geo, 4 * seg.weights.size, seg.nblk, lt, cin,
                                  int(seg.eptr[-1]) // max(seg.nblk, 1))
-        ci = seg.cols // (geo["kh"] * geo["kw"])
         ncc = max(1, -(-cin // ccs))
-        bounds = np.arange(ncc + 1) * ccs
-        blk = np.repeat(np.arange(seg.nblk, dtype=np.int64), np.diff(seg.eptr))
-        keys = blk * (cin + 1) + ci  # sorted: blocks in order, channels ascending inside
-        want = np.arange(seg.nblk, dtype=np.int64)[:, None] * (cin + 1) + np.minimum(bounds, cin)
-        cp = np.searchsorted(keys, want)
-        co = self.add_i(cp)
-        nonempty = np.diff(cp, axis=1) > 0 if seg.nblk else np.zeros((0, ncc), bool)
+        order, spans = _traversal_order(seg, seg.cols // (geo["kh"] * geo["kw"]), ccs, ncc)
+        ro, co = self.add_i(seg.rows), self.add_i(spans)
+        oo, wo = self.add_i(offsets[order]), self.add_f(seg.weights[order])
+        nonempty = spans[:, :, 1] > spans[:, :, 0]
         first = np.where(nonempty.any(1), nonempty.argmax(1), 0)
         last = np.where(nonempty.any(1), ncc - 1 - nonempty[:, ::-1].argmax(1), 0)
         flo = self.add_i(np.stack([first, last], 1) if seg.nblk else np.zeros(2))
         key = f"sk_p{p}_v{v}" + ("_r" if vr else "")
         self._template(key, spatial_template(key, p, v, row=bool(vr)))
-        args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,
+        args = [ro, 0, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
                 geo["wq"] if vr else lanes, vw]
         return (f"{_sig(name)} {{\n  static const int k[21] = {{{', '.join(map(str, args))}}};\n"
@@ -429,6 +423,27 @@ class _Builder:
             self.crop_off = self._alloc(self.g.new_buffer((numel,)))
             self.crop_size = numel
         return self.crop_off
+
+
+def _traversal_order(seg: Segment, channels: np.ndarray, ccs: int,
+                     ncc: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entry order of the spatial kernel's walk, and each (block, channel chunk)'s span in it.
+
+    The kernel visits channel chunk by channel chunk, every block inside; storing the entries
+    (weights, offsets) in that order makes their stream sequential, which the hardware
+    prefetcher follows. Block-major storage made each visit a fresh DRAM miss: a 1x1 conv with
+    1.6 MB of weights took 450-550 us with them out of cache (160 us warm), 240-270 us in walk
+    order; VGG-16 at 4x went from 2.9x to 3.4-3.6x ONNX Runtime.
+    Returns ``order`` (new position -> old entry) and ``spans[b, cc] = (start, end)``.
+    """
+    blk = np.repeat(np.arange(seg.nblk, dtype=np.int64), np.diff(seg.eptr))
+    chunk = np.minimum(channels // ccs, ncc - 1)
+    order = np.lexsort((np.arange(blk.size), blk, chunk))
+    counts = np.zeros((ncc, seg.nblk), np.int64)
+    np.add.at(counts, (chunk, blk), 1)
+    ends = np.cumsum(counts.ravel()).reshape(ncc, seg.nblk)
+    spans = np.stack([ends - counts, ends], -1).transpose(1, 0, 2)
+    return order, np.ascontiguousarray(spans)
 
 
 def _private_copy(graph: Graph) -> Graph:

@@ -202,11 +202,11 @@ BORDER_TEMPLATE = f"""static {NOINLINE} void zero_border(int tid, int nt, float*
 def spatial_template(key: str, p: int, v: int, row: bool = False) -> str:
     """The register-tiled spatial kernel: ``p`` rows x ``v`` vectors of output pixels.
 
-    Parameter array ``k``: rows, eptr, offsets (I arena), weights, bias (W arena), x, y, res
+    Parameter array ``k``: rows, unused, offsets (I arena), weights, bias (W arena), x, y, res
     (A arena), nblk, nch (pixel chunks), tch (chunk width), T (pixels per row), ys (channel
     stride of the output and residual), yo (store shift: a wide-row output lands inside a
-    padded destination plane when ``yo = wq + 1``), cp (I arena: per block ``ncc + 1`` entry
-    starts of each input-channel chunk), ncc, act (``ACT_CODES``), has_res, fl (I arena: per
+    padded destination plane when ``yo = wq + 1``), cp (I arena: per block and input-channel
+    chunk the (start, end) of its entries, stored in the walk's order), ncc, act (``ACT_CODES``), has_res, fl (I arena: per
     block its first and last non-empty channel chunk), vs, ts (row mode only: vector ``u`` of a
     tile starts ``u * vs`` pixels after the tile, tiles step by ``ts``; with ``vs`` = the row
     width every vector is one output row of a map at most ``VL`` wide).
@@ -269,7 +269,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False) -> str:
       for (int b = b0; b < b1; ++b) {{
         /* fl[b] = (first, last) non-empty channel chunk of block b: skip empty ones */
         const int cf = fl[2 * b], cl = fl[2 * b + 1];
-        const int e0 = cp[b * (ncc + 1) + cc], e1 = cp[b * (ncc + 1) + cc + 1];
+        const int e0 = cp[2 * (b * ncc + cc)], e1 = cp[2 * (b * ncc + cc) + 1];
         if (cc < cf || cc > cl || (e0 == e1 && cc != cf && cc != cl)) continue;
         const int first = cc == cf, last = cc == cl;
         const int* rw = rows + b * {p};

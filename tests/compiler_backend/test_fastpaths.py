@@ -220,3 +220,29 @@ def test_row_mode_tiles_on_narrow_maps_match_torch(hw: int, threads: int, compil
     assert "_r(tid" in cm.program.source  # a row-mode kernel was generated
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("ccs", [1, 5, 64])
+def test_spatial_entries_are_stored_in_the_kernels_walk_order(ccs: int) -> None:
+    """Chunk by chunk, block by block, the spans tile 0..nnz with no gap (one weight stream)."""
+    from compiler_backend.codegen import _traversal_order
+    from compiler_backend.sparsity import build_segments
+
+    rng = np.random.default_rng(ccs)
+    cin, cout = 13, 20
+    weight = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    kept = rng.random(weight.shape) < 0.4
+    seg = build_segments(weight, kept, 1, family="spatial", p_max=4, lanes=8)[0]
+    channels = seg.cols // 9
+    ncc = -(-cin // ccs)
+    order, spans = _traversal_order(seg, channels, ccs, ncc)
+    assert sorted(order.tolist()) == list(range(channels.size))
+    walk = spans.transpose(1, 0, 2).reshape(-1, 2)
+    assert walk[0, 0] == 0 and walk[-1, 1] == channels.size
+    assert (walk[1:, 0] == walk[:-1, 1]).all()
+    blocks = np.repeat(np.arange(seg.nblk), np.diff(seg.eptr))
+    for b in range(seg.nblk):
+        for cc in range(ncc):
+            picked = order[spans[b, cc, 0]:spans[b, cc, 1]]
+            want = np.flatnonzero((blocks == b) & (np.minimum(channels // ccs, ncc - 1) == cc))
+            assert picked.tolist() == want.tolist()
