@@ -58,13 +58,13 @@ from compiler_backend.kernels import (
     sig as _sig,
 )
 from compiler_backend.layout import plan_padded, plan_split2, strides, writes_wide_padded
+from compiler_backend.memory import plan_arena, region_floats
 from compiler_backend.segments import BATCH_TEMPLATE, segment_source, work_items
 from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, emit_pool
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
 GENERATOR_VERSION = "8"
-_SLACK = 256  # floats after every buffer: wide-row / full-tile over-reads stay in the arena
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "default_configs",
            "generate"]
@@ -139,18 +139,7 @@ class _Builder:
         return off
 
     def plan_memory(self) -> list[int]:
-        offsets = [-1] * len(self.g.buffers)
-        pos = 0
-        for buf in self.g.buffers:
-            if buf.alias_of is None:
-                offsets[buf.idx] = pos
-                pos += -(-(buf.numel + _SLACK) // 16) * 16
-        for buf in self.g.buffers:
-            src = buf.idx
-            while (parent := self.g.buffers[src].alias_of) is not None:
-                src = parent
-            offsets[buf.idx] = offsets[src]
-        self.arena = pos
+        offsets, self.arena = plan_arena(self.g, self.padded, self.split)
         return offsets
 
     # -------------------------------------------------------------- ops
@@ -294,7 +283,7 @@ class _Builder:
     def _alloc(self, buf: int) -> int:
         self.extra_bufs.append(buf)
         off = self.arena
-        self.arena += -(-(self.g.buffers[buf].numel + _SLACK) // 16) * 16
+        self.arena += region_floats(self.g.buffers[buf].numel)
         return off
 
     def _entry_offsets(self, cols: np.ndarray, op: ConvOp, geo: dict[str, Any]) -> np.ndarray:
