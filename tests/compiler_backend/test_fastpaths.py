@@ -179,6 +179,7 @@ def test_avx2_tiles_respect_register_budget() -> None:
         p, v = best_tile(avx2, T, 64)
         assert p * v <= avx2.max_acc and p in (1, 2, 4, 8)
     assert best_tile(avx2, 3248, 64) == (4, 3)  # large maps: 12 accumulators, 4 rows x 3 vectors
+    assert best_tile(avx2, 80, 64) == (4, 2)  # 8x8 padded: pixel loads cost more than broadcasts
     cfg = default_config(_conv_op(64, 64, 56, 3), avx2, 1)
     assert (cfg.family, cfg.p_max, cfg.v) == ("spatial", 4, 3)
     dw = default_config(_conv_op(32, 32, 32, 3, groups=32), avx2, 1)
