@@ -201,7 +201,7 @@ class _Builder:
         # destination: straight into a padded output (wide rows shifted by wq + 1), the plain
         # output, or a shared wide-row scratch buffer + crop epilogue
         wide = (cfg.family == "spatial" and op.dst in self.padded
-                and writes_wide_padded(op, src_padded)
+                and writes_wide_padded(op, src_padded, src_split)
                 and (op.res is None or op.res in self.padded))
         use_crop = not wide and (geo["crop"] or op.dst in self.padded or op.res in self.padded
                                  or op.dst in self.split)
@@ -209,7 +209,7 @@ class _Builder:
         if wide:
             y_off, act = offs[op.dst], op.act
             res_off = offs[op.res] if op.res is not None else None
-            ys, yo = hq * wq, wq + 1
+            ys, _, yo = strides(self.g, op.dst, self.padded)  # the plane of the output
         elif use_crop:
             y_off, res_off, act = self._crop_scratch(cout * T), None, None
         else:
@@ -246,7 +246,7 @@ class _Builder:
             steps.append((f"{fn}_crop", work_items(cfg.threads, 2)))
         if wide:  # the two junk columns per row landed on the zero border
             self._template("zero_border", BORDER_TEMPLATE)
-            zb = [y_off, cout, oh, wq, hq * wq]
+            zb = [y_off, cout, oh, wq, ys]
             parts.append(f"{_sig(fn + '_zb')} {{\n  (void)W; (void)I;\n  static const int kb[5] = "
                          f"{{{', '.join(map(str, zb))}}};\n  zero_border(tid, nt, A, kb);\n}}\n")
             steps.append((f"{fn}_zb", work_items(cfg.threads, 2)))

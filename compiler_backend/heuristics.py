@@ -54,8 +54,13 @@ def is_depthwise_s2(op: ConvOp) -> bool:
 
 
 def split2_geometry(h: int, w: int) -> tuple[int, int]:
-    """(rows, row width) of each of the four phase planes of a phase-split ``h x w`` map."""
-    return -(-(h + 2) // 2), -(-(w + 2) // 2)
+    """(rows, row width) of each of the four phase planes of a phase-split ``h x w`` map.
+
+    A plane is one column wider than its phase needs (``ceil(w / 2) + 2``): a stride-2 conv's
+    wide output rows then have the width of its padded output plane, so it writes that plane
+    in place (no crop epilogue); the extra column stays zero and feeds only junk columns.
+    """
+    return -(-(h + 2) // 2), -(-w // 2) + 2
 
 
 def conv_geometry(op: ConvOp, padded_src: bool = False, split_src: bool = False) -> dict[str, Any]:
@@ -74,10 +79,13 @@ def conv_geometry(op: ConvOp, padded_src: bool = False, split_src: bool = False)
     if padded_src and is_pointwise(op):
         return dict(direct=True, hq=h + 2, wq=w + 2, s=1, phases=[(0, 0)], T=oh * (w + 2),
                     crop=True, kh=1, kw=1, ph=0, pw=0, ow=ow, shift=w + 3)
-    if split_src and kh == kw == 1:
+    if split_src:
         hq, wq = split2_geometry(h, w)
-        return dict(direct=True, hq=hq, wq=wq, s=1, phases=[(0, 0)], T=oh * wq, crop=True,
-                    kh=1, kw=1, ph=0, pw=0, ow=ow, shift=3 * cin * hq * wq)
+        if kh == kw == 1:
+            return dict(direct=True, hq=hq, wq=wq, s=1, phases=[(0, 0)], T=oh * wq, crop=True,
+                        kh=1, kw=1, ph=0, pw=0, ow=ow, shift=3 * cin * hq * wq)
+        return dict(direct=False, hq=hq, wq=wq, s=2, phases=[(0, 0), (0, 1), (1, 0), (1, 1)],
+                    T=oh * wq, crop=True, kh=kh, kw=kw, ph=ph, pw=pw, ow=ow, shift=0)
     if s == 1 and ph == 0 and pw == 0:
         return dict(direct=True, hq=h, wq=w, s=1, phases=[(0, 0)], T=oh * w, crop=(w != ow),
                     kh=kh, kw=kw, ph=0, pw=0, ow=ow, shift=0)

@@ -41,15 +41,18 @@ def reads_padded(op: ConvOp) -> bool:
     return _pad1(op) or is_pointwise(op) or is_depthwise_s2(op)
 
 
-def writes_wide_padded(op: ConvOp, src_padded: bool = False) -> bool:
-    """``op``'s wide rows (width ``w + 2``) map 1:1 onto a padded output plane.
+def writes_wide_padded(op: ConvOp, src_padded: bool = False, src_split: bool = False) -> bool:
+    """``op``'s wide output rows are ``ow + 2`` wide, so they map 1:1 onto a padded output plane.
 
-    True for stride-1 / pad-1 convs that keep the map size, and for pointwise convs whose
-    input is padded (they run over the padded rows).
+    True for stride-1 / pad-1 convs that keep the map size, for pointwise convs whose input
+    is padded (they run over the padded rows) and for stride-2 convs reading a phase-split
+    input; the two junk columns per row land on the zero border (``BORDER_TEMPLATE``).
     """
-    if is_pointwise(op):
-        return src_padded
-    return _pad1(op) and op.out_shape[1:] == op.in_shape[1:]
+    if op.is_linear or len(op.in_shape) != 3:
+        return False
+    geo = conv_geometry(op, src_padded, src_split)
+    oh, ow = op.out_shape[1:]
+    return geo["wq"] == ow + 2 and geo["T"] == oh * geo["wq"]
 
 
 def _worth_padding(prod: ConvOp, readers: list[tuple[Any, str]], padded: set[int]) -> bool:
