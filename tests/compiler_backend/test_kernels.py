@@ -198,7 +198,7 @@ class DepthwiseS2(nn.Module):
 
 
 @pytest.mark.parametrize("isa", ["native", "generic"])
-@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (5, 4), (9, 7), (16, 16), (17, 40)])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (5, 4), (7, 33), (8, 8), (8, 40)])
 def test_stride2_depthwise_kernel_matches_torch(hw: tuple[int, int], isa: str,
                                                 compiler_cache) -> None:
     torch.manual_seed(0)
@@ -210,11 +210,13 @@ def test_stride2_depthwise_kernel_matches_torch(hw: tuple[int, int], isa: str,
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
 
 
-def test_stride2_depthwise_on_a_huge_map_takes_the_general_path(compiler_cache) -> None:
-    """The kernel's per-channel split buffer lives on the stack: past 1 MB it is not used."""
+@pytest.mark.parametrize("hw", [(9, 7), (17, 40), (1100, 300)])
+def test_stride2_depthwise_on_taller_maps_takes_the_phase_split_path(hw: tuple[int, int],
+                                                                      compiler_cache) -> None:
+    """Past 8 rows the phase-split layout serves stride-2 depthwise convs (dws2 is not used)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 2, 3, 2, 1, groups=2)).eval()
-    x = torch.randn(1, 2, 1100, 300)
+    model = DepthwiseS2().eval()
+    x = torch.randn(1, 10, *hw)
     cm = compile_model(model, x, None, cache_dir=compiler_cache)
     assert "dws2(tid, nt, W, I, A, k)" not in cm.program.source
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
