@@ -206,8 +206,9 @@ def spatial_template(key: str, p: int, v: int, row: bool = False) -> str:
     (A arena), nblk, nch (pixel chunks), tch (chunk width), T (pixels per row), ys (channel
     stride of the output and residual), yo (store shift: a wide-row output lands inside a
     padded destination plane when ``yo = wq + 1``), cp (I arena: per block and input-channel
-    chunk the (start, end) of its entries, stored in the walk's order), ncc, act (``ACT_CODES``), has_res, fl (I arena: per
-    block its first and last non-empty channel chunk), vs, ts (row mode only: vector ``u`` of a
+    chunk the (start, end) of its entries, stored in the walk's order), ncc, act
+    (``ACT_CODES``), has_res, fl (I arena: per block its first and last non-empty channel
+    chunk), vs, ts (row mode only: vector ``u`` of a
     tile starts ``u * vs`` pixels after the tile, tiles step by ``ts``; with ``vs`` = the row
     width every vector is one output row of a map at most ``VL`` wide).
 

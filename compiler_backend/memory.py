@@ -15,36 +15,20 @@ may return a view of keep a region of their own; buffers no op touches get none.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from compiler_backend.ir import BufRef, ConcatOp, FallbackOp, Graph
+from compiler_backend.ir import FallbackOp, Graph
+from compiler_backend.lowering import op_inputs
 
 #: Floats after every region: wide-row and full-tile over-reads stay inside the arena.
 SLACK = 256
 _FOREVER = 1 << 62
 
 
-def _refs(value: Any) -> Iterable[int]:
-    """Buffer ids inside a fallback argument (nested tuples, lists, dicts)."""
-    if isinstance(value, BufRef):
-        yield value.idx
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _refs(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _refs(v)
-
-
 def op_buffers(op: Any) -> list[int]:
     """Every buffer id ``op`` reads or writes."""
-    if isinstance(op, FallbackOp):
-        return [*_refs(op.args), *_refs(op.kwargs)] + ([op.dst] if op.dst is not None else [])
-    if isinstance(op, ConcatOp):
-        return [*op.srcs, op.dst]
-    ids = (getattr(op, f, None) for f in ("src", "a", "b", "res", "dst"))
-    return [i for i in ids if i is not None]
+    dst = getattr(op, "dst", None)
+    return op_inputs(op) + ([dst] if dst is not None else [])
 
 
 def region_floats(numel: int) -> int:
