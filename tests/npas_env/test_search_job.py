@@ -105,3 +105,31 @@ def test_dense_model_counts_as_reachable_for_the_budget_check(tiny_net, example_
     env.scorer.latency_budget_ms = 0.5
     with pytest.raises(InvalidConfig, match="cannot be met"):
         check_feasible(env)
+
+
+def test_final_latency_is_anchored_to_the_dense_model_like_the_search():
+    """The final model's latency = its measured ratio to the dense model x the budget's dense
+    latency; a raw timing is only the fallback when the anchored measurement fails."""
+    from types import SimpleNamespace
+
+    from npas_env.commands.search import _final_latency_ms
+
+    class Latency:
+        def __init__(self, result):
+            self.result = result
+
+        def measure_model(self, model, example_input, masks, *, context=None):
+            assert context is env.context
+            return self.result
+
+    class Compiled:
+        def benchmark(self, **_):
+            return SimpleNamespace(median_ms=9.0)
+
+    env = SimpleNamespace(context=SimpleNamespace(example_input=None),
+                          scorer=SimpleNamespace(reference_ms=2.0))
+    result = SimpleNamespace(model=None, masks=None)
+    anchored = LatencyResult(0.7, details={"ratio_to_dense": 0.4})
+    assert _final_latency_ms(Latency(anchored), result, env, Compiled()) == pytest.approx(0.8)
+    failed = LatencyResult.failure("compile error")
+    assert _final_latency_ms(Latency(failed), result, env, Compiled()) == 9.0
