@@ -133,3 +133,4 @@ def test_final_latency_is_anchored_to_the_dense_model_like_the_search():
     assert _final_latency_ms(Latency(anchored), result, env, Compiled()) == pytest.approx(0.8)
     failed = LatencyResult.failure("compile error")
     assert _final_latency_ms(Latency(failed), result, env, Compiled()) == 9.0
+    assert _final_latency_ms(object(), result, env, Compiled()) == 9.0  # cannot time a model
