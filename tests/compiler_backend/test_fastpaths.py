@@ -209,9 +209,13 @@ def test_peak_probe_does_not_exceed_the_fma_pipes(tmp_path) -> None:
     from compiler_backend.peak import measure_peak
 
     isa = detect_isa()
-    peak = measure_peak(isa, (1,), cache=tmp_path, seconds=0.06, dram_mb=8)
-    # 10 % slack: the clock and the FMA loop are timed separately (a speed change in between)
-    assert peak.flop_per_cycle(1) <= 2 * isa.lanes * 2 * 1.1
+    # 10 % slack: the clock and the FMA loop are timed separately (a speed change in between).
+    # A busy host can stall the clock chain (one clean-clone run under a second job read
+    # 1.9 GHz, 52 FLOP/cycle); that is a measurement error, so take the best of three probes.
+    # An FMA overcount, like the old bug, shows in every probe.
+    best = min(measure_peak(isa, (1,), cache=tmp_path, seconds=0.06,
+                            dram_mb=8).flop_per_cycle(1) for _ in range(3))
+    assert best <= 2 * isa.lanes * 2 * 1.1
 
 
 @pytest.mark.parametrize(("hw", "threads"), [(8, 1), (8, 2)])
