@@ -166,7 +166,7 @@ def sweep_rows(threads: int, cache: Path | None, quick: bool,
            "| layer | scheme | block | rate | ours us | x ORT dense | x own dense | GFLOP/s kept |",
            "|---|---|---|---|---|---|---|---|"]
     torch.set_num_threads(threads)
-    cases = [(3, 128, 28), (1, 128, 28)] + ([] if quick else [(3, 64, 56)])
+    cases = [(3, 128, 28), (1, 128, 28)] + ([] if quick else [(3, 64, 56), (3, 512, 7)])
     for k, c, hw in cases:
         torch.manual_seed(0)
         conv = nn.Conv2d(c, c, k, padding=k // 2, bias=False).eval()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from compiler_backend.heuristics import (
+    channel_tile,
     chunking,
     conv_geometry,
     default_config,
@@ -64,7 +65,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "8"
+GENERATOR_VERSION = "9"
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "default_configs",
            "generate"]
@@ -203,8 +204,10 @@ class _Builder:
         wide = (cfg.family == "spatial" and op.dst in self.padded
                 and writes_wide_padded(op, src_padded, src_split)
                 and (op.res is None or op.res in self.padded))
-        use_crop = not wide and (geo["crop"] or op.dst in self.padded or op.res in self.padded
-                                 or op.dst in self.split)
+        # the channel family writes every pixel where the destination's layout wants it
+        placed = cfg.family == "channel" and op.dst not in self.split
+        use_crop = not wide and not placed and (
+            geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
         ys, yo = T, 0
         if wide:
             y_off, act = offs[op.dst], op.act
@@ -216,7 +219,7 @@ class _Builder:
             y_off = offs[op.dst]
             res_off = offs[op.res] if op.res is not None else None
             act = op.act
-        lanes = self.isa.lanes
+        lanes = self.isa.lanes * (cfg.v if cfg.family == "channel" else 1)
         segs = build_segments(op.weight, op.kept, op.groups, family=cfg.family,
                               p_max=cfg.p_max, lanes=lanes)
         bias_off = self.add_f(op.bias)
@@ -226,8 +229,10 @@ class _Builder:
             if cfg.family == "spatial" and seg.nblk and not seg.eptr[-1]:  # pruned filters
                 parts.append(self.fill_kernel(name, seg, bias_off, y_off, res_off, act, T, ys, yo))
             elif cfg.family == "channel":
+                ydst = self._place(op.dst, op) if placed else (T, wq, 0)
+                rdst = self._place(op.res, op) if op.res is not None and res_off is not None else ydst
                 parts.append(self.channel_kernel(name, seg, offsets, bias_off, x_off, y_off,
-                                                 res_off, act, geo))
+                                                 res_off, act, geo, ydst, rdst))
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
                 parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
                                              act, T, ys, yo))
@@ -372,19 +377,32 @@ class _Builder:
         return (f"{_sig(name)} {{\n  static const int k[10] = {{{', '.join(map(str, args))}}};\n"
                 f"  fill_rows(tid, nt, W, I, A, k);\n}}\n")
 
+    def _place(self, buf: int, op: ConvOp) -> tuple[int, int, int]:
+        """(channel stride, row stride, offset) of ``op``'s output layout in ``buf``."""
+        if buf in self.padded:
+            return strides(self.g, buf, self.padded)
+        _, oh, ow = op.out_shape
+        return oh * ow, ow, 0
+
     def channel_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                        x_off: int, y_off: int, res_off: int | None, act: str | None,
-                       geo: dict[str, Any]) -> str:
-        T, wq, ow = geo["T"], geo["wq"], geo["ow"]
-        pos = (np.arange(T // wq)[:, None] * wq + np.arange(ow)[None, :]).ravel()
-        ro, eo = self.add_i(seg.rows), self.add_i(seg.eptr)
-        oo, wo = self.add_i(offsets), self.add_f(seg.weights)
-        tb = min(pos.size, 8)
-        key = f"ck_t{tb}"
-        self._template(key, channel_template(key, tb))
-        args = [ro, eo, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, T,
-                ACT_CODES[act or "none"], int(res_off is not None), self.add_i(pos), pos.size]
-        return (f"{_sig(name)} {{\n  static const int k[14] = {{{', '.join(map(str, args))}}};\n"
+                       geo: dict[str, Any], ydst: tuple[int, int, int],
+                       rdst: tuple[int, int, int]) -> str:
+        """``ydst`` / ``rdst``: (channel stride, row stride, offset) of the output / residual."""
+        wq, oh, ow = geo["wq"], geo["T"] // geo["wq"], geo["ow"]
+        rows, cols = np.arange(oh)[:, None], np.arange(ow)[None, :]
+        pos = (rows * wq + cols).ravel()
+        ypos = (ydst[2] + rows * ydst[1] + cols).ravel()
+        rpos = (rdst[2] + rows * rdst[1] + cols).ravel()
+        cv = seg.p // self.isa.lanes
+        tb = channel_tile(pos.size, cv, self.isa.max_acc)
+        key = f"ck_t{tb}c{cv}"
+        self._template(key, channel_template(key, tb, cv))
+        args = [self.add_i(seg.rows), self.add_i(seg.eptr), self.add_i(offsets),
+                self.add_f(seg.weights), bias_off, x_off, y_off, res_off or 0, seg.nblk, ydst[0],
+                ACT_CODES[act or "none"], int(res_off is not None), self.add_i(pos),
+                self.add_i(ypos), self.add_i(rpos), pos.size, rdst[0]]
+        return (f"{_sig(name)} {{\n  static const int k[17] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 
     def crop(self, name: str, op: ConvOp, T: int, wq: int, tmp_off: int, offs: list[int]) -> str:

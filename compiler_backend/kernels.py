@@ -410,19 +410,23 @@ DWS2_TEMPLATE = f"""static {NOINLINE} void dws2(int tid, int nt, const float* re
 """
 
 
-def channel_template(key: str, tb: int) -> str:
-    """GEMV-style kernel vectorised along output channels (Linear, tiny maps).
+def channel_template(key: str, tb: int, cv: int = 1) -> str:
+    """GEMV-style kernel vectorised along output channels (Linear, small maps).
 
-    It walks only the ``npix`` real output pixels: ``pos[u]`` is pixel ``u``'s place in the
-    wide-row layout (row stride ``wq``), so the junk columns of a tiny map (2x2: half of a
-    wide row) cost nothing. Outputs and residuals use the wide-row layout (channel stride
-    ``T``). Weights are prefetched 10 KB ahead: on tiny maps each weight is used by a few
-    pixels only, so the layer streams its weights (VGG-16's 2x2 layers: 9.4 MB each) from
-    DRAM. Parameter array ``k``: rows, eptr, offsets, weights, bias, x, y, res, nblk, T, act,
-    has_res, pos (I arena), npix.
+    A tile is ``tb`` output pixels x ``cv`` vectors of output channels (blocks of ``cv * VL``
+    rows): per entry ``cv`` weight vector loads and ``tb`` pixel broadcasts feed ``tb * cv``
+    FMAs. It walks only the ``npix`` real output pixels: ``pos[u]`` is pixel ``u``'s place in
+    the input's wide-row layout, so the junk columns a spatial tile would compute (7x7: 22 %
+    of a wide row) cost nothing; a partial last tile repeats its last pixel. The epilogue
+    writes each result straight into the destination's own layout (plain, padded or a scratch):
+    pixel ``u`` of row ``r`` lands at ``r * ys + ypos[u]``, its residual is read at
+    ``r * rs + rpos[u]``. Weights are prefetched about 10 KB ahead: on tiny maps each weight
+    is used by a few pixels only, so the layer streams its weights (VGG-16's 2x2 layers:
+    9.4 MB each) from DRAM. Parameter array ``k``: rows, eptr, offsets, weights, bias, x, y,
+    res, nblk, ys, act, has_res, pos, ypos, rpos (I arena), npix, rs.
     """
-    rexpr = " + (hr ? R[(long)r * T + pu] : 0.f)"
-    if tb == 1:
+    rb = f"{cv} * VL"
+    if tb == 1 and cv == 1:
         inner = """      vf c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
       const float* xq = X + pp[0];
       int e = e0;
@@ -433,46 +437,45 @@ def channel_template(key: str, tb: int) -> str:
         c3 = VFMA(VLOAD(wt + (long)(e + 3) * VL), VSET1(xq[off[e + 3]]), c3);
       }
       for (; e < e1; ++e) c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(xq[off[e]]), c0);
-      acc[0] = VADD(VADD(c0, c1), VADD(c2, c3));"""
+      VSTORE(tmp[0], VADD(VADD(c0, c1), VADD(c2, c3)));"""
     else:
-        decl = " ".join(f"const int p{u} = pp[{u}];" for u in range(tb))
-        full = " ".join(f"acc[{u}] = VFMA(w, VSET1(xp[p{u}]), acc[{u}]);" for u in range(tb))
-        inner = f"""      for (int u = 0; u < {tb}; ++u) acc[u] = VZERO();
-      if (tb == {tb}) {{
-        {decl}
-        for (int e = e0; e < e1; ++e) {{
-          __builtin_prefetch(wt + (long)(e + 320) * VL);
-          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e];
-          {full}
-        }}
-      }} else {{
-        for (int e = e0; e < e1; ++e) {{
-          const vf w = VLOAD(wt + (long)e * VL); const float* xp = X + off[e];
-          for (int u = 0; u < tb; ++u) acc[u] = VFMA(w, VSET1(xp[pp[u]]), acc[u]);
-        }}
-      }}"""
+        decl = " ".join(f"const int p{u} = pp[{u} < n ? {u} : n - 1];" for u in range(tb))
+        acc = " ".join(f"vf a{c}_{u} = VZERO();" for c in range(cv) for u in range(tb))
+        wl = " ".join(f"const vf w{c} = VLOAD(wp + {c} * VL);" for c in range(cv))
+        fmas = " ".join(f"{{ const vf x = VSET1(xp[p{u}]); "
+                        + " ".join(f"a{c}_{u} = VFMA(w{c}, x, a{c}_{u});" for c in range(cv))
+                        + " }" for u in range(tb))
+        put = " ".join(f"VSTORE(tmp[{u}] + {c} * VL, a{c}_{u});"
+                       for c in range(cv) for u in range(tb))
+        inner = f"""      {decl}
+      {acc}
+      const float* wp = wt + (long)e0 * {rb};
+      for (int e = e0; e < e1; ++e, wp += {rb}) {{
+        __builtin_prefetch(wp + {320 // cv} * {rb});
+        {wl} const float* xp = X + off[e];
+        {fmas}
+      }}
+      {put}"""
     return f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* rows = I + k[0]; const int* ep = I + k[1]; const int* off = I + k[2];
   const float* wt = W + k[3]; const float* bias = W + k[4];
   const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
-  const int nblk = k[8], T = k[9], act = k[10], hr = k[11]; const int* pos = I + k[12];
-  const int npix = k[13];
+  const int nblk = k[8], ys = k[9], act = k[10], hr = k[11]; const int* pos = I + k[12];
+  const int* ypos = I + k[13]; const int* rpos = I + k[14]; const int npix = k[15], rs = k[16];
   PART(nblk)
   for (int b = lo; b < hi; ++b) {{
-    const int* rw = rows + b * VL; const int e0 = ep[b], e1 = ep[b + 1];
+    const int* rw = rows + b * {rb}; const int e0 = ep[b], e1 = ep[b + 1];
     for (int t0 = 0; t0 < npix; t0 += {tb}) {{
-      const int tb = npix - t0 < {tb} ? npix - t0 : {tb}; const int* pp = pos + t0;
-      vf acc[{tb}]; float tmp[{tb}][VL];
+      const int n = npix - t0 < {tb} ? npix - t0 : {tb}; const int* pp = pos + t0;
+      float tmp[{tb}][{rb}] __attribute__((aligned(64))); (void)n;
 {inner}
-      for (int u = 0; u < tb; ++u) VSTORE(tmp[u], acc[u]);
-      for (int u = 0; u < tb; ++u) {{
-        const int pu = pp[u];
-        for (int q = 0; q < VL; ++q) {{
-          const int r = rw[q];
-          if (r < 0) continue;
-          Y[(long)r * T + pu] = s_act(tmp[u][q] + bias[r]{rexpr}, act);
-        }}
+      for (int q = 0; q < {rb}; ++q) {{
+        const int r = rw[q];
+        if (r < 0) continue;
+        const float bq = bias[r]; float* yr = Y + (long)r * ys; const float* rr = R + (long)r * rs;
+        for (int u = 0; u < n; ++u)
+          yr[ypos[t0 + u]] = s_act(tmp[u][q] + bq + (hr ? rr[rpos[t0 + u]] : 0.f), act);
       }}
     }}
   }}

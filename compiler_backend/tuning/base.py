@@ -15,7 +15,8 @@ class KernelConfig:
         family: ``spatial`` (rows x output pixels, vectorised along pixels) or ``channel``
             (GEMV style, vectorised along output channels; for Linear and tiny maps).
         p_max: largest row-block height P for the spatial family (8, 4, 2 or 1).
-        v: vectors per tile along pixels (tile width = v * lanes).
+        v: vectors per tile: along pixels for the spatial family (tile width = v * lanes),
+            along output channels for the channel family (blocks of v * lanes rows).
         threads: threads this layer uses (1 or the model's thread count).
     """
 

@@ -64,7 +64,7 @@ def _space(op: ConvOp, isa: Isa, threads: int) -> list[KernelConfig]:
     out = []
     for th in sorted({1, threads}):
         if T <= 64:
-            out.append(KernelConfig("channel", 8, 1, th))
+            out += [KernelConfig("channel", 8, cv, th) for cv in (1, 2)]
         for p in (8, 4, 2, 1):
             for v in range(1, min(8, isa.max_acc // p) + 1):
                 if (v - 1) * isa.lanes < T:

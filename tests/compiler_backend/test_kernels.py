@@ -136,6 +136,25 @@ def test_two_threads_and_forced_configs_match(compiler_cache) -> None:
     assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
 
 
+@pytest.mark.parametrize("cv", [1, 2])
+@pytest.mark.parametrize("structure", ["dense", "filter", "block_punched"])
+def test_channel_family_writes_every_layout_in_place(structure: str, cv: int,
+                                                      compiler_cache) -> None:
+    """Channel tiles of one or two output-channel vectors, forced on every layer: odd shapes,
+    strides and groups, outputs and residuals in padded and plain layouts, partial tiles."""
+    from compiler_backend import KernelConfig
+
+    torch.manual_seed(0)
+    for model, x in ((Branches().eval(), torch.randn(2, 12, 11, 9)),
+                     (TinyMap().eval(), torch.randn(2, 16, 7, 5))):
+        masks = _masks(model, structure)
+        names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        configs = {n: KernelConfig("channel", 8, cv, 1) for n in names}
+        cm = compile_model(model, x, masks, configs=configs, cache_dir=compiler_cache)
+        assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
+        assert {layer.family for layer in cm.report.layers} == {"channel"}
+
+
 def test_generic_c_fallback_isa_matches(compiler_cache) -> None:
     torch.manual_seed(0)
     model = TinyMap().eval()
