@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from compiler_backend.heuristics import (
+    channel_chunks,
     channel_tile,
     chunking,
     conv_geometry,
@@ -396,13 +397,14 @@ class _Builder:
         rpos = (rdst[2] + rows * rdst[1] + cols).ravel()
         cv = seg.p // self.isa.lanes
         tb = channel_tile(pos.size, cv, self.isa.max_acc)
-        key = f"ck_t{tb}c{cv}"
-        self._template(key, channel_template(key, tb, cv))
+        ech, part = channel_chunks(pos.size, tb, seg.p, geo, int(np.diff(seg.eptr).max(initial=0)))
+        key = f"ck_t{tb}c{cv}p{part}"
+        self._template(key, channel_template(key, tb, cv, part))
         args = [self.add_i(seg.rows), self.add_i(seg.eptr), self.add_i(offsets),
                 self.add_f(seg.weights), bias_off, x_off, y_off, res_off or 0, seg.nblk, ydst[0],
                 ACT_CODES[act or "none"], int(res_off is not None), self.add_i(pos),
-                self.add_i(ypos), self.add_i(rpos), pos.size, rdst[0]]
-        return (f"{_sig(name)} {{\n  static const int k[17] = {{{', '.join(map(str, args))}}};\n"
+                self.add_i(ypos), self.add_i(rpos), pos.size, rdst[0], ech]
+        return (f"{_sig(name)} {{\n  static const int k[18] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 
     def crop(self, name: str, op: ConvOp, T: int, wq: int, tmp_off: int, offs: list[int]) -> str:

@@ -182,16 +182,15 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
 
 
 def _channel_pays(op: ConvOp, isa: Isa) -> bool:
-    """Dense rows of a kh x kw >= 9 conv on a map between half a vector and a vector wide:
-    its wide rows waste a fifth of a spatial tile (7x7: 63 of 64 lanes for 49 pixels) and row
-    mode needs ``ow >= lanes``, while 2 x 5 channel tiles waste nothing. Measured on 3x3
-    512@7 (AVX2): dense 52 -> 70 GFLOP/s, filter-pruned 2x 55 -> 65; block-sparse rows, 1x1
-    convs and 4x4 / 8x8 / 14x14 maps stay faster spatial."""
+    """Dense rows on a map between half a vector and a vector wide: a spatial tile wastes a
+    fifth of its lanes there (7x7: 63 or 56 of 64 for 49 pixels; row mode needs
+    ``ow >= lanes``), 2 x 5 channel tiles nothing. Measured on 512@7 (AVX2, same-process A/B
+    with two copies each): 3x3 dense 52 -> 63-70 GFLOP/s, filter-pruned 2x 55 -> 65, 1x1 dense
+    47 -> 56-61. Block-sparse rows and 4x4 / 8x8 / 14x14 maps stay faster spatial."""
     cout, oh, ow = op.out_shape
     rows = op.kept.reshape(cout, -1)
     dense_rows = bool(np.all(rows.all(1) | ~rows.any(1)))
-    return (dense_rows and op.groups == 1 and op.kept.shape[2] * op.kept.shape[3] >= 9
-            and isa.lanes // 2 < ow < isa.lanes and oh * ow >= 16)
+    return dense_rows and op.groups == 1 and isa.lanes // 2 < ow < isa.lanes and oh * ow >= 16
 
 
 def channel_tile(npix: int, cv: int, max_acc: int) -> int:
@@ -201,6 +200,24 @@ def channel_tile(npix: int, cv: int, max_acc: int) -> int:
         return 1
     widest = max(1, min(8, max_acc // cv, npix))
     return min(range(1, widest + 1), key=lambda tb: (math.ceil(npix / tb) * (tb + 1), -tb))
+
+
+def channel_chunks(npix: int, tb: int, rows: int, geo: dict[str, Any],
+                   entries: int) -> tuple[int, int]:
+    """(entries per chunk, partial-sum floats) of the channel family.
+
+    A map of several tiles re-reads the block's input once per tile; walking the entries a
+    slice of input channels at a time (as many as fit in ``_L1_BYTES``) keeps that slice in L1
+    for all tiles, at the cost of spilling each tile's sums to a stack buffer between slices
+    (only when it stays under 16 KB). One tile, or one slice: no chunking (``part`` = 0).
+    """
+    tiles = math.ceil(npix / tb)
+    part = tiles * tb * rows
+    plane = len(geo["phases"]) * geo["hq"] * geo["wq"]
+    ech = max(1, _L1_BYTES // (4 * plane)) * geo["kh"] * geo["kw"]
+    if tiles == 1 or ech >= entries or 4 * part > 16 * 1024:
+        return max(1, entries), 0
+    return ech, part
 
 
 def row_tiles(p: int, v: int, lanes: int, oh: int, ow: int, wq: int, T: int,

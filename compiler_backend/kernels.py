@@ -410,37 +410,48 @@ DWS2_TEMPLATE = f"""static {NOINLINE} void dws2(int tid, int nt, const float* re
 """
 
 
-def channel_template(key: str, tb: int, cv: int = 1) -> str:
+def channel_template(key: str, tb: int, cv: int = 1, part: int = 0) -> str:
     """GEMV-style kernel vectorised along output channels (Linear, small maps).
 
     A tile is ``tb`` output pixels x ``cv`` vectors of output channels (blocks of ``cv * VL``
     rows): per entry ``cv`` weight vector loads and ``tb`` pixel broadcasts feed ``tb * cv``
     FMAs. It walks only the ``npix`` real output pixels: ``pos[u]`` is pixel ``u``'s place in
     the input's wide-row layout, so the junk columns a spatial tile would compute (7x7: 22 %
-    of a wide row) cost nothing; a partial last tile repeats its last pixel. The epilogue
-    writes each result straight into the destination's own layout (plain, padded or a scratch):
+    of a wide row) cost nothing; a partial last tile repeats its last pixel. With ``part`` > 0
+    a block walks its entries ``ech`` at a time (a slice of input channels that stays in L1
+    while every tile of the map reads it), keeping the tiles' partial sums in a ``part``-float
+    stack buffer. The epilogue writes each result straight into the destination's layout:
     pixel ``u`` of row ``r`` lands at ``r * ys + ypos[u]``, its residual is read at
     ``r * rs + rpos[u]``. Weights are prefetched about 10 KB ahead: on tiny maps each weight
     is used by a few pixels only, so the layer streams its weights (VGG-16's 2x2 layers:
     9.4 MB each) from DRAM. Parameter array ``k``: rows, eptr, offsets, weights, bias, x, y,
-    res, nblk, ys, act, has_res, pos, ypos, rpos (I arena), npix, rs.
+    res, nblk, ys, act, has_res, pos, ypos, rpos (I arena), npix, rs, ech.
     """
     rb = f"{cv} * VL"
-    if tb == 1 and cv == 1:
-        inner = """      vf c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
+    if tb == 1 and cv == 1 and not part:
+        inner = """      vf a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();
       const float* xq = X + pp[0];
-      int e = e0;
-      for (; e + 4 <= e1; e += 4) {
-        c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(xq[off[e]]), c0);
-        c1 = VFMA(VLOAD(wt + (long)(e + 1) * VL), VSET1(xq[off[e + 1]]), c1);
-        c2 = VFMA(VLOAD(wt + (long)(e + 2) * VL), VSET1(xq[off[e + 2]]), c2);
-        c3 = VFMA(VLOAD(wt + (long)(e + 3) * VL), VSET1(xq[off[e + 3]]), c3);
+      int e = ea;
+      for (; e + 4 <= eb; e += 4) {
+        a0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(xq[off[e]]), a0);
+        a1 = VFMA(VLOAD(wt + (long)(e + 1) * VL), VSET1(xq[off[e + 1]]), a1);
+        a2 = VFMA(VLOAD(wt + (long)(e + 2) * VL), VSET1(xq[off[e + 2]]), a2);
+        a3 = VFMA(VLOAD(wt + (long)(e + 3) * VL), VSET1(xq[off[e + 3]]), a3);
       }
-      for (; e < e1; ++e) c0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(xq[off[e]]), c0);
-      VSTORE(tmp[0], VADD(VADD(c0, c1), VADD(c2, c3)));"""
+      for (; e < eb; ++e) a0 = VFMA(VLOAD(wt + (long)e * VL), VSET1(xq[off[e]]), a0);
+      VSTORE(tmp[0], VADD(VADD(a0, a1), VADD(a2, a3)));"""
     else:
         decl = " ".join(f"const int p{u} = pp[{u} < n ? {u} : n - 1];" for u in range(tb))
-        acc = " ".join(f"vf a{c}_{u} = VZERO();" for c in range(cv) for u in range(tb))
+        if part:
+            acc = (" ".join(f"vf a{c}_{u} = VZERO();" for c in range(cv) for u in range(tb))
+                   + " if (!first) { " + " ".join(f"a{c}_{u} = VLOAD(pt + {u} * {rb} + {c} * VL);"
+                                                   for c in range(cv) for u in range(tb)) + " }")
+            keep = ("if (!last) { " + " ".join(f"VSTORE(pt + {u} * {rb} + {c} * VL, a{c}_{u});"
+                                              for c in range(cv) for u in range(tb))
+                    + " continue; }")
+        else:
+            acc = " ".join(f"vf a{c}_{u} = VZERO();" for c in range(cv) for u in range(tb))
+            keep = ""
         wl = " ".join(f"const vf w{c} = VLOAD(wp + {c} * VL);" for c in range(cv))
         fmas = " ".join(f"{{ const vf x = VSET1(xp[p{u}]); "
                         + " ".join(f"a{c}_{u} = VFMA(w{c}, x, a{c}_{u});" for c in range(cv))
@@ -449,13 +460,15 @@ def channel_template(key: str, tb: int, cv: int = 1) -> str:
                        for c in range(cv) for u in range(tb))
         inner = f"""      {decl}
       {acc}
-      const float* wp = wt + (long)e0 * {rb};
-      for (int e = e0; e < e1; ++e, wp += {rb}) {{
+      const float* wp = wt + (long)ea * {rb};
+      for (int e = ea; e < eb; ++e, wp += {rb}) {{
         __builtin_prefetch(wp + {320 // cv} * {rb});
         {wl} const float* xp = X + off[e];
         {fmas}
       }}
+      {keep}
       {put}"""
+    buf = f"float part[{part}] __attribute__((aligned(64)));" if part else ""
     return f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* rows = I + k[0]; const int* ep = I + k[1]; const int* off = I + k[2];
@@ -463,19 +476,26 @@ def channel_template(key: str, tb: int, cv: int = 1) -> str:
   const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
   const int nblk = k[8], ys = k[9], act = k[10], hr = k[11]; const int* pos = I + k[12];
   const int* ypos = I + k[13]; const int* rpos = I + k[14]; const int npix = k[15], rs = k[16];
+  const int ech = k[17]; {buf}
   PART(nblk)
   for (int b = lo; b < hi; ++b) {{
     const int* rw = rows + b * {rb}; const int e0 = ep[b], e1 = ep[b + 1];
-    for (int t0 = 0; t0 < npix; t0 += {tb}) {{
-      const int n = npix - t0 < {tb} ? npix - t0 : {tb}; const int* pp = pos + t0;
-      float tmp[{tb}][{rb}] __attribute__((aligned(64))); (void)n;
+    for (int ea = e0, last = 0; !last; ea += ech) {{
+      const int eb = e1 - ea > ech ? ea + ech : e1, first = ea == e0; last = eb == e1;
+      (void)first;
+      for (int t0 = 0; t0 < npix; t0 += {tb}) {{
+        const int n = npix - t0 < {tb} ? npix - t0 : {tb}; const int* pp = pos + t0;
+        float tmp[{tb}][{rb}] __attribute__((aligned(64))); (void)n;
+        {"float* pt = part + t0 * " + rb + ";" if part else ""}
 {inner}
-      for (int q = 0; q < {rb}; ++q) {{
-        const int r = rw[q];
-        if (r < 0) continue;
-        const float bq = bias[r]; float* yr = Y + (long)r * ys; const float* rr = R + (long)r * rs;
-        for (int u = 0; u < n; ++u)
-          yr[ypos[t0 + u]] = s_act(tmp[u][q] + bq + (hr ? rr[rpos[t0 + u]] : 0.f), act);
+        for (int q = 0; q < {rb}; ++q) {{
+          const int r = rw[q];
+          if (r < 0) continue;
+          const float bq = bias[r]; float* yr = Y + (long)r * ys;
+          const float* rr = R + (long)r * rs;
+          for (int u = 0; u < n; ++u)
+            yr[ypos[t0 + u]] = s_act(tmp[u][q] + bq + (hr ? rr[rpos[t0 + u]] : 0.f), act);
+        }}
       }}
     }}
   }}

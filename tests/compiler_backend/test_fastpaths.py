@@ -190,6 +190,18 @@ def test_avx2_tiles_respect_register_budget() -> None:
     assert default_config(_conv_op(64, 64, 56, 3), ISAS["avx512"], 1).p_max == 8
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_channel_tiles_only_for_dense_rows_on_maps_under_a_vector_wide(k: int) -> None:
+    avx2 = ISAS["avx2"]
+    cfg = default_config(_conv_op(512, 512, 7, k), avx2, 1)
+    assert (cfg.family, cfg.v) == ("channel", 2)
+    sparse = _conv_op(512, 512, 7, k)
+    sparse.kept[::2, ::3] = False  # rows no longer dense or empty
+    for op in (sparse, _conv_op(512, 512, 8, k), _conv_op(256, 256, 14, k),
+               _conv_op(512, 512, 4, k)):
+        assert default_config(op, avx2, 1).family == "spatial"
+
+
 def test_peak_probe_reports_positive_numbers(tmp_path) -> None:
     from compiler_backend.isa import detect_isa
     from compiler_backend.peak import measure_peak

@@ -145,8 +145,10 @@ def test_channel_family_writes_every_layout_in_place(structure: str, cv: int,
     from compiler_backend import KernelConfig
 
     torch.manual_seed(0)
+    wide_in = nn.Sequential(nn.Conv2d(80, 24, 3, 1, 1), nn.ReLU(), nn.Conv2d(24, 80, 1))
     for model, x in ((Branches().eval(), torch.randn(2, 12, 11, 9)),
-                     (TinyMap().eval(), torch.randn(2, 16, 7, 5))):
+                     (TinyMap().eval(), torch.randn(2, 16, 7, 5)),
+                     (wide_in.eval(), torch.randn(2, 80, 7, 6))):  # two input-channel slices
         masks = _masks(model, structure)
         names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         configs = {n: KernelConfig("channel", 8, cv, 1) for n in names}
