@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model, machine_summary  # noqa: E402
 from compiler_backend import compile_model, resolve_isa  # noqa: E402
+from compiler_backend.affinity import hold_cpu  # noqa: E402
 from compiler_backend.peak import MachinePeak, fma_probe, measure_peak  # noqa: E402
 from npas_env.pruning import prune_mask  # noqa: E402
 
@@ -77,6 +78,8 @@ def interleaved(fns: dict[str, Fn], budget_s: float = 1.0, batch_s: float = 0.1,
     rotates every round and the result is the median over rounds. Without the pause and with
     2 ms batches, our 2-thread conv timed right after ORT ran at 0.97x its 1-thread time (1.77x
     alone): a runtime's figure must not depend on which runtime happened to run before it.
+    The timing thread is held on one CPU throughout (``hold_cpu``): free, it was moved between
+    the two cores whenever an idle runtime's thread woke, and every runtime timed slower.
     """
     est = {}
     for k, f in fns.items():
@@ -90,16 +93,17 @@ def interleaved(fns: dict[str, Fn], budget_s: float = 1.0, batch_s: float = 0.1,
     rounds = max(min_rounds, min(400, int(budget_s / per_round)))
     ts: dict[str, list[float]] = {k: [] for k in fns}
     keys = list(fns)
-    for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            f, n = fns[k], inner[k]
-            time.sleep(settle_s)
-            for _ in range(warm[k]):
-                f()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                f()
-            ts[k].append((time.perf_counter() - t0) / n * 1e3)
+    with hold_cpu():  # every runtime's threads exist by now (the estimate above ran each fn)
+        for r in range(rounds):
+            for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                f, n = fns[k], inner[k]
+                time.sleep(settle_s)
+                for _ in range(warm[k]):
+                    f()
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    f()
+                ts[k].append((time.perf_counter() - t0) / n * 1e3)
     return {k: float(np.median(v)) for k, v in ts.items()}
 
 

@@ -1,0 +1,36 @@
+"""Hold a timing thread on one CPU, so a measurement is not spoiled by migrations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def hold_cpu() -> Iterator[None]:
+    """Pin the calling thread to the first CPU it may use for the ``with`` block, then restore.
+
+    On the 2-vCPU guest of the benchmarks, idle threads of other runtimes (ONNX Runtime's
+    spinning pool, torch's OpenMP threads) made the scheduler move the timing thread between
+    cores, each move costing it its L1 / L2: MobileNetV2 at 4x, 2 threads, timed 1.91 ms
+    free and 1.40 ms held (ONNX Runtime: 3.0 and 1.9 ms). Our pool's workers pin themselves to
+    the other CPUs (``kernels.POOL_TEMPLATE``). Threads other libraries start inside the block
+    inherit the one-CPU mask, so warm them up before entering. Does nothing where thread
+    affinity is unsupported, when the thread is already on one CPU, or with
+    ``NPAS_PIN_THREADS=0``.
+    """
+    get = getattr(os, "sched_getaffinity", None)
+    put = getattr(os, "sched_setaffinity", None)
+    if get is None or put is None or os.environ.get("NPAS_PIN_THREADS") == "0":
+        yield
+        return
+    saved = get(0)
+    if len(saved) < 2:
+        yield
+        return
+    put(0, {min(saved)})
+    try:
+        yield
+    finally:
+        put(0, saved)
