@@ -39,7 +39,6 @@ static inline float s_act(float y, int act) {
 POOL_TEMPLATE = r"""
 #include <pthread.h>
 #include <sched.h>
-#include <stdlib.h>
 #ifdef __linux__
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -80,37 +79,28 @@ static inline int npas_wait_done(long* d, long g, int G) {
       f(g_, (G), W, I, A); __atomic_fetch_add(&npas_done[s], 1L, __ATOMIC_RELEASE); } \
     if (!npas_wait_done(&npas_done[s], gen, (G))) return; } while (0)
 
-/* Worker i runs on the i-th CPU the process could use when the library was loaded; the
-   calling thread is held on the first one while it is timed (``compiler_backend.affinity``).
-   On the 2-vCPU guest of the benchmarks, unpinned threads were moved onto each other's core
-   and lost their caches (MobileNetV2 4x, 2 threads: 1.43-1.51 -> 1.22-1.32 ms). A CPU outside
-   the thread's cpuset is refused by the kernel and the worker stays where it is.
-   NPAS_PIN_THREADS=0 turns this off. */
-static int npas_cpus[256], npas_ncpus = 0;
-__attribute__((constructor)) static void npas_cpu_list(void) {
+/* Workers may run on every CPU the process could use when the library was loaded: a timing
+   loop holds its thread on one CPU (``compiler_backend.affinity``), and a worker started from
+   inside it would otherwise inherit that one-CPU mask and share the core with its caller.
+   (Pinning each worker to its own CPU was tried: ResNet-20 at 4x, 2 threads, 0.30 -> 0.57 ms.)
+   A worker that cannot set its mask keeps the inherited one. */
+static unsigned long npas_mask[16];
+static long npas_mask_len = 0;
+__attribute__((constructor)) static void npas_load_mask(void) {
 #ifdef __linux__
-  unsigned long mask[16] = {0};
-  const long n = syscall(SYS_sched_getaffinity, 0, sizeof mask, mask);
-  for (int c = 0; n > 0 && c < 8 * (int)n && c < 1024 && npas_ncpus < 256; ++c)
-    if (mask[c / 64] >> (c % 64) & 1UL) npas_cpus[npas_ncpus++] = c;
+  npas_mask_len = syscall(SYS_sched_getaffinity, 0, sizeof npas_mask, npas_mask);
 #endif
 }
-static void npas_pin(int tid) {
+static void npas_unpin(void) {
 #ifdef __linux__
-  const char* env = getenv("NPAS_PIN_THREADS");
-  if ((env && env[0] == '0') || npas_ncpus < 2) return;
-  unsigned long mask[16] = {0};
-  const int cpu = npas_cpus[tid % npas_ncpus];
-  mask[cpu / 64] = 1UL << (cpu % 64);
-  (void)syscall(SYS_sched_setaffinity, 0, sizeof mask, mask);
-#else
-  (void)tid;
+  if (npas_mask_len > 0)
+    (void)syscall(SYS_sched_setaffinity, 0, (unsigned long)npas_mask_len, npas_mask);
 #endif
 }
 
 static void* npas_worker(void* arg) {
   const int tid = (int)(long)arg;
-  npas_pin(tid);
+  npas_unpin();
   long seen = __atomic_load_n(&npas_gen, __ATOMIC_ACQUIRE);
   for (;;) {
     long g; int idle = 0;
