@@ -18,6 +18,7 @@ import io
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -237,6 +238,16 @@ def torch_compiled(model: nn.Module, x: torch.Tensor, limit_s: float) -> tuple[F
     return run, f"{ct:.0f}"
 
 
+def _merge_copies(times: dict[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+    """Fold ``key#0``, ``key#1``... into ``key``: geometric mean, and the slowest / fastest."""
+    groups: dict[str, list[float]] = {}
+    for key, ms in times.items():
+        groups.setdefault(key.split("#")[0], []).append(ms)
+    merged = {k: float(np.exp(np.mean(np.log(v)))) for k, v in groups.items()}
+    spread = {k: f"+{max(v) / min(v) - 1:.0%}" for k, v in groups.items() if len(v) > 1}
+    return merged, spread
+
+
 def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
     from npas_env.zoo import build_model
 
@@ -244,9 +255,14 @@ def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
            "Masks: `prune_mask` block-punched 8x16 (3x3) / block-based 8x16 (1x1) on every conv "
            "except the stem and depthwise convs, at the same rate per layer. Reference = ORT "
            "dense.\n",
-           "| model | thr | variant | ms | x ORT dense | x torch eager | compile s |",
-           "|---|---|---|---|---|---|---|"]
+           "Each of our variants is compiled twice (separate libraries, weights and arenas) and "
+           "timed as two runtimes in the same rotation: `ms` is their geometric mean and "
+           "`copies` how far apart they were (on this host two copies of one model have differed "
+           "by 10-50 %).\n",
+           "| model | thr | variant | ms | x ORT dense | x torch eager | compile s | copies |",
+           "|---|---|---|---|---|---|---|---|"]
     tc_note = []
+    spare = Path(tempfile.mkdtemp(prefix="npas-bench-copy-"))  # second copies: their own .so
     for name in ("resnet20", "vgg16", "mobilenetv2"):
         torch.manual_seed(0)
         model = build_model(name).eval()
@@ -271,14 +287,16 @@ def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
                 tc_note.append(f"{name}: torch.compile not attempted with --quick (ResNet-20 "
                                "alone takes 20-50 s to compile on this loaded machine)")
             for rate in (1, 2, 4, 8):
-                fn, ct, _ = ours(model, x, model_masks(model, rate), th, cache)
                 key = "ours dense" if rate == 1 else f"ours block 8x16 {rate}x"
-                fns[key] = fn
+                for copy, where in enumerate((cache, spare)):
+                    fn, ct, _ = ours(model, x, model_masks(model, rate), th, where)
+                    fns[f"{key}#{copy}"] = fn
                 cts[key] = f"{ct:.1f}"
-            r = interleaved(fns, 2.0 if quick else 5.0)
+            r, spread = _merge_copies(interleaved(fns, 2.0 if quick else 5.0))
             for key, ms in r.items():
                 out.append(f"| {name} | {th} | {key} | {ms:.3f} | {r['ORT dense'] / ms:.2f}x | "
-                           f"{r['torch eager'] / ms:.2f}x | {cts.get(key, '-')} |")
+                           f"{r['torch eager'] / ms:.2f}x | {cts.get(key, '-')} | "
+                           f"{spread.get(key, '-')} |")
             print("\n".join(out[-len(r):]), flush=True)
     if tc_note:
         out.append("\n" + "; ".join(tc_note) + ".")
