@@ -17,8 +17,10 @@ def hold_cpu() -> Iterator[None]:
     0.30 / 0.44 ms, ONNX Runtime dense 0.70 / 0.85 ms. Our pool's workers reset their mask
     to the one the process had when the library was loaded (``kernels.POOL_TEMPLATE``), so a
     pool started inside the block does not inherit the one-CPU mask; other libraries' threads
-    would: warm them up before entering. Does nothing where thread affinity is unsupported,
-    when the thread is already on one CPU, or with ``NPAS_PIN_THREADS=0``.
+    would: warm them up before entering. A held thread cannot escape a CPU that another busy
+    thread occupies, so use it where every runtime is timed under the same hold (the
+    benchmarks), not inside a search process. Does nothing where thread affinity is
+    unsupported, when the thread is already on one CPU, or with ``NPAS_PIN_THREADS=0``.
     """
     get = getattr(os, "sched_getaffinity", None)
     put = getattr(os, "sched_setaffinity", None)

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from torch.fx.node import map_aggregate
 
-from compiler_backend.affinity import hold_cpu
 from compiler_backend.codegen import Program
 from compiler_backend.ir import BufRef, EnvRef, FallbackOp, Graph
 from compiler_backend.toolchain import Artifact
@@ -192,17 +191,16 @@ class CompiledModel:
         if x is None:
             x = torch.randn(1, *self.view(self.graph.input).shape[1:])
         self.view(self.graph.input).copy_(x[:1])
+        for _ in range(max(0, warmup)):
+            self._run_sample()
         times: list[float] = []
-        with hold_cpu():
-            for _ in range(max(0, warmup)):
-                self._run_sample()
-            start = time.perf_counter()
-            while len(times) < repeats or time.perf_counter() - start < min_seconds:
-                t0 = time.perf_counter()
-                self._run_sample()
-                times.append((time.perf_counter() - t0) * 1e3)
-                if len(times) > 100_000:
-                    break
+        start = time.perf_counter()
+        while len(times) < repeats or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            self._run_sample()
+            times.append((time.perf_counter() - t0) * 1e3)
+            if len(times) > 100_000:
+                break
         return _timing(times, self.threads)
 
     def profile(self, repeats: int = 20, warmup: int = 3) -> np.ndarray:
@@ -214,9 +212,8 @@ class CompiledModel:
         self._fb_time[:] = 0.0
         self._prof_on.value = 1
         try:
-            with hold_cpu():
-                for _ in range(repeats):
-                    self._run_sample(timed=True)
+            for _ in range(repeats):
+                self._run_sample(timed=True)
         finally:
             self._prof_on.value = 0
         c_times = np.array(self._prof[:len(self.graph.ops)], dtype=float)
