@@ -31,8 +31,12 @@ _BIG_WEIGHTS = 128 * 1024
 _SWEEP_BYTES = 128 * 1024
 #: Tallest input map the stride-2 depthwise kernel (``DWS2_TEMPLATE``) is used on.
 _DWS2_MAX_ROWS = 8
-#: Minimum kept FLOPs before a layer uses more than one thread.
-_MT_FLOPS = 4_000_000
+#: Minimum kept FLOPs before a layer uses more than one thread. Once the pool stopped
+#: spinning on PAUSE (``kernels.POOL_TEMPLATE``), splitting even 0.3-1 MFLOP layers paid at 2
+#: threads (same-process rounds, 200 kFLOP vs 4 MFLOP): ResNet-20 4x 0.372 -> 0.325 ms (median),
+#: MobileNetV2 4x 1.50 -> 1.13 ms, dense ResNet-20 1.01 -> 0.83 ms. Smaller layers (1x1
+#: shortcuts, the classifier) stay on one thread.
+_MT_FLOPS = 200_000
 #: ... or kept weights above the L2 size: such a layer streams them from L3 / DRAM, which two
 #: cores read faster than one (DRAM 27 -> 50 GB/s here); VGG-16's 2x2 layers at 8x, 2.4 MFLOP
 #: and 1.2 MB each: whole model at 2 threads 1.30 -> 1.19 ms.
