@@ -95,7 +95,19 @@ static const int32_t npas_mask_tab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 
 #define VLOAD(p) (*(const vfu*)(p))
 #define VLOADM(p, n) __builtin_ia32_maskloadps256((const vf*)(p), VMASK(n))
 #define VSTORE(p, v) (*(vfu*)(p) = (v))
-#define VSTOREM(p, v, n) __builtin_ia32_maskstoreps256((vf*)(p), VMASK(n), (v))
+/* Partial store of lanes [0, n) by 16 / 8 / 4-byte pieces: VMASKMOVPS to memory is
+   microcoded on AMD Zen (a dozen cycles or more per store, against one per piece here). */
+typedef float vf4 __attribute__((vector_size(16)));
+typedef float vf4u __attribute__((vector_size(16), aligned(4), may_alias));
+typedef float vf2u __attribute__((vector_size(8), aligned(4), may_alias));
+static inline void npas_storem(float* p, vf v, int n) {
+  if (n >= 8) { *(vfu*)p = v; return; }
+  vf4 h = __builtin_shufflevector(v, v, 0, 1, 2, 3);
+  if (n & 4) { *(vf4u*)p = h; h = __builtin_shufflevector(v, v, 4, 5, 6, 7); p += 4; }
+  if (n & 2) { *(vf2u*)p = __builtin_shufflevector(h, h, 0, 1); h = __builtin_shufflevector(h, h, 2, 3, 2, 3); p += 2; }
+  if (n & 1) *p = h[0];
+}
+#define VSTOREM(p, v, n) npas_storem((p), (v), (n))
 #define VSET1(x) npas_set1((float)(x))
 static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #define VZERO() ((vf){0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f})
