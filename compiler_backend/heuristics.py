@@ -31,11 +31,11 @@ _BIG_WEIGHTS = 128 * 1024
 _SWEEP_BYTES = 128 * 1024
 #: Tallest input map the stride-2 depthwise kernel (``DWS2_TEMPLATE``) is used on.
 _DWS2_MAX_ROWS = 8
-#: Minimum kept FLOPs before a layer uses more than one thread. Once the pool stopped
-#: spinning on PAUSE (``kernels.POOL_TEMPLATE``), splitting even 0.3-1 MFLOP layers paid at 2
-#: threads (same-process rounds, 200 kFLOP vs 4 MFLOP): ResNet-20 4x 0.372 -> 0.325 ms (median),
-#: MobileNetV2 4x 1.50 -> 1.13 ms, dense ResNet-20 1.01 -> 0.83 ms. Smaller layers (1x1
-#: shortcuts, the classifier) stay on one thread.
+#: Minimum kept FLOPs before a layer uses more than one thread. 200 kFLOP against the former
+#: 4 MFLOP, 2 threads, first quartile over 30 rotated same-process rounds: MobileNetV2 dense
+#: 3.08 -> 2.49 ms, 4x 1.57 -> 1.10, 8x 1.18 -> 0.85; ResNet-20 dense 0.73 -> 0.69, 4x 0.345
+#: -> 0.326; VGG-16 8x 1.19 -> 1.11. Smaller layers (1x1 shortcuts, the classifier) stay on
+#: one thread.
 _MT_FLOPS = 200_000
 #: ... or kept weights above the L2 size: such a layer streams them from L3 / DRAM, which two
 #: cores read faster than one (DRAM 27 -> 50 GB/s here); VGG-16's 2x2 layers at 8x, 2.4 MFLOP
