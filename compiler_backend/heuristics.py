@@ -23,8 +23,11 @@ from compiler_backend.tuning.base import KernelConfig
 _FMA_PIPES, _FMA_LAT, _LOADS, _OVERHEAD = 2, 4, 2, 1.0
 #: Input bytes one (pixel chunk, input-channel chunk) may touch (most of a 32 KB L1d).
 _L1_BYTES = 12 * 1024
-#: Fewest kept entries per row block and input-channel chunk worth a separate chunk.
-_MIN_CHUNK_ENTRIES = 96
+#: Fewest kept entries per row block and input-channel chunk worth a separate chunk. 32
+#: rather than 96 (session 7, two copies each, one layer, 1 thread): pattern 8x 64@56 878 ->
+#: 752 us, unstructured 10x 256@14 774 -> 619 us, block-punched 4x 64@56 1071 -> 983 us; whole
+#: models within the +-10 % run-to-run noise.
+_MIN_CHUNK_ENTRIES = 32
 #: Weights above this size are re-streamed less often (wider pixel chunks).
 _BIG_WEIGHTS = 128 * 1024
 #: Inputs up to this size (a quarter of L2) are swept whole by each row block (one pixel chunk).
