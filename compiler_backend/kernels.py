@@ -33,10 +33,10 @@ static inline float s_act(float y, int act) {
 
 #: A persistent worker pool (instead of an OpenMP parallel region per call). Each step's G
 #: slices are taken from a generation-tagged two-ended counter (the caller from the front, the
-#: workers from the back); the caller waits only until all slices
-#: of a step are *done*, never for a worker to arrive, so a worker descheduled on a busy CPU
-#: costs nothing (an OpenMP fork / join waits for it every call). Idle workers spin briefly,
-#: then sleep on a condition variable. ``{nsteps}`` is the largest step count of a segment.
+#: workers from the back); the caller waits only until all slices of a step are *done*, never
+#: for a worker to arrive, so a worker descheduled on a busy CPU costs nothing (an OpenMP fork /
+#: join waits for it every call). Idle workers spin briefly, then sleep on a condition
+#: variable. ``{nsteps}`` is the largest step count of a segment.
 POOL_TEMPLATE = r"""
 #include <pthread.h>
 #include <sched.h>
