@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler_backend import taps
 from compiler_backend.heuristics import (
     channel_chunks,
     channel_tile,
@@ -66,7 +67,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "10"
+GENERATOR_VERSION = "11"
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "default_configs",
            "generate"]
@@ -202,7 +203,7 @@ class _Builder:
             parts.append(self.prologue(f"{fn}_pad", op, geo, offs[op.src], x_off))
         # destination: straight into a padded output (wide rows shifted by wq + 1), the plain
         # output, or a shared wide-row scratch buffer + crop epilogue
-        wide = (cfg.family == "spatial" and op.dst in self.padded
+        wide = (cfg.family != "channel" and op.dst in self.padded
                 and writes_wide_padded(op, src_padded, src_split)
                 and (op.res is None or op.res in self.padded))
         # the channel family writes every pixel where the destination's layout wants it
@@ -234,6 +235,9 @@ class _Builder:
                 rdst = self._place(op.res, op) if op.res is not None and res_off is not None else ydst
                 parts.append(self.channel_kernel(name, seg, offsets, bias_off, x_off, y_off,
                                                  res_off, act, geo, ydst, rdst))
+            elif cfg.family == "taps" and seg.p == 1 and taps.eligible(op, geo):
+                parts.append(self.taps_kernel(name, seg, op, geo, bias_off, x_off, y_off, res_off,
+                                              act, cfg.v, ys, yo))
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
                 parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
                                              act, T, ys, yo))
@@ -356,6 +360,31 @@ class _Builder:
                 geo["wq"] if vr else lanes, vw]
         return (f"{_sig(name)} {{\n  static const int k[21] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
+
+    def taps_kernel(self, name: str, seg: Segment, op: ConvOp, geo: dict[str, Any],
+                    bias_off: int, x_off: int, y_off: int, res_off: int | None, act: str | None,
+                    v: int, ys: int, yo: int) -> str:
+        """Bands of output rows over column groups (``taps.taps_template``); a last, shorter
+        band gets its own instantiation."""
+        cin, (_, oh, ow), kh = op.in_shape[0], op.out_shape, geo["kh"]
+        rows = taps.band_rows(oh, v)
+        ccs = taps.chunk_channels(cin, rows, geo, ow, v, self.isa.lanes,
+                                  int(seg.eptr[-1]) // max(seg.nblk, 1))
+        ncc = -(-cin // ccs)
+        cg = taps.column_groups(seg, kh, geo["kw"], geo["hq"] * geo["wq"], ccs, ncc)
+        head = [self.add_i(cg.ptr), self.add_i(cg.wstart), self.add_i(cg.offsets),
+                self.add_f(cg.weights), bias_off, x_off, y_off, res_off or 0, seg.nblk,
+                self.add_i(seg.rows.ravel()), self.add_i(cg.spans)]
+        tail = [geo["wq"], ow, ys, yo, ncc, ACT_CODES[act or "none"], int(res_off is not None)]
+        full, rest = divmod(oh, rows)
+        calls = []
+        for r, band0, nb in ((rows, 0, full), (rest, full * rows, 1)):
+            if r and nb:
+                key = f"tk_r{r}_v{v}_k{kh}"
+                self._template(key, taps.taps_template(key, r, v, kh))
+                args = ", ".join(map(str, [*head, band0, nb, *tail]))
+                calls.append(f"  {{ static const int k[20] = {{{args}}}; {key}(tid, nt, W, I, A, k); }}")
+        return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n"
 
     def dw9_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int, x_off: int,
                    y_off: int, res_off: int | None, act: str | None, T: int, ys: int,

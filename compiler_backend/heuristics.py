@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler_backend import taps
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import Isa
 from compiler_backend.tuning.base import KernelConfig
@@ -171,8 +172,10 @@ def _row_group(op: ConvOp) -> int:
 
 def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
                    split_src: bool = False) -> KernelConfig:
-    """The untuned choice: channel family for tiny maps, else the cost model's tile."""
-    t = conv_geometry(op, padded_src, split_src)["T"]
+    """The untuned choice: channel family for tiny maps, the taps family for one-row blocks
+    with pattern-like kernels, else the cost model's tile."""
+    geo = conv_geometry(op, padded_src, split_src)
+    t = geo["T"]
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
     if t < 2 * isa.lanes:
@@ -188,6 +191,8 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
         group = _row_group(op)
         if group == 1 and op.kept.all():
             group = op.out_shape[0]
+        elif group == 1 and taps.pays(op, geo):
+            return KernelConfig("taps", 1, 1, lt)
     p, v = best_tile(isa, t, min(group, 8) if group < 8 else 8 * (group // 8))
     return KernelConfig("spatial", p, v, lt)
 

@@ -12,11 +12,14 @@ class KernelConfig:
     """How one conv / linear layer is generated.
 
     Attributes:
-        family: ``spatial`` (rows x output pixels, vectorised along pixels) or ``channel``
-            (GEMV style, vectorised along output channels; for Linear and tiny maps).
+        family: ``spatial`` (rows x output pixels, vectorised along pixels), ``channel``
+            (GEMV style, vectorised along output channels; for Linear and tiny maps) or
+            ``taps`` (one-row blocks in bands of output rows over kernel-column groups, for
+            pattern-like sparsity at stride 1: ``compiler_backend.taps``).
         p_max: largest row-block height P for the spatial family (8, 4, 2 or 1).
         v: vectors per tile: along pixels for the spatial family (tile width = v * lanes),
-            along output channels for the channel family (blocks of v * lanes rows).
+            along output channels for the channel family (blocks of v * lanes rows), per
+            band row for the taps family.
         threads: threads this layer uses (1 or the model's thread count).
     """
 
@@ -26,9 +29,10 @@ class KernelConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.family not in ("spatial", "channel"):
-            raise InvalidConfig(f"family must be 'spatial' or 'channel', got {self.family!r}")
-        if self.p_max not in (1, 2, 4, 8) or not 1 <= self.v <= 8 or self.threads < 1:
+        if self.family not in ("spatial", "channel", "taps"):
+            raise InvalidConfig(f"family must be 'spatial', 'channel' or 'taps', got {self.family!r}")
+        if (self.p_max not in (1, 2, 4, 8) or not 1 <= self.v <= 8 or self.threads < 1
+                or (self.family == "taps" and self.p_max != 1)):
             raise InvalidConfig(f"bad kernel config {self}")
 
     def to_dict(self) -> dict[str, object]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from compiler_backend import taps
 from compiler_backend.codegen import default_configs, generate
 from compiler_backend.heuristics import conv_geometry as _conv_geometry
 from compiler_backend.ir import ConvOp, Graph
@@ -60,11 +61,14 @@ def layer_key(op: ConvOp, isa: Isa, threads: int) -> str:
 
 
 def _space(op: ConvOp, isa: Isa, threads: int) -> list[KernelConfig]:
-    T = _conv_geometry(op)["T"]
+    geo = _conv_geometry(op)
+    T = geo["T"]
     out = []
     for th in sorted({1, threads}):
         if T <= 64:
             out += [KernelConfig("channel", 8, cv, th) for cv in (1, 2)]
+        if taps.eligible(op, geo):
+            out += [KernelConfig("taps", 1, v, th) for v in (1, 2)]
         for p in (8, 4, 2, 1):
             for v in range(1, min(8, isa.max_acc // p) + 1):
                 if (v - 1) * isa.lanes < T:
