@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from compiler_backend import taps
+from compiler_backend.depthwise import dwband_template, regular_offsets
 from compiler_backend.heuristics import (
     channel_chunks,
     channel_tile,
@@ -240,7 +241,7 @@ class _Builder:
                                               act, cfg.v, ys, yo))
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
                 parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
-                                             act, T, ys, yo))
+                                             act, T, ys, yo, geo))
             else:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p))
                 parts.append(self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
@@ -388,14 +389,21 @@ class _Builder:
 
     def dw9_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int, x_off: int,
                    y_off: int, res_off: int | None, act: str | None, T: int, ys: int,
-                   yo: int) -> str:
-        """One row per block, 9 private entries each (depthwise 3x3): ``DW9_TEMPLATE``."""
-        self._template("dw9", DW9_TEMPLATE)
+                   yo: int, geo: dict[str, Any]) -> str:
+        """One row per block, 9 private entries each (depthwise 3x3): bands of output rows
+        (``depthwise.dwband_template``) when the taps sit in one input plane (stride 1), else
+        one vector at a time (``DW9_TEMPLATE``)."""
         args = [self.add_i(seg.rows.ravel()), self.add_i(offsets), self.add_f(seg.weights), bias_off,
                 x_off, y_off, res_off or 0, seg.nblk, T, ys, yo, ACT_CODES[act or "none"],
                 int(res_off is not None)]
-        return (f"{_sig(name)} {{\n  static const int k[13] = {{{', '.join(map(str, args))}}};\n"
-                f"  dw9(tid, nt, W, I, A, k);\n}}\n")
+        if regular_offsets(offsets, geo["wq"]):
+            self._template("dwband", dwband_template())
+            fn, args = "dwband", [*args, geo["wq"], geo["ow"]]
+        else:
+            self._template("dw9", DW9_TEMPLATE)
+            fn = "dw9"
+        return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
+                f"  {fn}(tid, nt, W, I, A, k);\n}}\n")
 
     def fill_kernel(self, name: str, seg: Segment, bias_off: int, y_off: int,
                     res_off: int | None, act: str | None, T: int, ys: int, yo: int) -> str:

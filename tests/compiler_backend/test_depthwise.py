@@ -1,0 +1,56 @@
+"""Stride-1 depthwise 3x3 layers run in bands of output rows (``depthwise.dwband_template``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compiler_backend import compile_model
+from compiler_backend.depthwise import regular_offsets
+
+from .test_kernels import _reference, _rel_err
+
+
+class DepthwiseS1(nn.Module):
+    """Depthwise convs writing a padded buffer (dw0), reading one in place and writing the
+    next with a fused residual and ReLU6 (dw1), and reading a plain input through a pad copy
+    and writing through the crop epilogue (dw3)."""
+
+    def __init__(self, c: int = 10) -> None:
+        super().__init__()
+        self.pw = nn.Conv2d(c, c, 1)
+        self.dw0 = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+        self.dw1 = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+        self.c3 = nn.Conv2d(c, c, 3, 1, 1)
+        self.dw3 = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.dw0(self.pw(x))
+        b = nn.functional.relu6(self.dw1(a) + a)
+        return torch.cat([self.c3(b).flatten(1), nn.functional.hardswish(self.dw3(x)).flatten(1)], 1)
+
+
+@pytest.mark.parametrize("isa", ["native", "generic"])
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5), (4, 4), (7, 9), (9, 17), (13, 8), (32, 32)])
+def test_depthwise_bands_match_torch(hw: tuple[int, int], isa: str, compiler_cache) -> None:
+    """Maps with fewer rows than a band, a last band of 1-3 rows, rows shorter than a vector
+    and rows ending in a partial vector."""
+    torch.manual_seed(0)
+    model = DepthwiseS1().eval()
+    x = torch.randn(2, 10, *hw)
+    cm = compile_model(model, x, None, isa=None if isa == "native" else isa,
+                       cache_dir=compiler_cache)
+    if hw[0] * (hw[1] + 2) >= 16:  # smaller maps take the channel family
+        assert cm.program.source.count("dwband(tid, nt, W, I, A, k)") == 3
+    assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
+
+
+def test_regular_offsets_only_for_one_input_plane() -> None:
+    wq = 12
+    taps = np.array([i * wq + j for i in range(3) for j in range(3)])
+    rows = np.stack([taps + 144 * c for c in range(3)])
+    assert regular_offsets(rows.ravel(), wq)
+    rows[1, 4] += 1  # a tap read from another plane (a phase-split stride-2 input)
+    assert not regular_offsets(rows.ravel(), wq)
