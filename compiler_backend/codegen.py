@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from compiler_backend import taps
-from compiler_backend.depthwise import dwband_template, regular_offsets
+from compiler_backend.depthwise import dwband_template, use_bands
 from compiler_backend.heuristics import (
     channel_chunks,
     channel_tile,
@@ -391,12 +391,12 @@ class _Builder:
                    y_off: int, res_off: int | None, act: str | None, T: int, ys: int,
                    yo: int, geo: dict[str, Any]) -> str:
         """One row per block, 9 private entries each (depthwise 3x3): bands of output rows
-        (``depthwise.dwband_template``) when the taps sit in one input plane (stride 1), else
-        one vector at a time (``DW9_TEMPLATE``)."""
+        (``depthwise.dwband_template``) where ``depthwise.use_bands``, else one vector at a
+        time (``DW9_TEMPLATE``)."""
         args = [self.add_i(seg.rows.ravel()), self.add_i(offsets), self.add_f(seg.weights), bias_off,
                 x_off, y_off, res_off or 0, seg.nblk, T, ys, yo, ACT_CODES[act or "none"],
                 int(res_off is not None)]
-        if regular_offsets(offsets, geo["wq"]):
+        if use_bands(offsets, geo["wq"], geo["ow"], self.isa.lanes):
             self._template("dwband", dwband_template())
             fn, args = "dwband", [*args, geo["wq"], geo["ow"]]
         else:

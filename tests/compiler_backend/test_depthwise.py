@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compiler_backend import compile_model
-from compiler_backend.depthwise import regular_offsets
+from compiler_backend.depthwise import use_bands
 
 from .test_kernels import _reference, _rel_err
 
@@ -42,15 +42,16 @@ def test_depthwise_bands_match_torch(hw: tuple[int, int], isa: str, compiler_cac
     x = torch.randn(2, 10, *hw)
     cm = compile_model(model, x, None, isa=None if isa == "native" else isa,
                        cache_dir=compiler_cache)
-    if hw[0] * (hw[1] + 2) >= 16:  # smaller maps take the channel family
+    if hw[0] * (hw[1] + 2) >= 16 and hw[1] > 4:  # smaller maps: channel family or dw9
         assert cm.program.source.count("dwband(tid, nt, W, I, A, k)") == 3
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
 
 
-def test_regular_offsets_only_for_one_input_plane() -> None:
+def test_bands_only_for_one_input_plane_and_rows_over_half_a_vector() -> None:
     wq = 12
     taps = np.array([i * wq + j for i in range(3) for j in range(3)])
     rows = np.stack([taps + 144 * c for c in range(3)])
-    assert regular_offsets(rows.ravel(), wq)
+    assert use_bands(rows.ravel(), wq, 10, 8)
+    assert not use_bands(rows.ravel(), wq, 4, 8)  # 4x4 maps: dw9's vectors span rows
     rows[1, 4] += 1  # a tap read from another plane (a phase-split stride-2 input)
-    assert not regular_offsets(rows.ravel(), wq)
+    assert not use_bands(rows.ravel(), wq, 10, 8)
