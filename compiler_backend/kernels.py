@@ -487,7 +487,8 @@ def channel_template(key: str, tb: int, cv: int = 1, part: int = 0) -> str:
         else:
             acc = " ".join(f"vf a{c}_{u} = VZERO();" for c in range(cv) for u in range(tb))
             keep = ""
-        wl = " ".join(f"const vf w{c} = VLOAD(wp + {c} * VL);" for c in range(cv))
+        # VREG: gcc otherwise re-loads the weight vector inside every FMA (tb loads, not 1)
+        wl = " ".join(f"vf w{c} = VLOAD(wp + {c} * VL); VREG(w{c});" for c in range(cv))
         fmas = " ".join(f"{{ const vf x = VSET1(xp[p{u}]); "
                         + " ".join(f"a{c}_{u} = VFMA(w{c}, x, a{c}_{u});" for c in range(cv))
                         + " }" for u in range(tb))
