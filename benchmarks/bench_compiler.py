@@ -205,15 +205,18 @@ def sweep_rows(threads: int, cache: Path | None, quick: bool,
     return out
 
 
-def model_masks(model: nn.Module, rate: float) -> dict[str, torch.Tensor]:
-    """Block 8x16 masks on every prunable conv (not the stem, not depthwise, not Linear)."""
+def model_masks(model: nn.Module, rate: float, scheme: str = "block") -> dict[str, torch.Tensor]:
+    """Masks on every prunable conv (not the stem, not depthwise, not Linear): block 8x16, or
+    ``pattern`` (pattern + connectivity on 3x3 convs, block 8x16 elsewhere) or
+    ``unstructured``."""
     masks = {}
     if rate <= 1:
         return masks
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     for n, m in convs:
         if m.groups == 1 and m.in_channels >= 16:
-            masks[n] = layer_mask(m.weight, "block", rate)
+            own = scheme if scheme != "pattern" or tuple(m.kernel_size) == (3, 3) else "block"
+            masks[n] = layer_mask(m.weight, own, rate)
     return masks
 
 
@@ -253,8 +256,10 @@ def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
 
     out = ["\n## End to end (zoo models, random weights, batch 1, CIFAR 32x32 input)\n",
            "Masks: `prune_mask` block-punched 8x16 (3x3) / block-based 8x16 (1x1) on every conv "
-           "except the stem and depthwise convs, at the same rate per layer. Reference = ORT "
-           "dense.\n",
+           "except the stem and depthwise convs, at the same rate per layer; `pattern 8x` = "
+           "pattern + connectivity on those 3x3 convs (block-based 8x16 on the 1x1 shortcuts), "
+           "`unstructured 10x` = magnitude on all of them (ResNet-20 and VGG-16: MobileNetV2's "
+           "only full 3x3 conv is the stem). Reference = ORT dense.\n",
            "Each of our variants is compiled twice (separate libraries, weights and arenas) and "
            "timed as two runtimes in the same rotation: `ms` is their geometric mean and "
            "`copies` how far apart they were (on this host two copies of one model have differed "
@@ -286,10 +291,14 @@ def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
             elif th == threads[0]:
                 tc_note.append(f"{name}: torch.compile not attempted with --quick (ResNet-20 "
                                "alone takes 20-50 s to compile on this loaded machine)")
-            for rate in (1, 2, 4, 8):
-                key = "ours dense" if rate == 1 else f"ours block 8x16 {rate}x"
+            variants = [("block", rate) for rate in (1, 2, 4, 8)]
+            if name != "mobilenetv2":  # its only full 3x3 conv is the (unpruned) stem
+                variants += [("pattern", 8), ("unstructured", 10)]
+            for scheme, rate in variants:
+                key = ("ours dense" if rate == 1 else f"ours block 8x16 {rate}x"
+                       if scheme == "block" else f"ours {scheme} {rate}x")
                 for copy, where in enumerate((cache, spare)):
-                    fn, ct, _ = ours(model, x, model_masks(model, rate), th, where)
+                    fn, ct, _ = ours(model, x, model_masks(model, rate, scheme), th, where)
                     fns[f"{key}#{copy}"] = fn
                 cts[key] = f"{ct:.1f}"
             r, spread = _merge_copies(interleaved(fns, 2.0 if quick else 5.0))

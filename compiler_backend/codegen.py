@@ -69,6 +69,10 @@ from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
 GENERATOR_VERSION = "11"
+#: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
+#: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
+#: dependent FMA chain per output channel.
+_SPLIT_ACC = 4
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "default_configs",
            "generate"]
@@ -354,8 +358,9 @@ class _Builder:
         first = np.where(nonempty.any(1), nonempty.argmax(1), 0)
         last = np.where(nonempty.any(1), ncc - 1 - nonempty[:, ::-1].argmax(1), 0)
         flo = self.add_i(np.stack([first, last], 1) if seg.nblk else np.zeros(2))
-        key = f"sk_p{p}_v{v}" + ("_r" if vr else "")
-        self._template(key, spatial_template(key, p, v, row=bool(vr)))
+        split = _SPLIT_ACC if p == 1 and v * _SPLIT_ACC <= self.isa.max_acc else 1
+        key = f"sk_p{p}_v{v}" + ("_r" if vr else "") + (f"_s{split}" if split > 1 else "")
+        self._template(key, spatial_template(key, p, v, row=bool(vr), split=split))
         args = [ro, 0, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
                 geo["wq"] if vr else lanes, vw]

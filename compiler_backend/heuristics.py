@@ -18,6 +18,7 @@ import numpy as np
 from compiler_backend import taps
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import Isa
+from compiler_backend.sparsity import full_matrices, plan_channel_blocks
 from compiler_backend.tuning.base import KernelConfig
 
 #: FMA pipes, FMA latency (cycles), vector loads per cycle, loop overhead (cycles / entry).
@@ -179,6 +180,9 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
     if t < 2 * isa.lanes:
+        v = math.ceil(t / isa.lanes)  # one-row tiles: their waste is the unused lanes
+        if _channel_waste(op, isa.lanes) > v * isa.lanes / (op.out_shape[1] * op.out_shape[2]):
+            return KernelConfig("spatial", 1, v, lt)
         return KernelConfig("channel", 8, 1, lt)
     if isa.name == "avx512":
         v = max(1, min(isa.max_acc // 8, math.ceil(t / isa.lanes)))
@@ -191,10 +195,25 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
         group = _row_group(op)
         if group == 1 and op.kept.all():
             group = op.out_shape[0]
-        elif group == 1 and taps.pays(op, geo):
+        elif group == 1 and taps.pays(op, geo, isa.lanes):
             return KernelConfig("taps", 1, 1, lt)
     p, v = best_tile(isa, t, min(group, 8) if group < 8 else 8 * (group // 8))
     return KernelConfig("spatial", p, v, lt)
+
+
+def _channel_waste(op: ConvOp, lanes: int) -> float:
+    """FMAs the channel family issues per kept weight: each block of ``lanes`` rows runs the
+    union of its rows' entries (1 for rows of equal structure; about 5 for pattern 8x).
+
+    Tiny maps take the channel family unless that is more than one-row spatial tiles waste
+    in unused lanes (2 on a padded 2x2 map): VGG-16's 512-channel 2x2 layer at pattern 8x ran
+    277-285 us in the channel family, 206-213 us in one-row tiles."""
+    kf = full_matrices(op.weight, op.kept, op.groups)[1]
+    kept = int(kf.sum())
+    if kept == 0:
+        return 1.0
+    blocks = plan_channel_blocks(kf, lanes)
+    return sum(int(kf[b].any(0).sum()) * lanes for b in blocks) / kept
 
 
 def _channel_pays(op: ConvOp, isa: Isa) -> bool:

@@ -234,8 +234,20 @@ BORDER_TEMPLATE = f"""static {NOINLINE} void zero_border(int tid, int nt, float*
 """
 
 
-def spatial_template(key: str, p: int, v: int, row: bool = False) -> str:
+def _vsum(terms: list[str]) -> str:
+    """C expression adding vectors pairwise (a short tree: fewer dependent adds)."""
+    while len(terms) > 1:
+        terms = [f"VADD({a}, {b})" for a, b in zip(terms[::2], terms[1::2], strict=False)] + (
+            [terms[-1]] if len(terms) % 2 else [])
+    return terms[0]
+
+
+def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1) -> str:
     """The register-tiled spatial kernel: ``p`` rows x ``v`` vectors of output pixels.
+
+    ``split`` > 1 (one-row tiles only) spreads consecutive entries over that many sets of
+    accumulators, summed before the store: a one-row tile of a vector or two is otherwise one
+    chain of dependent FMAs (VGG-16's 2x2 / 4x4 maps under pattern or unstructured masks).
 
     Parameter array ``k``: rows, unused, offsets (I arena), weights, bias (W arena), x, y, res
     (A arena), nblk, nch (pixel chunks), tch (chunk width), T (pixels per row), ys (channel
@@ -283,6 +295,23 @@ def spatial_template(key: str, p: int, v: int, row: bool = False) -> str:
             f"float* yp = Y + (long)r * ys + t + yo;"
             + "".join(store(q, u, masked, final) for u in range(v)) + " } }" for q in range(p))
 
+    if split > 1:
+        assert p == 1, "split accumulators are for one-row tiles"
+        parts = []
+        for g in range(split):
+            acc_g = "a0" if g == 0 else f"b{g}"
+            parts.append(f"{{ const float* xp = X + off[e + {g}] + t; const vf w = VSET1(wp[{g}]); "
+                         + " ".join(f"{acc_g}_{u} = VFMA(w, VLOAD(xp + {u} * @VS@), {acc_g}_{u});"
+                                    for u in range(v)) + " }")
+        zeros = " ".join(f"vf b{g}_{u} = VZERO();" for g in range(1, split) for u in range(v))
+        split_loop = (f"          int e = e0; {zeros}\n"
+                      f"          for (; e + {split} <= e1; e += {split}, wp += {split}) {{\n"
+                      + "\n".join("            " + q for q in parts) + "\n          }\n")
+        split_sum = "\n".join(
+            f"          a0_{u} = " + _vsum([f"a0_{u}", *[f"b{g}_{u}" for g in range(1, split)]]) + ";"
+            for u in range(v)) + "\n"
+    else:
+        split_loop, split_sum = "          int e = e0;\n", ""
     counts = " ".join(f"const int n{u} = t1 - t - {u} * @VS@ < VL ? t1 - t - {u} * @VS@ : VL;"
                       for u in range(v))
     rr = ", ".join(f"rw[{q}] < 0 ? 0 : rw[{q}]" for q in range(p))
@@ -316,12 +345,12 @@ def spatial_template(key: str, p: int, v: int, row: bool = False) -> str:
           {acc}
           if (first) {{ {zero} }} else {{ {reload} }}
           const float* wp = wb;
-          _Pragma("GCC unroll 4") for (int e = e0; e < e1; ++e, wp += {p}) {{
+{split_loop}          _Pragma("GCC unroll 4") for (; e < e1; ++e, wp += {p}) {{
             const float* xp = X + off[e] + t;
             {loads}
 {fmas}
           }}
-          if (t + @TS@ <= t1) {{
+{split_sum}          if (t + @TS@ <= t1) {{
             if (last) {{
 {stores(False, True)}
             }} else {{

@@ -266,3 +266,19 @@ def test_spatial_entries_are_stored_in_the_kernels_walk_order(ccs: int) -> None:
             picked = order[spans[b, cc, 0]:spans[b, cc, 1]]
             want = np.flatnonzero((blocks == b) & (np.minimum(channels // ccs, ncc - 1) == cc))
             assert picked.tolist() == want.tolist()
+
+
+def test_tiny_maps_leave_the_channel_family_when_its_row_blocks_waste_more() -> None:
+    """Pattern 8x rows share few entries: an 8-row channel block runs their union (about 5x
+    the kept FMAs), one-row spatial tiles on a padded 2x2 map waste 2x; on a 1x1 map, 8x."""
+    import torch
+
+    from npas_env.pruning import prune_mask
+
+    avx2 = ISAS["avx2"]
+    for hw, want in [(2, ("spatial", 1, 1)), (1, ("channel", 8, 1))]:
+        op = _conv_op(64, 64, hw, 3)
+        op.kept = prune_mask(torch.randn(64, 64, 3, 3), "pattern", 8.0, (8, 16)).numpy().astype(bool)
+        cfg = default_config(op, avx2, 1)
+        assert (cfg.family, cfg.p_max, cfg.v) == want
+    assert default_config(_conv_op(64, 64, 2, 3), avx2, 1).family == "channel"  # dense rows

@@ -118,7 +118,11 @@ def test_tiny_maps_and_linear_match_torch(structure: str, hw: int, compiler_cach
     x = torch.randn(2, 16, hw, hw)
     cm = compile_model(model, x, masks, cache_dir=compiler_cache)
     assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
-    assert {layer.family for layer in cm.report.layers} == {"channel"}
+    # unstructured rows share few entries: a channel block of 8 rows would run about 4x the
+    # kept FMAs, more than one-row spatial tiles lose in unused lanes except on 1x1 maps
+    convs = {layer.name: layer.family for layer in cm.report.layers if layer.name != "fc"}
+    want = "spatial" if structure == "unstructured" and hw > 1 else "channel"
+    assert set(convs.values()) == {want}
 
 
 def test_two_threads_and_forced_configs_match(compiler_cache) -> None:
