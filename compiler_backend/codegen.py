@@ -32,6 +32,7 @@ from compiler_backend.heuristics import (
     is_depthwise_s2,
     row_tiles,
     split2_geometry,
+    taps_eligible,
 )
 from compiler_backend.ir import (
     AffineOp,
@@ -240,7 +241,7 @@ class _Builder:
                 rdst = self._place(op.res, op) if op.res is not None and res_off is not None else ydst
                 parts.append(self.channel_kernel(name, seg, offsets, bias_off, x_off, y_off,
                                                  res_off, act, geo, ydst, rdst))
-            elif cfg.family == "taps" and seg.p == 1 and taps.eligible(op, geo):
+            elif cfg.family == "taps" and seg.p == 1 and taps_eligible(op, geo):
                 parts.append(self.taps_kernel(name, seg, op, geo, bias_off, x_off, y_off, res_off,
                                               act, cfg.v, ys, yo))
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):

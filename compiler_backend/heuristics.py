@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from compiler_backend import taps
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import Isa
 from compiler_backend.sparsity import full_matrices, plan_channel_blocks
@@ -46,6 +45,8 @@ _MT_FLOPS = 200_000
 #: cores read faster than one (DRAM 27 -> 50 GB/s here); VGG-16's 2x2 layers at 8x, 2.4 MFLOP
 #: and 1.2 MB each: whole model at 2 threads 1.30 -> 1.19 ms.
 _MT_WEIGHT_BYTES = 512 * 1024
+#: The taps family's untuned thresholds (``_taps_pay``).
+_MIN_TAPS_PER_COLUMN, _MIN_DISTINCT_ROWS = 1.2, 0.75
 
 
 def is_pointwise(op: ConvOp) -> bool:
@@ -195,10 +196,39 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
         group = _row_group(op)
         if group == 1 and op.kept.all():
             group = op.out_shape[0]
-        elif group == 1 and taps.pays(op, geo, isa.lanes):
+        elif group == 1 and _taps_pay(op, geo, isa.lanes):
             return KernelConfig("taps", 1, 1, lt)
     p, v = best_tile(isa, t, min(group, 8) if group < 8 else 8 * (group // 8))
     return KernelConfig("spatial", p, v, lt)
+
+
+def taps_eligible(op: ConvOp, geo: dict[str, Any]) -> bool:
+    """The taps family (``compiler_backend.taps``) serves this conv: stride 1, 2- or 3-row
+    kernels, read from one input plane."""
+    return (not op.is_linear and op.groups == 1 and geo["s"] == 1 and len(geo["phases"]) == 1
+            and 2 <= geo["kh"] <= 3 and geo["kh"] == op.weight.shape[2])
+
+
+def _taps_pay(op: ConvOp, geo: dict[str, Any], lanes: int) -> bool:
+    """The untuned choice of the taps family.
+
+    Requires output rows more than half a vector wide (VGG-16's 4x4 maps at pattern 8x: 477
+    us in bands, 447 us as one-row spatial tiles), and at least ``_MIN_DISTINCT_ROWS`` of the
+    output channels with a kept set of their own (the spatial kernel would run those one at
+    a time; shared ones form its multi-row blocks). Also at least ``_MIN_TAPS_PER_COLUMN``
+    kept taps per non-empty kernel column, so a loaded input row serves several taps:
+    pattern 8x keeps 1.87, unstructured 10x 1.11.
+    """
+    if not (taps_eligible(op, geo) and 2 * op.out_shape[2] > lanes):
+        return False
+    kf = op.kept.reshape(op.kept.shape[0], -1)
+    keys = np.packbits(kf[kf.any(1)], axis=1)
+    if keys.shape[0] == 0:
+        return False
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    distinct = float(np.mean(counts[inverse.ravel()] == 1))
+    taps_per_column = float(op.kept.sum()) / max(int(op.kept.any(axis=2).sum()), 1)
+    return distinct >= _MIN_DISTINCT_ROWS and taps_per_column >= _MIN_TAPS_PER_COLUMN
 
 
 def _channel_waste(op: ConvOp, lanes: int) -> float:

@@ -13,8 +13,8 @@ pattern", at column granularity so any kernel sparsity fits).
 Measured against the ``P = 1`` spatial kernel (kernel step alone, 1 thread, 8x pattern +
 connectivity): 3x3 128@28 690 -> 570 us, 64@56 690 -> 556 us, 512@7 690-830 -> 545 us.
 Unstructured masks keep fewer taps per column: at 4x (1.30 per column) 1442 -> 1267 us, at
-2x (1.71) 2451 -> 2487, at 10x (1.11) 548 -> 620, so the untuned choice needs 1.2 taps per
-column (``pays``).
+2x (1.71) 2451 -> 2487, at 10x (1.11) 548 -> 620, so the untuned choice
+(``heuristics.default_config``) needs 1.2 taps per column.
 """
 
 from __future__ import annotations
@@ -25,53 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from compiler_backend.ir import ConvOp
+from compiler_backend.heuristics import _L1_BYTES, _MIN_CHUNK_ENTRIES
 from compiler_backend.kernels import NOINLINE
 from compiler_backend.sparsity import Segment
 
-#: Fewest kept taps per non-empty kernel column (mean over the layer) for the untuned choice.
-_MIN_TAPS_PER_COLUMN = 1.2
-#: Fewest output channels with a kept set of their own (the rest share theirs with another).
-_MIN_DISTINCT_ROWS = 0.75
 #: Tallest band: registers hold ``R * V`` accumulators, ``V`` pixel vectors and up to three
 #: broadcast weights (16 on AVX2).
 _MAX_BAND_ROWS = 8
-#: Input bytes of one (band, input-channel chunk) slice, like the spatial kernel's L1 budget.
-_L1_BYTES = 12 * 1024
-#: Fewest kept entries per row block and channel chunk worth a separate chunk.
-_MIN_CHUNK_ENTRIES = 32
-
-
-def eligible(op: ConvOp, geo: dict[str, Any]) -> bool:
-    """A dense-layout stride-1 conv with 2- or 3-row kernels, read from one padded plane."""
-    return (not op.is_linear and op.groups == 1 and geo["s"] == 1 and len(geo["phases"]) == 1
-            and 2 <= geo["kh"] <= 3 and geo["kh"] == op.weight.shape[2])
-
-
-def taps_per_column(op: ConvOp) -> float:
-    """Mean kept taps per (output channel, input channel, kernel column) with any kept tap."""
-    cols = op.kept.any(axis=2)
-    return float(op.kept.sum()) / max(int(cols.sum()), 1)
-
-
-def distinct_rows(op: ConvOp) -> float:
-    """Fraction of the output channels with kept entries whose kept set no other one shares."""
-    kf = op.kept.reshape(op.kept.shape[0], -1)
-    keys = [r.tobytes() for r in np.packbits(kf[kf.any(1)], axis=1)]
-    counts: dict[bytes, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
-    return sum(counts[k] == 1 for k in keys) / max(len(keys), 1)
-
-
-def pays(op: ConvOp, geo: dict[str, Any], lanes: int) -> bool:
-    """The untuned choice: eligible, output rows more than half a vector wide (VGG-16's 4x4
-    maps at pattern 8x: 477 us in bands, 447 us as one-row spatial tiles), rows that share
-    no entry list (the spatial kernel would run them one at a time; shared ones form its
-    multi-row blocks), and enough kept taps per column to reuse a loaded input row."""
-    return (eligible(op, geo) and 2 * op.out_shape[2] > lanes
-            and distinct_rows(op) >= _MIN_DISTINCT_ROWS
-            and taps_per_column(op) >= _MIN_TAPS_PER_COLUMN)
 
 
 def band_rows(oh: int, v: int) -> int:

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compiler_backend import taps
 from compiler_backend.codegen import default_configs, generate
 from compiler_backend.heuristics import conv_geometry as _conv_geometry
+from compiler_backend.heuristics import taps_eligible
 from compiler_backend.ir import ConvOp, Graph
 from compiler_backend.isa import Isa
 from compiler_backend.toolchain import compile_source, compiler_version, find_compiler
@@ -67,7 +67,7 @@ def _space(op: ConvOp, isa: Isa, threads: int) -> list[KernelConfig]:
     for th in sorted({1, threads}):
         if T <= 64:
             out += [KernelConfig("channel", 8, cv, th) for cv in (1, 2)]
-        if taps.eligible(op, geo):
+        if taps_eligible(op, geo):
             out += [KernelConfig("taps", 1, v, th) for v in (1, 2)]
         for p in (8, 4, 2, 1):
             for v in range(1, min(8, isa.max_acc // p) + 1):
