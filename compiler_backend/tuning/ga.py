@@ -160,6 +160,11 @@ def _keep_if_faster(graph: Graph, todo: list[ConvOp], isa: Isa, threads: int,
             best[op.name] = (best[op.name][0], defaults[op.name])
 
 
+def _rotated(r: int, n: int) -> list[int]:
+    """Indices ``0..n-1`` in round ``r``'s order: each round starts one later."""
+    return [(r + j) % n for j in range(n)]
+
+
 def _whole_model_ms(models: list[CompiledModel], rounds: int = 8) -> list[float]:
     """Median batch-1 latency of each model, timed in rounds whose order rotates.
 
@@ -170,7 +175,7 @@ def _whole_model_ms(models: list[CompiledModel], rounds: int = 8) -> list[float]
     """
     times: list[list[float]] = [[] for _ in models]
     for r in range(rounds):
-        for k in [(r + j) % len(models) for j in range(len(models))]:
+        for k in _rotated(r, len(models)):
             times[k].append(models[k].benchmark(warmup=3, repeats=15).median_ms)
     return [float(np.median(t)) for t in times]
 
@@ -198,7 +203,7 @@ def _measure(graph: Graph, isa: Isa, threads: int, builds: list[dict[str, Kernel
     models = [_build(graph, isa, threads, configs, root) for configs in builds]
     runs: list[list[np.ndarray]] = [[] for _ in models]
     for r in range(rounds):
-        for k in [(r + j) % len(models) for j in range(len(models))]:
+        for k in _rotated(r, len(models)):
             runs[k].append(models[k].profile(repeats=max(1, repeats // rounds), warmup=2))
     out = []
     for model, prof in zip(models, runs, strict=True):
