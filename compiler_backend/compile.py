@@ -65,7 +65,7 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
         threads: OpenMP threads (each layer uses 1 or this many).
         tune: run the auto-tuner (True or a TuningConfig); results go to the tuning log.
         cache_dir: artifact cache (default ``npas_env.io.cache_dir() / "compiler"``).
-        isa: force ``avx512`` / ``avx2`` / ``generic`` (default: detected; ``$NPAS_COMPILER_ISA``).
+        isa: force ``avx512`` / ``avx2`` / ``generic`` (``neon`` on AArch64) (default: detected; ``$NPAS_COMPILER_ISA``).
         configs: explicit per-layer kernel configs (override defaults and tuning).
 
     Returns:

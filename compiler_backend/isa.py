@@ -1,15 +1,16 @@
 """Target ISA selection and the C prelude that hides it behind a few vector macros.
 
 The generator writes every kernel against ``vf`` / ``VLOAD`` / ``VFMA`` ... ; the prelude maps
-them to AVX-512 (16 lanes), AVX2+FMA (8 lanes) or portable C (8 lanes, ``#pragma omp simd``
-loops). ``VEVEN(a, b)`` / ``VODD(a, b)`` are the even / odd lanes of ``a`` then ``b``;
-``VREG(x)`` keeps a loaded vector in a register (gcc otherwise folds the load into every FMA
-that reads it: the tap-column kernel's row reuse then vanished, 570 us became 700). An ARM NEON
-prelude (4 lanes, ``vfmaq_f32``) would slot in the same way.
+them to AVX-512 (16 lanes), AVX2+FMA (8 lanes), AArch64 NEON (4 lanes, the papers' mobile
+target) or portable C (8 lanes, ``#pragma omp simd`` loops). ``VEVEN(a, b)`` / ``VODD(a, b)``
+are the even / odd lanes of ``a`` then ``b``; ``VREG(x)`` keeps a loaded vector in a register
+(gcc otherwise folds the load into every FMA that reads it: the tap-column kernel's row reuse
+then vanished, 570 us became 700).
 """
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +21,7 @@ class Isa:
     """A code-generation target.
 
     Attributes:
-        name: ``avx512`` / ``avx2`` / ``generic``.
+        name: ``avx512`` / ``avx2`` / ``neon`` / ``generic``.
         lanes: floats per vector register.
         max_acc: accumulator registers the micro-kernel may use (P * V <= max_acc).
     """
@@ -30,12 +31,20 @@ class Isa:
     max_acc: int
 
 
-ISAS = {"avx512": Isa("avx512", 16, 24), "avx2": Isa("avx2", 8, 12), "generic": Isa("generic", 8, 12)}
+ISAS = {"avx512": Isa("avx512", 16, 24), "avx2": Isa("avx2", 8, 12), "neon": Isa("neon", 4, 24),
+        "generic": Isa("generic", 8, 12)}
+
+#: C compiler flags selecting each ISA when compiling for another machine (``export``);
+#: on this machine ``-march=native`` does it.
+CROSS_FLAGS = {"avx512": ("-march=skylake-avx512",), "avx2": ("-march=haswell",),
+               "neon": ("-march=armv8-a",), "generic": ()}
 
 
 @lru_cache(maxsize=1)
 def detect_isa() -> Isa:
     """The best ISA the CPU supports, from /proc/cpuinfo flags (generic if unknown)."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return ISAS["neon"]  # Advanced SIMD is part of every AArch64 core
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -125,6 +134,27 @@ static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15)
 """
 
+# AArch64 Advanced SIMD. Partial loads / stores go through a 4-float stack copy.
+_NEON = r"""
+#include <arm_neon.h>
+#define VL 4
+typedef float32x4_t vf;
+static inline vf VLOADM(const float* p, int n) { float t[4] = {0.f, 0.f, 0.f, 0.f}; memcpy(t, p, (size_t)n * sizeof(float)); return vld1q_f32(t); }
+#define VLOAD(p) vld1q_f32(p)
+#define VSTORE(p, v) vst1q_f32((p), (v))
+static inline void VSTOREM(float* p, vf v, int n) { float t[4]; vst1q_f32(t, v); memcpy(p, t, (size_t)n * sizeof(float)); }
+#define VSET1(x) vdupq_n_f32((float)(x))
+#define VZERO() vdupq_n_f32(0.f)
+#define VREG(x) __asm__("" : "+w"(x))
+#define VFMA(a, b, c) vfmaq_f32((c), (a), (b))
+#define VADD(a, b) vaddq_f32((a), (b))
+#define VMUL(a, b) vmulq_f32((a), (b))
+#define VMAX(a, b) vmaxq_f32((a), (b))
+#define VMIN(a, b) vminq_f32((a), (b))
+#define VEVEN(a, b) vuzp1q_f32((a), (b))
+#define VODD(a, b) vuzp2q_f32((a), (b))
+"""
+
 _GENERIC = r"""
 #define VL 8
 typedef struct { float v[VL]; } vf;
@@ -154,5 +184,5 @@ static inline vf v_hardswish(vf x) { return VMUL(VMUL(x, v_relu6(VADD(x, VSET1(3
 
 def prelude(isa: Isa) -> str:
     """C text defining the vector macros for ``isa`` plus scalar / vector activations."""
-    body = {"avx512": _AVX512, "avx2": _AVX2, "generic": _GENERIC}[isa.name]
+    body = {"avx512": _AVX512, "avx2": _AVX2, "neon": _NEON, "generic": _GENERIC}[isa.name]
     return _COMMON + body + _VACT

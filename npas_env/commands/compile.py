@@ -1,4 +1,5 @@
-"""``npas compile``: compile a zoo model (optionally pruned by a plan) and report its latency."""
+"""``npas compile``: compile a zoo model (optionally pruned by a plan) and report its latency,
+or (``--export DIR``) write it as a standalone C package for another device."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tune", action="store_true", help="auto-tune kernels (log reused afterwards)")
     p.add_argument("--random-weights", action="store_true",
                    help="skip pretraining (latency does not depend on weight values)")
+    p.add_argument("--export", type=Path, default=None, metavar="DIR",
+                   help="write a standalone C package (source, weights, driver, Makefile) to DIR "
+                        "instead of timing here")
+    p.add_argument("--isa", default=None, choices=["avx512", "avx2", "neon", "generic"],
+                   help="target ISA (default: this machine's; --export for a phone: neon)")
     p.set_defaults(handler=run)
 
 
@@ -38,7 +44,12 @@ def run(args: argparse.Namespace) -> int:
     if args.plan is not None:
         pruned = apply_plan(model, PruningPlan.load(args.plan), extract_layers(model, example))
         model, masks = pruned.model.eval(), pruned.masks
-    compiled = compile_model(model, example, masks, threads=args.threads, tune=args.tune)
+    if args.export is not None:  # a real test sample: the package checks its output on the device
+        from npas_env.data.splits import first_sample
+
+        return _export(args, model, first_sample(splits.test)[0].reshape(example.shape), masks)
+    compiled = compile_model(model, example, masks, threads=args.threads, tune=args.tune,
+                             isa=args.isa)
     timing = compiled.benchmark(warmup=10, repeats=args.repeats)
     report = compiled.report
     print(json.dumps({"model": args.model, "plan": str(args.plan) if args.plan else "dense",
@@ -52,4 +63,19 @@ def run(args: argparse.Namespace) -> int:
               f"{row['time_ms']:.4f} | {row['share']:.1%} |")
     for row in report.to_dict().get("fallback_ops", []):
         print(f"fallback to PyTorch: {row}")
+    return 0
+
+
+def _export(args: argparse.Namespace, model: object, example: object, masks: object) -> int:
+    from compiler_backend import export_c
+
+    if args.tune:
+        print("note: --tune is ignored with --export (tuning measures on the target device)")
+    out = export_c(model, example, args.export, masks, isa=args.isa,  # type: ignore[arg-type]
+                   threads=args.threads)
+    print(json.dumps({"model": args.model, "plan": str(args.plan) if args.plan else "dense",
+                      "isa": out.isa, "threads": out.threads, "directory": str(out.directory),
+                      "files": list(out.files)}, indent=2))
+    cross = " CC=aarch64-linux-gnu-gcc LDFLAGS=-static" if out.isa == "neon" else ""
+    print(f"build: make -C {out.directory}{cross}; run on the device: ./npas_model . 200")
     return 0
