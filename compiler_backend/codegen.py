@@ -231,9 +231,11 @@ class _Builder:
         segs = build_segments(op.weight, op.kept, op.groups, family=cfg.family,
                               p_max=cfg.p_max, lanes=lanes)
         bias_off = self.add_f(op.bias)
+        junk = False  # some kernel stores whole wide rows, junk columns included
         for si, seg in enumerate(segs):
             offsets = self._entry_offsets(seg.cols, op, geo)
             name = f"{fn}_s{si}"
+            row_exact = False  # the kernel stores only the ow real columns of each row
             if cfg.family == "spatial" and seg.nblk and not seg.eptr[-1]:  # pruned filters
                 parts.append(self.fill_kernel(name, seg, bias_off, y_off, res_off, act, T, ys, yo))
             elif cfg.family == "channel":
@@ -244,15 +246,18 @@ class _Builder:
             elif cfg.family == "taps" and seg.p == 1 and taps_eligible(op, geo):
                 parts.append(self.taps_kernel(name, seg, op, geo, bias_off, x_off, y_off, res_off,
                                               act, cfg.v, ys, yo))
+                row_exact = True
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
+                row_exact = use_bands(offsets, geo["wq"], geo["ow"], self.isa.lanes)
                 parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
-                                             act, T, ys, yo, geo))
+                                             act, T, ys, yo, geo, row_exact))
             else:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p))
                 parts.append(self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
                                                  res_off, act, T, v, cfg.threads, geo, cin,
                                                  ys, yo))
             calls.append(f"{name}(tid, nt, W, I, A);")
+            junk = junk or not row_exact
         g = work_items(cfg.threads, 4)
         steps: list[tuple[str, int]] = [(f"{fn}_pad", work_items(cfg.threads, 2))] if pad_step else []
         parts.append(f"{_sig(fn + '_k')} {{\n  " + "\n  ".join(calls) + "\n}\n")
@@ -260,7 +265,7 @@ class _Builder:
         if use_crop:
             parts.append(self.crop(f"{fn}_crop", op, T, wq, y_off, offs))
             steps.append((f"{fn}_crop", work_items(cfg.threads, 2)))
-        if wide:  # the two junk columns per row landed on the zero border
+        if wide and junk:  # the two junk columns per row landed on the zero border
             self._template("zero_border", BORDER_TEMPLATE)
             zb = [y_off, cout, oh, wq, ys]
             parts.append(f"{_sig(fn + '_zb')} {{\n  (void)W; (void)I;\n  static const int kb[5] = "
@@ -395,14 +400,14 @@ class _Builder:
 
     def dw9_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int, x_off: int,
                    y_off: int, res_off: int | None, act: str | None, T: int, ys: int,
-                   yo: int, geo: dict[str, Any]) -> str:
+                   yo: int, geo: dict[str, Any], bands: bool) -> str:
         """One row per block, 9 private entries each (depthwise 3x3): bands of output rows
-        (``depthwise.dwband_template``) where ``depthwise.use_bands``, else one vector at a
+        (``depthwise.dwband_template``, when ``depthwise.use_bands``), else one vector at a
         time (``DW9_TEMPLATE``)."""
         args = [self.add_i(seg.rows.ravel()), self.add_i(offsets), self.add_f(seg.weights), bias_off,
                 x_off, y_off, res_off or 0, seg.nblk, T, ys, yo, ACT_CODES[act or "none"],
                 int(res_off is not None)]
-        if use_bands(offsets, geo["wq"], geo["ow"], self.isa.lanes):
+        if bands:
             self._template("dwband", dwband_template())
             fn, args = "dwband", [*args, geo["wq"], geo["ow"]]
         else:
