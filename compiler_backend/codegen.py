@@ -74,6 +74,9 @@ GENERATOR_VERSION = "12"
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
 _SPLIT_ACC = 4
+#: Largest input-channel count whose spatial tiles store a phase-split output directly: that
+#: mode walks all input channels in one chunk (``spatial_template(phase_split=True)``).
+_PHASE_SPLIT_MAX_CIN = 64
 _conv_geometry = conv_geometry  # backwards-compatible names
 __all__ = ["GENERATOR_VERSION", "LayerInfo", "Program", "default_config", "default_configs",
            "generate"]
@@ -214,10 +217,22 @@ class _Builder:
                 and (op.res is None or op.res in self.padded))
         # the channel family writes every pixel where the destination's layout wants it
         placed = cfg.family == "channel" and op.dst not in self.split
-        use_crop = not wide and not placed and (
+        lanes = self.isa.lanes * (cfg.v if cfg.family == "channel" else 1)
+        segs = build_segments(op.weight, op.kept, op.groups, family=cfg.family,
+                              p_max=cfg.p_max, lanes=lanes)
+        # spatial tiles of whole output rows store a phase-split output themselves
+        phase_split = (cfg.family == "spatial" and op.groups == 1 and op.dst in self.split
+                       and op.res is None and wq == ow and ow % self.isa.lanes == 0
+                       and cin <= _PHASE_SPLIT_MAX_CIN
+                       and all(seg.eptr[-1] for seg in segs if seg.nblk))
+        use_crop = not wide and not placed and not phase_split and (
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
         ys, yo = T, 0
-        if wide:
+        eo: tuple[int, int] | None = None
+        if phase_split:
+            y_off, res_off, act = offs[op.dst], None, op.act
+            ys, eo = self._phase_split_table(op, T)
+        elif wide:
             y_off, act = offs[op.dst], op.act
             res_off = offs[op.res] if op.res is not None else None
             ys, _, yo = strides(self.g, op.dst, self.padded)  # the plane of the output
@@ -227,9 +242,6 @@ class _Builder:
             y_off = offs[op.dst]
             res_off = offs[op.res] if op.res is not None else None
             act = op.act
-        lanes = self.isa.lanes * (cfg.v if cfg.family == "channel" else 1)
-        segs = build_segments(op.weight, op.kept, op.groups, family=cfg.family,
-                              p_max=cfg.p_max, lanes=lanes)
         bias_off = self.add_f(op.bias)
         junk = False  # some kernel stores whole wide rows, junk columns included
         for si, seg in enumerate(segs):
@@ -255,7 +267,7 @@ class _Builder:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p))
                 parts.append(self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
                                                  res_off, act, T, v, cfg.threads, geo, cin,
-                                                 ys, yo))
+                                                 ys, yo, eo))
             calls.append(f"{name}(tid, nt, W, I, A);")
             junk = junk or not row_exact
         g = work_items(cfg.threads, 4)
@@ -345,17 +357,34 @@ class _Builder:
                          "pad_phase(tid, nt, A, k); }")
         return f"{_sig(name)} {{\n  (void)W; (void)I;\n" + "\n".join(calls) + "\n}\n"
 
+    def _phase_split_table(self, op: ConvOp, T: int) -> tuple[int, tuple[int, int]]:
+        """(phase plane size, (I offset, odd distance)) for tiles storing ``op``'s output
+        phase-split: output vector ``j`` (pixels ``j * lanes ...``, inside one row ``y``) puts
+        its even columns in phase (``(y + 1) & 1``, 1) and its odd ones in phase (same, 0), as
+        ``CROP_SPLIT2_TEMPLATE`` does."""
+        cout, oh, ow = op.out_shape
+        hq, dwq = split2_geometry(oh, ow)
+        plane, phase = hq * dwq, cout * hq * dwq
+        t = np.arange(0, T, self.isa.lanes)
+        y, x = t // ow, t % ow
+        even = 2 * ((y + 1) & 1) * phase + ((y + 1) >> 1) * dwq + phase + x // 2
+        return plane, (self.add_i(even), 1 - phase)
+
     def spatial_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                        x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
                        v: int, lt: int, geo: dict[str, Any], cin: int, ys: int,
-                       yo: int) -> str:
+                       yo: int, eo: tuple[int, int] | None = None) -> str:
+        """``eo``: (I offset of the per-vector even-half offsets, odd-half distance) when the
+        tiles store a phase-split output (``_phase_split_table``)."""
         p, lanes = seg.p, self.isa.lanes
         oh, ow = T // geo["wq"], geo["ow"]
-        vr = row_tiles(p, v, lanes, oh, ow, geo["wq"], T, self.isa.max_acc)
+        vr = None if eo else row_tiles(p, v, lanes, oh, ow, geo["wq"], T, self.isa.max_acc)
         v = vr or v
         vw = v * geo["wq"] if vr else v * lanes  # pixels per tile step
         nch, tch, ccs = chunking(T, vw, geo, 4 * seg.weights.size, seg.nblk, lt, cin,
                                  int(seg.eptr[-1]) // max(seg.nblk, 1))
+        if eo:
+            ccs = cin  # one input-channel chunk: every store is final
         ncc = max(1, -(-cin // ccs))
         order, spans = _traversal_order(seg, seg.cols // (geo["kh"] * geo["kw"]), ccs, ncc)
         ro, co = self.add_i(seg.rows), self.add_i(spans)
@@ -365,12 +394,14 @@ class _Builder:
         last = np.where(nonempty.any(1), ncc - 1 - nonempty[:, ::-1].argmax(1), 0)
         flo = self.add_i(np.stack([first, last], 1) if seg.nblk else np.zeros(2))
         split = _SPLIT_ACC if p == 1 and v * _SPLIT_ACC <= self.isa.max_acc else 1
-        key = f"sk_p{p}_v{v}" + ("_r" if vr else "") + (f"_s{split}" if split > 1 else "")
-        self._template(key, spatial_template(key, p, v, row=bool(vr), split=split))
+        key = (f"sk_p{p}_v{v}" + ("_r" if vr else "") + (f"_s{split}" if split > 1 else "")
+               + ("_e" if eo else ""))
+        self._template(key, spatial_template(key, p, v, row=bool(vr), split=split,
+                                             phase_split=bool(eo)))
         args = [ro, 0, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
-                geo["wq"] if vr else lanes, vw]
-        return (f"{_sig(name)} {{\n  static const int k[21] = {{{', '.join(map(str, args))}}};\n"
+                geo["wq"] if vr else lanes, vw, *(eo or ())]
+        return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 
     def taps_kernel(self, name: str, seg: Segment, op: ConvOp, geo: dict[str, Any],

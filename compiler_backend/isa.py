@@ -3,7 +3,8 @@
 The generator writes every kernel against ``vf`` / ``VLOAD`` / ``VFMA`` ... ; the prelude maps
 them to AVX-512 (16 lanes), AVX2+FMA (8 lanes), AArch64 NEON (4 lanes, the papers' mobile
 target) or portable C (8 lanes, ``#pragma omp simd`` loops). ``VEVEN(a, b)`` / ``VODD(a, b)``
-are the even / odd lanes of ``a`` then ``b``; ``VREG(x)`` keeps a loaded vector in a register
+are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the even lanes of
+``v`` at ``e`` and the odd ones at ``o`` (half a vector each); ``VREG(x)`` keeps a loaded vector in a register
 (gcc otherwise folds the load into every FMA that reads it: the tap-column kernel's row reuse
 then vanished, 570 us became 700).
 """
@@ -93,6 +94,9 @@ typedef __m512 vf;
 #define VMIN(a, b) _mm512_min_ps((a), (b))
 #define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
+#define VSTORE_EO(e, o, v) do { const __m512 p_ = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), (v)); \
+    _mm256_storeu_ps((e), _mm512_castps512_ps256(p_)); \
+    _mm256_storeu_ps((o), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p_), 1))); } while (0)
 """
 
 # AVX2 through GCC vector extensions and builtins: the same instructions as <immintrin.h>
@@ -132,6 +136,9 @@ static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #define VMIN(a, b) __builtin_ia32_minps256((a), (b))
 #define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14)
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15)
+#define VSTORE_EO(e, o, v) do { const vf p_ = __builtin_shufflevector((v), (v), 0, 2, 4, 6, 1, 3, 5, 7); \
+    *(vf4u*)(e) = __builtin_shufflevector(p_, p_, 0, 1, 2, 3); \
+    *(vf4u*)(o) = __builtin_shufflevector(p_, p_, 4, 5, 6, 7); } while (0)
 """
 
 # AArch64 Advanced SIMD. Partial loads / stores go through a 4-float stack copy.
@@ -153,6 +160,8 @@ static inline void VSTOREM(float* p, vf v, int n) { float t[4]; vst1q_f32(t, v);
 #define VMIN(a, b) vminq_f32((a), (b))
 #define VEVEN(a, b) vuzp1q_f32((a), (b))
 #define VODD(a, b) vuzp2q_f32((a), (b))
+#define VSTORE_EO(e, o, v) do { vst1_f32((e), vget_low_f32(vuzp1q_f32((v), (v)))); \
+    vst1_f32((o), vget_low_f32(vuzp2q_f32((v), (v)))); } while (0)
 """
 
 _GENERIC = r"""
@@ -172,6 +181,7 @@ static inline vf VMAX(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i]
 static inline vf VMIN(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }
 static inline vf VEVEN(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i < VL ? a.v[2 * i] : b.v[2 * i - VL]; return r; }
 static inline vf VODD(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i + 1 < VL ? a.v[2 * i + 1] : b.v[2 * i + 1 - VL]; return r; }
+static inline void VSTORE_EO(float* e, float* o, vf a) { for (int i = 0; i < VL / 2; ++i) { e[i] = a.v[2 * i]; o[i] = a.v[2 * i + 1]; } }
 """
 
 _VACT = r"""

@@ -242,7 +242,8 @@ def _vsum(terms: list[str]) -> str:
     return terms[0]
 
 
-def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1) -> str:
+def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1,
+                     phase_split: bool = False) -> str:
     """The register-tiled spatial kernel: ``p`` rows x ``v`` vectors of output pixels.
 
     ``split`` > 1 (one-row tiles only) spreads consecutive entries over that many sets of
@@ -258,6 +259,13 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     chunk), vs, ts (row mode only: vector ``u`` of a
     tile starts ``u * vs`` pixels after the tile, tiles step by ``ts``; with ``vs`` = the row
     width every vector is one output row of a map at most ``VL`` wide).
+
+    ``phase_split``: the output is stored phase-split (``layout.plan_split2``) by the tiles
+    themselves, each vector's even and odd lanes to their phase planes (``VSTORE_EO``):
+    ``k[21]`` (I arena) holds per output vector the offset of its even half in the channel's
+    planes, ``k[22]`` the odd half's distance from it; ``ys`` is the phase plane size. Needs
+    rows of whole vectors, one input-channel chunk and no residual. MobileNetV2's expand convs
+    before a stride-2 depthwise then need no crop pass (144 x 32 x 32: 37 us).
 
     Work items are chunk-major (pixel chunk, row block); a thread takes a contiguous range.
     Inside one pixel chunk the kernel walks input-channel chunks outermost so that the input
@@ -285,6 +293,9 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
         dst = f"yp + {u} * @VS@"
         body = f"vf y = a{q}_{u};{res(q, u, masked)} y = v_act(y, act);" if final else \
             f"vf y = a{q}_{u};"
+        if phase_split:  # whole vectors only: n{u} is VL or nothing
+            put = f"VSTORE_EO(yp + eo[{u}], yp + eo[{u}] + od, y);"
+            return f" if (n{u} > 0) {{ {body} {put} }}" if masked else f" {{ {body} {put} }}"
         if masked:
             return f" if (n{u} > 0) {{ {body} VSTOREM({dst}, y, n{u}); }}"
         return f" {{ {body} VSTORE({dst}, y); }}"
@@ -292,7 +303,8 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     def stores(masked: bool, final: bool) -> str:
         return "\n".join(
             f"          {{ const int r = rw[{q}]; if (r >= 0) {{ "
-            f"float* yp = Y + (long)r * ys + t + yo;"
+            + ("float* yp = Y + (long)r * ys; const int* eo = eot + t / VL;" if phase_split else
+               "float* yp = Y + (long)r * ys + t + yo;")
             + "".join(store(q, u, masked, final) for u in range(v)) + " } }" for q in range(p))
 
     if split > 1:
@@ -316,6 +328,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
                       for u in range(v))
     rr = ", ".join(f"rw[{q}] < 0 ? 0 : rw[{q}]" for q in range(p))
     mode = ("const int vs_ = k[19], ts_ = k[20];" if row else "")
+    eo_args = "\n  const int* eot = I + k[21]; const int od = k[22];" if phase_split else ""
     text = f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* rows = I + k[0]; const int* off = I + k[2]; const int* cp = I + k[14];
@@ -323,7 +336,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
   const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
   const int nblk = k[8], nch = k[9], tch = k[10], T = k[11], ys = k[12], yo = k[13];
   const int ncc = k[15], act = k[16], hr = k[17]; const int* fl = I + k[18];
-  {mode}
+  {mode}{eo_args}
   PART(nblk * nch)
   for (int it = lo; it < hi;) {{
     const int ch = it / nblk, b0 = it % nblk;

@@ -24,7 +24,8 @@ from npas_env.pruning import prune_mask
 
 class Mixed(nn.Module):
     """One layer per kernel family: pattern taps, block-punched stride 2 with a 1x1 stride-2
-    shortcut, block-based 1x1, depthwise at stride 1 and 2, unstructured 1x1, pooling, Linear."""
+    shortcut (both read a phase-split input), a block-based 1x1 storing its output phase-split
+    for a stride-2 depthwise, depthwise at stride 1, unstructured 1x1, pooling, Linear."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -38,10 +39,10 @@ class Mixed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        x = torch.relu(self.pat(x)) + x
+        x = torch.relu(self.pat(x) + x)
         y = torch.relu(self.blk(x) + self.short(x))
-        y = F.relu6(self.dw(F.relu6(self.expand(y))))
-        y = self.proj(F.relu6(self.dw2(y)))
+        y = F.relu6(self.dw2(F.relu6(self.expand(y))))
+        y = self.proj(F.relu6(self.dw(y)))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
 
 
@@ -52,12 +53,13 @@ def _model_and_masks() -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor
                "expand": ("block_based", 4.0), "proj": ("unstructured", 5.0)}
     masks = {name: prune_mask(getattr(model, name).weight, s, r, (4, 8))
              for name, (s, r) in schemes.items()}
-    return model, masks, torch.randn(1, 3, 24, 24)
+    return model, masks, torch.randn(1, 3, 32, 32)
 
 
-#: Kernel templates the Mixed model must use: spatial, channel, taps, banded and per-vector
-#: depthwise, and the phase-split epilogue.
-_KERNELS = ("void sk_p", "void ck_t", "void tk_r", "void dwband(", "void dw9(", "void crop_split2(")
+#: Kernel templates the Mixed model must use: spatial (one storing phase-split), channel, taps,
+#: banded and per-vector depthwise, and the phase-split crop epilogue.
+_KERNELS = ("void sk_p", "_e(int tid", "void ck_t", "void tk_r", "void dwband(", "void dw9(",
+            "void crop_split2(")
 
 
 def _assert_all_families(directory: Path) -> None:
@@ -109,6 +111,17 @@ def test_driver_fails_on_a_wrong_expected_output(host_export) -> None:
         want.tofile(bad)
     assert run.returncode == 1
     assert json.loads(run.stdout)["max_rel_error"] > 1e-4
+
+
+def test_avx512_export_compiles(tmp_path) -> None:
+    """This machine may lack AVX-512: the package is only built (every template, AVX-512 prelude);
+    on an AVX-512 machine the host-ISA tests above run it."""
+    model, masks, x = _model_and_masks()
+    out = export_c(model, x, tmp_path, masks, isa="avx512", threads=2)
+    make = subprocess.run(["make", "-s", "-C", str(out.directory), f"CC={find_compiler()}"],
+                          capture_output=True, text=True, timeout=300)
+    assert make.returncode == 0, make.stderr
+    assert (out.directory / "npas_model").exists()
 
 
 def test_generic_isa_export_matches_torch(tmp_path, compiler_cache) -> None:
