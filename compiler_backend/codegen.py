@@ -49,7 +49,6 @@ from compiler_backend.kernels import (
     ACT_HELPERS,
     BORDER_TEMPLATE,
     CROP_SPLIT2_TEMPLATE,
-    DW9_TEMPLATE,
     DWS2_TEMPLATE,
     FILL_TEMPLATE,
     PAD_TEMPLATE,
@@ -57,6 +56,8 @@ from compiler_backend.kernels import (
     SPLIT2_TEMPLATE,
     channel_template,
     crop_template,
+    dw9_template,
+    dw9_vectors,
     spatial_template,
 )
 from compiler_backend.kernels import (
@@ -434,7 +435,7 @@ class _Builder:
                    yo: int, geo: dict[str, Any], bands: bool) -> str:
         """One row per block, 9 private entries each (depthwise 3x3): bands of output rows
         (``depthwise.dwband_template``, when ``depthwise.use_bands``), else one vector at a
-        time (``DW9_TEMPLATE``)."""
+        time (``dw9_template``)."""
         args = [self.add_i(seg.rows.ravel()), self.add_i(offsets), self.add_f(seg.weights), bias_off,
                 x_off, y_off, res_off or 0, seg.nblk, T, ys, yo, ACT_CODES[act or "none"],
                 int(res_off is not None)]
@@ -442,8 +443,8 @@ class _Builder:
             self._template("dwband", dwband_template())
             fn, args = "dwband", [*args, geo["wq"], geo["ow"]]
         else:
-            self._template("dw9", DW9_TEMPLATE)
-            fn = "dw9"
+            fn = f"dw9_v{dw9_vectors(T, self.isa.lanes)}"
+            self._template(fn, dw9_template(dw9_vectors(T, self.isa.lanes)))
         return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
                 f"  {fn}(tid, nt, W, I, A, k);\n}}\n")
 

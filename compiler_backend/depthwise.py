@@ -1,6 +1,6 @@
 """Depthwise 3x3 at stride 1 in bands of output rows (``DWBAND_TEMPLATE``).
 
-``kernels.DW9_TEMPLATE`` computes each output vector from nine pixel loads, one per tap. Here
+``kernels.dw9_template`` computes each output vector from nine pixel loads, one per tap. Here
 a tile is up to ``BAND`` output rows x one vector: each of the ``BAND + 2`` input rows of a
 kernel column is loaded once and feeds every tap of that column whose output row is in the
 band (18 loads for 36 FMAs instead of 36 for 36). The nine weights stay in registers for the

@@ -387,12 +387,28 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     return text.replace("@VS@", vs).replace("@TS@", ts)
 
 
-#: Rows that each own exactly 9 entries and share them with no other row (depthwise 3x3):
-#: the row's 9 weights stay in registers while it sweeps its whole output plane ``V`` vectors
-#: at a time (the spatial kernel re-broadcasts them per tile and pays its block bookkeeping for
-#: 9 FMAs). Parameter array ``k``: rows, offsets (9 per row; I arena), weights (9 per row),
-#: bias (W arena), x, y, res (A arena), nrows, T, ys, yo, act, has_res.
-DW9_TEMPLATE = f"""static {NOINLINE} void dw9(int tid, int nt, const float* restrict W,
+def dw9_template(v: int) -> str:
+    """Rows that each own exactly 9 entries and share them with no other row (depthwise 3x3):
+    the row's 9 weights stay in registers while it sweeps its whole output plane ``v`` vectors
+    at a time (the spatial kernel re-broadcasts them per tile and pays its block bookkeeping for
+    9 FMAs). ``v`` divides a small plane exactly where it can (``dw9_vectors``): MobileNetV2's
+    4x4 maps are 3 vectors of wide rows, which 2-vector steps covered as 4, a third of the FMAs
+    and a masked store spent on nothing.
+
+    Parameter array ``k``: rows, offsets (9 per row; I arena), weights (9 per row), bias
+    (W arena), x, y, res (A arena), nrows, T, ys, yo, act, has_res.
+    """
+    us = range(v)
+    first = " ".join(f"vf a{u} = VMUL(w0, VLOAD(x0 + t + {u} * VL));" for u in us)
+    tap = " ".join(f"a{u} = VFMA(w##q, VLOAD(x##q + t + {u} * VL), a{u});" for u in us)
+    bias = " ".join(f"a{u} = VADD(a{u}, bb);" for u in us)
+    full = " ".join(f"VSTORE(y + t + {u} * VL, v_act(hr ? VADD(a{u}, VLOAD(rp + t + {u} * VL)) : a{u}, act));"
+                    for u in us)
+    part = " ".join(
+        f"{{ const int n = T - t - {u} * VL < VL ? T - t - {u} * VL : VL; if (n > 0) "
+        f"VSTOREM(y + t + {u} * VL, v_act(hr ? VADD(a{u}, VLOADM(rp + t + {u} * VL, n)) : a{u}, act), n); }}"
+        for u in us)
+    return f"""static {NOINLINE} void dw9_v{v}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* rows = I + k[0]; const int* offs = I + k[1];
   const float* wt = W + k[2]; const float* bias = W + k[3];
@@ -409,28 +425,25 @@ DW9_TEMPLATE = f"""static {NOINLINE} void dw9(int tid, int nt, const float* rest
     const float* x6 = X + o[6]; const float* x7 = X + o[7]; const float* x8 = X + o[8];
     const vf bb = VSET1(bias[r]);
     float* y = Y + (long)r * ys + yo; const float* rp = R + (long)r * ys + yo;
-    for (int t = 0; t < T; t += 2 * VL) {{
-      vf a = VMUL(w0, VLOAD(x0 + t)), c = VMUL(w0, VLOAD(x0 + t + VL));
-#define NPAS_TAP(q) a = VFMA(w##q, VLOAD(x##q + t), a); c = VFMA(w##q, VLOAD(x##q + t + VL), c);
+    for (int t = 0; t < T; t += {v} * VL) {{
+      {first}
+#define NPAS_TAP(q) {tap}
       NPAS_TAP(1) NPAS_TAP(2) NPAS_TAP(3) NPAS_TAP(4) NPAS_TAP(5) NPAS_TAP(6) NPAS_TAP(7) NPAS_TAP(8)
 #undef NPAS_TAP
-      a = VADD(a, bb); c = VADD(c, bb);
-      if (t + 2 * VL <= T) {{
-        if (hr) {{ a = VADD(a, VLOAD(rp + t)); c = VADD(c, VLOAD(rp + t + VL)); }}
-        VSTORE(y + t, v_act(a, act)); VSTORE(y + t + VL, v_act(c, act));
-      }} else {{
-        const int n0 = T - t < VL ? T - t : VL, n1 = T - t - VL;
-        if (hr) a = VADD(a, VLOADM(rp + t, n0));
-        VSTOREM(y + t, v_act(a, act), n0);
-        if (n1 > 0) {{
-          if (hr) c = VADD(c, VLOADM(rp + t + VL, n1));
-          VSTOREM(y + t + VL, v_act(c, act), n1);
-        }}
-      }}
+      {bias}
+      if (t + {v} * VL <= T) {{ {full} }}
+      else {{ {part} }}
     }}
   }}
 }}
 """
+
+
+def dw9_vectors(T: int, lanes: int) -> int:
+    """Vectors per ``dw9`` step: the whole plane when it is at most 4 vectors, else 2."""
+    n = -(-T // lanes)
+    return n if n <= 4 else 2
+
 
 
 #: Depthwise 3x3 / stride 2 / pad 1 straight from its input (plain or padded), one channel at

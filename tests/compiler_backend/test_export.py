@@ -58,7 +58,7 @@ def _model_and_masks() -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor
 
 #: Kernel templates the Mixed model must use: spatial (one storing phase-split), channel, taps,
 #: banded and per-vector depthwise, and the phase-split crop epilogue.
-_KERNELS = ("void sk_p", "_e(int tid", "void ck_t", "void tk_r", "void dwband(", "void dw9(",
+_KERNELS = ("void sk_p", "_e(int tid", "void ck_t", "void tk_r", "void dwband(", "void dw9_v",
             "void crop_split2(")
 
 
