@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace, model: object, example: object, masks: object) -> int:
+def _export(args: argparse.Namespace, model: nn.Module, example: torch.Tensor,
+            masks: Mapping[str, torch.Tensor] | None) -> int:
     from compiler_backend import export_c
 
     if args.tune:
         print("note: --tune is ignored with --export (tuning measures on the target device)")
-    out = export_c(model, example, args.export, masks, isa=args.isa,  # type: ignore[arg-type]
-                   threads=args.threads)
+    out = export_c(model, example, args.export, masks, isa=args.isa, threads=args.threads)
     print(json.dumps({"model": args.model, "plan": str(args.plan) if args.plan else "dense",
                       "isa": out.isa, "threads": out.threads, "directory": str(out.directory),
                       "files": list(out.files)}, indent=2))
