@@ -443,8 +443,9 @@ class _Builder:
             self._template("dwband", dwband_template())
             fn, args = "dwband", [*args, geo["wq"], geo["ow"]]
         else:
-            fn = f"dw9_v{dw9_vectors(T, self.isa.lanes)}"
-            self._template(fn, dw9_template(dw9_vectors(T, self.isa.lanes)))
+            v = dw9_vectors(T, self.isa.lanes)
+            fn = f"dw9_v{v}"
+            self._template(fn, dw9_template(v))
         return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
                 f"  {fn}(tid, nt, W, I, A, k);\n}}\n")
 

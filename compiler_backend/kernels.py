@@ -445,7 +445,6 @@ def dw9_vectors(T: int, lanes: int) -> int:
     return n if n <= 4 else 2
 
 
-
 #: Depthwise 3x3 / stride 2 / pad 1 straight from its input (plain or padded), one channel at
 #: a time: its rows are split into even and odd columns in a small on-stack buffer (L1; the odd ones one
 #: slot to the right after a zero, which is the left padding), then every output vector is 9
