@@ -230,6 +230,31 @@ def test_peak_probe_does_not_exceed_the_fma_pipes(tmp_path) -> None:
     assert best <= 2 * isa.lanes * 2 * 1.1
 
 
+def test_two_thread_probes_leave_no_thread_behind(tmp_path) -> None:
+    """The FMA team and the placement probe run beside timed runtimes: no thread may outlive a
+    call (an OpenMP team's idle threads disturbed the runtimes timed after it)."""
+    import math
+    import os
+
+    from compiler_backend.isa import detect_isa
+    from compiler_backend.peak import core_pair, fma_probe
+
+    tasks = "/proc/self/task"
+    before = len(os.listdir(tasks)) if os.path.isdir(tasks) else None
+    isa = detect_isa()
+    probe = fma_probe(isa, 2, seconds=0.002, cache=tmp_path)
+    placement = core_pair(isa, seconds=0.002, cache=tmp_path)
+    gflops = probe()
+    reading = placement()
+    if before is not None:
+        assert len(os.listdir(tasks)) == before
+    assert gflops > 0.0
+    if len(os.sched_getaffinity(0)) < 2:
+        assert math.isnan(reading.share) and math.isnan(reading.round_trip_ns)
+    else:  # ~1 on two cores, ~0.5 on one; a round trip takes tens to thousands of ns
+        assert 0.1 < reading.share < 10.0 and 5.0 < reading.round_trip_ns < 1e6
+
+
 @pytest.mark.parametrize(("hw", "threads"), [(8, 1), (8, 2)])
 def test_row_mode_tiles_on_narrow_maps_match_torch(hw: int, threads: int, compiler_cache) -> None:
     torch.manual_seed(0)
