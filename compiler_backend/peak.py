@@ -272,8 +272,8 @@ class CorePair(NamedTuple):
     Attributes:
         share: the slower of two threads running the FMA loop at once, over one thread alone:
             ~1.0 when each vCPU has a physical core, ~0.5 when they share one.
-        round_trip_ns: one cache line bounced between the two CPUs: here 65-120 ns when the
-            host placed them on nearby cores, 460-700 ns when far apart.
+        round_trip_ns: one cache line bounced between the two CPUs: here 65-160 ns when the
+            host placed them on nearby cores, 350-900 ns when far apart.
     """
 
     share: float
@@ -288,17 +288,18 @@ def core_pair(isa: Isa, seconds: float = 0.002, *,
               cache: Path | None = None) -> Callable[[], CorePair]:
     """A probe of about ``2 * seconds`` (plus a 2000-trip ping-pong) of the vCPU placement.
 
-    On a virtual machine the two vCPUs move between physical cores. Seen here: in about 1 of
-    11 windows of 50 ms they shared one core (two FMA threads at 51 + 51 GFLOP/s against 100
-    alone), and in about 1 of 4 a cache line took 460-700 ns to go and come back instead of
-    65-120 ns. A 2-thread runtime that hands data between its threads every layer runs up to
-    twice as slow in the second state, and neither is visible from inside the guest except by
-    measuring it; a benchmark can record this next to each 2-thread timing. NaN readings on a
-    machine with a single CPU.
+    On a virtual machine the two vCPUs move between physical cores. Seen here: in 29 of 400
+    windows of 50 ms they shared one core (two FMA threads at 51 + 51 GFLOP/s against 100
+    alone), and in 25-75 % of samples (by the hour) a cache line took 350-900 ns to go and
+    come back instead of 65-160 ns. Our 2-thread ResNet-20 at 4x ran 527-572 us in that far
+    state against 295-323 us near (1 thread: 430 us in both). Neither state is visible from
+    inside the guest except by measuring it; a benchmark can record it next to each 2-thread
+    timing. NaN readings on a machine with a single CPU.
     """
     lib = _library(isa, cache)
     iters = _iters_for(lib, seconds, 1 << 10)
-    if len(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(2)) < 2:
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    if len(cpus) < 2:
         return lambda: CorePair(math.nan, math.nan)
     slowest = ctypes.c_double()
 
