@@ -37,6 +37,14 @@ static inline float s_act(float y, int act) {
 #: for a worker to arrive, so a worker descheduled on a busy CPU costs nothing (an OpenMP fork /
 #: join waits for it every call). Idle workers spin briefly, then sleep on a condition
 #: variable. ``{nsteps}`` is the largest step count of a segment.
+#: A spin-wait hint: ``pause`` on x86, a compiler barrier elsewhere.
+PAUSE_MACRO = r"""#if defined(__x86_64__) || defined(__i386__)
+#define NPAS_PAUSE() __builtin_ia32_pause()
+#else
+#define NPAS_PAUSE() __asm__ volatile("" ::: "memory")
+#endif
+"""
+
 POOL_TEMPLATE = r"""
 #include <pthread.h>
 #include <sched.h>
@@ -44,12 +52,7 @@ POOL_TEMPLATE = r"""
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
-#if defined(__x86_64__) || defined(__i386__)
-#define NPAS_PAUSE() __builtin_ia32_pause()
-#else
-#define NPAS_PAUSE() __asm__ volatile("" ::: "memory")
-#endif
-typedef void (*npas_job_fn)(long, int, const float*, const int*, float*);
+""" + PAUSE_MACRO + r"""typedef void (*npas_job_fn)(long, int, const float*, const int*, float*);
 static long npas_ctr[{nsteps}], npas_done[{nsteps}];
 static long npas_gen = 0;
 static npas_job_fn npas_job;

@@ -34,18 +34,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from compiler_backend.isa import Isa, prelude
+from compiler_backend.kernels import PAUSE_MACRO
 from compiler_backend.toolchain import compile_source
 
 _SOURCE = r"""
 #include <pthread.h>
 #include <sched.h>
 #include <time.h>
-
-#if defined(__x86_64__) || defined(__i386__)
-#define NPAS_RELAX() __builtin_ia32_pause()
-#else
-#define NPAS_RELAX() __asm__ volatile("" ::: "memory")
-#endif
 
 static double now_s(void) {
   struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec;
@@ -113,7 +108,7 @@ static void* bounce_back(void* p) {
   bounce_arg* a = (bounce_arg*)p;
   pin_self(a->cpu);
   for (long v = 1; v < 2 * a->n; v += 2) {
-    while (__atomic_load_n(a->flag, __ATOMIC_ACQUIRE) != v) NPAS_RELAX();
+    while (__atomic_load_n(a->flag, __ATOMIC_ACQUIRE) != v) NPAS_PAUSE();
     __atomic_store_n(a->flag, v + 1, __ATOMIC_RELEASE);
   }
   return 0;
@@ -134,7 +129,7 @@ double round_trip_ns(long n) {
   for (long v = 0; v < 2 * a.n; v += 2) {
     if (v == 2 * warm) t0 = now_s();
     __atomic_store_n(&flag, v + 1, __ATOMIC_RELEASE);
-    while (__atomic_load_n(&flag, __ATOMIC_ACQUIRE) != v + 2) NPAS_RELAX();
+    while (__atomic_load_n(&flag, __ATOMIC_ACQUIRE) != v + 2) NPAS_PAUSE();
   }
   const double dt = now_s() - t0;
   pthread_join(id, 0);
@@ -225,7 +220,8 @@ class MachinePeak:
 
 
 def _library(isa: Isa, cache: Path | None) -> ctypes.CDLL:
-    art = compile_source("#define _GNU_SOURCE\n" + prelude(isa) + _SOURCE, [], cache=cache)
+    art = compile_source("#define _GNU_SOURCE\n" + prelude(isa) + PAUSE_MACRO + _SOURCE, [],
+                         cache=cache)
     lib = ctypes.CDLL(str(art.path))
     lib.fma_team.restype = ctypes.c_double
     lib.fma_team.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.POINTER(ctypes.c_double)]
