@@ -55,7 +55,8 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
                   masks: Mapping[str, torch.Tensor] | None = None, *, threads: int = 1,
                   tune: bool | TuningConfig = False, cache_dir: Path | None = None,
                   isa: str | None = None,
-                  configs: Mapping[str, KernelConfig] | None = None) -> CompiledModel:
+                  configs: Mapping[str, KernelConfig] | None = None,
+                  adaptive_threads: bool = False) -> CompiledModel:
     """Compile ``model`` (eval semantics, BN folded) into one C library for this CPU.
 
     Args:
@@ -67,6 +68,8 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
         cache_dir: artifact cache (default ``npas_env.io.cache_dir() / "compiler"``).
         isa: force ``avx512`` / ``avx2`` / ``generic`` (``neon`` on AArch64) (default: detected; ``$NPAS_COMPILER_ISA``).
         configs: explicit per-layer kernel configs (override defaults and tuning).
+        adaptive_threads: run each call on 1 thread or ``threads``, whichever ran faster
+            recently (for hosts that move their vCPUs; see ``compiler_backend.threads``).
 
     Returns:
         The loaded :class:`CompiledModel`.
@@ -90,6 +93,6 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
     program = generate(graph, target, threads, chosen)
     artifact = compile_source(program.source, program.line_map, cache=cache_dir)
     try:
-        return CompiledModel(graph, program, artifact, threads, target.name)
+        return CompiledModel(graph, program, artifact, threads, target.name, adaptive_threads)
     except OSError as exc:
         raise BackendError(f"cannot load compiled model {artifact.path}: {exc}") from None

@@ -13,6 +13,7 @@ from torch.fx.node import map_aggregate
 
 from compiler_backend.codegen import Program
 from compiler_backend.ir import BufRef, EnvRef, FallbackOp, Graph
+from compiler_backend.threads import AdaptiveThreads, FixedThreads, ThreadPolicy
 from compiler_backend.toolchain import Artifact
 from npas_env.errors import BackendError
 
@@ -81,12 +82,19 @@ class CompileReport:
 
 
 class CompiledModel:
-    """A model compiled to one shared library; ``run`` executes batch-1 (or small) batches."""
+    """A model compiled to one shared library; ``run`` executes batch-1 (or small) batches.
+
+    ``adaptive_threads``: each call runs on 1 thread or ``threads``, whichever ran faster
+    recently (:class:`~compiler_backend.threads.AdaptiveThreads`); else always ``threads``.
+    """
 
     def __init__(self, graph: Graph, program: Program, artifact: Artifact, threads: int,
-                 isa: str) -> None:
+                 isa: str, adaptive_threads: bool = False) -> None:
         self.graph, self.program, self.artifact = graph, program, artifact
         self.threads, self.isa = int(threads), isa
+        self.thread_policy: ThreadPolicy = (AdaptiveThreads(self.threads)
+                                            if adaptive_threads and self.threads > 1
+                                            else FixedThreads(self.threads))
         self._lib = ctypes.CDLL(str(artifact.path))
         self._weights = np.ascontiguousarray(program.weights, np.float32)
         self._ints = np.ascontiguousarray(program.ints, np.int32)
@@ -95,7 +103,7 @@ class CompiledModel:
         self._arena = raw[start:start + program.arena_floats]
         self._raw = raw
         ptrs = (ctypes.c_void_p(self._weights.ctypes.data), ctypes.c_void_p(self._ints.ctypes.data),
-                ctypes.c_void_p(self._arena.ctypes.data), ctypes.c_int(self.threads))
+                ctypes.c_void_p(self._arena.ctypes.data))
         self._prof = (ctypes.c_double * max(1, len(graph.ops))).in_dll(self._lib, "npas_prof")
         self._prof_on = ctypes.c_int.in_dll(self._lib, "npas_prof_on")
         self._views: dict[int, torch.Tensor] = {}
@@ -154,12 +162,15 @@ class CompiledModel:
             self._fb_time[self._fb_index[id(op)]] += time.perf_counter() - start
 
     def _run_sample(self, timed: bool = False) -> None:
+        nt = self.thread_policy.choose()
+        start = time.perf_counter()
         for kind, step in self._steps:
             if kind == "c":
                 fn, ptrs = step
-                fn(*ptrs)
+                fn(*ptrs, nt)
             else:
                 self._fallback(step, timed)
+        self.thread_policy.record(nt, start, time.perf_counter())
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """Run the compiled model on ``x`` ([N, ...] float32, N small); returns [N, ...]."""
@@ -171,8 +182,10 @@ class CompiledModel:
         if self._batch_fn is not None:  # the whole batch in one C call
             xc = x.contiguous()
             out = torch.empty((x.shape[0], *self.graph.output_shape), dtype=torch.float32)
-            w, i, a, nt = self._ptrs
-            self._batch_fn(w, i, a, nt, int(x.shape[0]), xc.data_ptr(), out.data_ptr())
+            nt = self.thread_policy.choose()
+            start = time.perf_counter()
+            self._batch_fn(*self._ptrs, nt, int(x.shape[0]), xc.data_ptr(), out.data_ptr())
+            self.thread_policy.record(nt, start, time.perf_counter(), int(x.shape[0]))
             return out
         outs = []
         out_view = self.view(self.graph.output)
@@ -204,18 +217,21 @@ class CompiledModel:
         return _timing(times, self.threads)
 
     def profile(self, repeats: int = 20, warmup: int = 3) -> np.ndarray:
-        """Median-free mean per-op time in ms over ``repeats`` runs (index = op index)."""
+        """Median-free mean per-op time in ms over ``repeats`` runs at ``threads`` threads
+        (index = op index)."""
         for _ in range(warmup):
             self._run_sample()
         for i in range(len(self._prof)):
             self._prof[i] = 0.0
         self._fb_time[:] = 0.0
         self._prof_on.value = 1
+        policy, self.thread_policy = self.thread_policy, FixedThreads(self.threads)
         try:
             for _ in range(repeats):
                 self._run_sample(timed=True)
         finally:
             self._prof_on.value = 0
+            self.thread_policy = policy
         c_times = np.array(self._prof[:len(self.graph.ops)], dtype=float)
         return (c_times + self._fb_time) * 1e3 / repeats
 

@@ -27,6 +27,8 @@ class CompiledLatency:
 
     Attributes:
         threads: OpenMP threads of the compiled model.
+        adaptive_threads: each call runs on 1 thread or ``threads``, whichever ran faster
+            recently (``compiler_backend.threads.AdaptiveThreads``; for hosts that move vCPUs).
         warmup: untimed runs before measuring.
         repeats: minimum timed runs.
         min_seconds: keep timing until at least this much wall time has passed.
@@ -40,6 +42,7 @@ class CompiledLatency:
     """
 
     threads: int = 1
+    adaptive_threads: bool = False
     warmup: int = 10
     repeats: int = 50
     min_seconds: float = 0.2
@@ -62,7 +65,8 @@ class CompiledLatency:
 
         return {"threads": self.threads, "warmup": self.warmup, "repeats": self.repeats,
                 "min_seconds": self.min_seconds, "tune": self.tune, "generator": GENERATOR_VERSION,
-                "anchor": self.anchor, "rounds": self.rounds, "reference_ms": self.reference_ms}
+                "anchor": self.anchor, "rounds": self.rounds, "reference_ms": self.reference_ms,
+                **({"adaptive_threads": True} if self.adaptive_threads else {})}
 
     def measure(self, context: ModelContext, plans: Sequence[PruningPlan]) -> list[LatencyResult]:
         """One result per plan, in order; failures come back as ``LatencyResult.failure``."""
@@ -118,7 +122,7 @@ class CompiledLatency:
         from compiler_backend import compile_model
 
         return compile_model(model, example_input, masks, threads=self.threads, tune=self.tune,
-                             cache_dir=self.cache_dir)
+                             cache_dir=self.cache_dir, adaptive_threads=self.adaptive_threads)
 
     def _reference(self, context: ModelContext) -> tuple[Any, float]:
         """The context's compiled dense model and its latency (measured once per context)."""

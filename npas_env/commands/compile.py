@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="digits", help="dataset of the pretrained starting point")
     p.add_argument("--plan", type=Path, default=None, help="plan JSON (default: dense)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--adaptive-threads", action="store_true",
+                   help="run each call on 1 thread or --threads, whichever ran faster recently "
+                        "(for cloud hosts that move their vCPUs)")
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--tune", action="store_true", help="auto-tune kernels (log reused afterwards)")
     p.add_argument("--random-weights", action="store_true",
@@ -55,11 +58,12 @@ def run(args: argparse.Namespace) -> int:
 
         return _export(args, model, first_sample(splits.test)[0].reshape(example.shape), masks)
     compiled = compile_model(model, example, masks, threads=args.threads, tune=args.tune,
-                             isa=args.isa)
+                             isa=args.isa, adaptive_threads=args.adaptive_threads)
     timing = compiled.benchmark(warmup=10, repeats=args.repeats)
     report = compiled.report
     print(json.dumps({"model": args.model, "plan": str(args.plan) if args.plan else "dense",
                       "median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms, "threads": timing.threads,
+                      "calls_per_thread_count": compiled.thread_policy.counts,
                       "compile_seconds": compiled.artifact.compile_seconds,
                       "cache_hit": compiled.artifact.cache_hit, "artifact": str(compiled.artifact.path)},
                      indent=2))

@@ -130,3 +130,14 @@ def test_size_with_a_keyword_dim_is_one_dimension(compiler_cache) -> None:
     cm = compile_model(model, x, cache_dir=compiler_cache)
     ref = model(x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+def test_adaptive_threads_run_both_counts_with_equal_outputs(compiler_cache) -> None:
+    model = _model()
+    x = torch.randn(1, 3, 16, 16)
+    cm = compile_model(model, x, threads=2, cache_dir=compiler_cache, adaptive_threads=True)
+    ref = model(x)
+    for _ in range(12):  # the first calls try 1 and 2 threads twice each
+        assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+    counts = cm.thread_policy.counts
+    assert counts[1] >= 2 and counts[2] >= 2 and sum(counts.values()) == 12
