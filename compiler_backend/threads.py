@@ -45,26 +45,23 @@ class AdaptiveThreads:
     least ``min_interval_s`` of wall time apart. A try is three calls: the first moves the
     data between the cores' caches and wakes the worker and is not kept; the other two
     replace that count's older times (the host may have moved the vCPUs since), and only then
-    is the choice made again. A call that starts more than ``idle_s`` after the last one ended
-    is not kept either.
+    is the choice made again.
     """
 
     def __init__(self, max_threads: int, window: int = 5, overhead: float = 0.01,
-                 min_interval_s: float = 0.02, max_interval_s: float = 1.0,
-                 idle_s: float = 0.002) -> None:
+                 min_interval_s: float = 0.02, max_interval_s: float = 1.0) -> None:
         if max_threads < 2:
             raise InvalidConfig(f"adaptive threads need max_threads >= 2, got {max_threads}")
         if window < 2 or not 0 < overhead < 1 or not 0 <= min_interval_s <= max_interval_s:
-            raise InvalidConfig(f"need window >= 2, 0 < overhead < 1 and 0 <= min_interval_s <= "
-                             f"max_interval_s, got {window}, {overhead}, {min_interval_s} and "
-                             f"{max_interval_s}")
+            raise InvalidConfig(f"need window >= 2, 0 < overhead < 1 and 0 <= min_interval_s "
+                                f"<= max_interval_s, got {window}, {overhead}, {min_interval_s} "
+                                f"and {max_interval_s}")
         self.threads = int(max_threads)
-        self.overhead, self.idle_s = overhead, idle_s
+        self.overhead = overhead
         self.min_interval_s, self.max_interval_s = min_interval_s, max_interval_s
         self._times = (deque[float](maxlen=window), deque[float](maxlen=window))  # 1, max
         self._median = [0.0, 0.0]
         self._calls = [0, 0]
-        self._last_end = -float("inf")
         self._last_try = 0.0
         self._busy_s = 0.0
         self._try_left = 0  # calls left in a try: 3 (the warm-up), 2, 1 (kept)
@@ -92,9 +89,8 @@ class AdaptiveThreads:
         if arm < 0:
             return
         self._calls[arm] += 1
-        cold, self._last_end = start - self._last_end > self.idle_s, end
-        if cold or self._try_left == 3:  # a warm-up call: run the same count again
-            self._try_left = min(self._try_left, 2)
+        if self._try_left == 3:  # a try's warm-up call: run the same count again
+            self._try_left = 2
             return
         times = self._times[arm]
         if self._try_left == 2:

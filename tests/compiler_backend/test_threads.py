@@ -46,14 +46,14 @@ def test_adaptive_threads_try_rarely_when_the_other_count_is_much_slower() -> No
     assert extra <= 0.02 * sum(6.5e-3 if t == 2 else 11e-3 for t in seq[10:])
 
 
-def test_adaptive_threads_skip_cold_calls_and_warm_ups() -> None:
-    policy = AdaptiveThreads(2, idle_s=0.002)
-    _drive(policy, {1: 1.0, 2: 0.5}, 20)
-    before = policy.best()
-    t = policy.choose()
-    policy.record(t, 100.0, 100.5)  # after a long idle gap: a 0.5 s call is not kept
-    assert policy.best() == before
-    assert policy.counts[t] >= 1
+def test_adaptive_threads_try_keeps_two_calls_after_a_warm_up() -> None:
+    policy = AdaptiveThreads(2, overhead=0.01, min_interval_s=0.0)
+    _, now = _drive(policy, {1: 1.0, 2: 0.5}, 6)
+    assert policy.best() == 2
+    seq, _ = _drive(policy, {1: 0.4, 2: 0.5}, 600, now)  # 1 thread got faster: a try sees it
+    first_try = seq.index(1)
+    assert seq[first_try:first_try + 3] == [1, 1, 1] and policy.best() == 1
+    assert seq[first_try + 3:].count(2) <= 0.1 * len(seq[first_try + 3:])
 
 
 @pytest.mark.parametrize("kwargs", [{"max_threads": 1}, {"max_threads": 2, "window": 1},
