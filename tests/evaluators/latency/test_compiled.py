@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import npas_env  # noqa: F401  (import order: npas_env <-> evaluators cycle, see report)
+from compiler_backend.threads import AdaptiveThreads, FixedThreads
 from evaluators.context import ModelContext
 from evaluators.registry import make_latency
 from npas_env.errors import InvalidConfig
@@ -74,3 +75,20 @@ def test_compiled_latency_rejects_bad_anchor_settings() -> None:
         make_latency("compiled", rounds=0)
     with pytest.raises(InvalidConfig, match="CompiledLatency"):
         make_latency("compiled", reference_ms=-1.0)
+
+
+def test_compiled_latency_adaptive_threads(tmp_path) -> None:
+    ctx = _context()
+    dense = PruningPlan.dense(ctx.layer_names, ctx.arch_fingerprint)
+    fixed = make_latency("compiled", threads=2, warmup=1, repeats=3, min_seconds=0.0,
+                         cache_dir=tmp_path, anchor=False)
+    adaptive = make_latency("compiled", threads=2, adaptive_threads=True, warmup=1, repeats=6,
+                            min_seconds=0.0, cache_dir=tmp_path, anchor=False)
+    assert "adaptive_threads" not in fixed.config()  # earlier cache keys stay valid
+    assert adaptive.config()["adaptive_threads"] is True
+    [result] = adaptive.measure(ctx, [dense])
+    assert result.ok and result.latency_ms > 0 and result.threads == 2
+    compiled = adaptive._compile(ctx.model, ctx.example_input, None)
+    assert isinstance(compiled.thread_policy, AdaptiveThreads)
+    assert isinstance(fixed._compile(ctx.model, ctx.example_input, None).thread_policy,
+                      FixedThreads)
