@@ -45,7 +45,7 @@ class AdaptiveThreads:
     least ``min_interval_s`` of wall time apart. A try is three calls: the first moves the
     data between the cores' caches and wakes the worker and is not kept; the other two
     replace that count's older times (the host may have moved the vCPUs since), and only then
-    is the choice made again.
+    is the choice made again. A new policy starts with a try of each count.
     """
 
     def __init__(self, max_threads: int, window: int = 5, overhead: float = 0.01,
@@ -64,8 +64,8 @@ class AdaptiveThreads:
         self._calls = [0, 0]
         self._last_try = 0.0
         self._busy_s = 0.0
-        self._try_left = 0  # calls left in a try: 3 (the warm-up), 2, 1 (kept)
-        self._next = 1
+        self._try_left = 3  # calls left in a try: 3 (the warm-up), 2, 1 (kept)
+        self._next = self.threads  # the first try: it also starts the worker threads
 
     @property
     def counts(self) -> dict[int, int]:
@@ -105,10 +105,9 @@ class AdaptiveThreads:
         self._next = self._decide(end)
 
     def _decide(self, now: float) -> int:
-        if len(self._times[0]) < 2:  # two calls of each count first
+        if not self._times[0]:  # the first try of 1 thread
+            self._try_left = 3
             return 1
-        if len(self._times[1]) < 2:
-            return self.threads
         b = 0 if self._median[0] < self._median[1] else 1
         gap = self._median[1 - b] - self._median[b]
         busy = min(self.max_interval_s, 3 * gap / self.overhead)
