@@ -185,9 +185,6 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
         if _channel_waste(op, isa.lanes) > v * isa.lanes / (op.out_shape[1] * op.out_shape[2]):
             return KernelConfig("spatial", 1, v, lt)
         return KernelConfig("channel", 8, 1, lt)
-    if isa.name == "avx512":
-        v = max(1, min(isa.max_acc // 8, math.ceil(t / isa.lanes)))
-        return KernelConfig("spatial", 8, v, lt)
     if _channel_pays(op, isa):
         return KernelConfig("channel", 8, 2, lt)
     if op.groups > 1:  # rows of one group share entries; other groups' rows never do

@@ -9,6 +9,7 @@ from torch import nn
 
 from compiler_backend import compile_model
 from compiler_backend.depthwise import use_bands
+from compiler_backend.isa import ISAS, detect_isa
 
 from .test_kernels import _reference, _rel_err
 
@@ -42,7 +43,8 @@ def test_depthwise_bands_match_torch(hw: tuple[int, int], isa: str, compiler_cac
     x = torch.randn(2, 10, *hw)
     cm = compile_model(model, x, None, isa=None if isa == "native" else isa,
                        cache_dir=compiler_cache)
-    if hw[0] * (hw[1] + 2) >= 16 and hw[1] > 4:  # smaller maps: channel family or dw9
+    lanes = ISAS[isa].lanes if isa != "native" else detect_isa().lanes
+    if hw[0] * (hw[1] + 2) >= 2 * lanes and 2 * hw[1] > lanes:  # else channel family or dw9
         assert cm.program.source.count("dwband(tid, nt, W, I, A, k)") == 3
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
 

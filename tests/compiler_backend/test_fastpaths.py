@@ -15,6 +15,8 @@ from compiler_backend.ir import ConvOp
 from compiler_backend.isa import ISAS
 from compiler_backend.layout import plan_padded, plan_split2
 
+from .lanes import EIGHT_LANES
+
 
 class ResChain(nn.Module):
     """3x3 stride-1 convs with residuals (padded layout), a stride-2 conv and a 1x1 conv."""
@@ -151,7 +153,8 @@ def test_phase_split_layout_feeds_stride2_convs(hw: tuple[int, int], structure: 
     graph = lower_model(model, x, masks)
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
     assert convs["conv1"].src in plan_split2(graph, plan_padded(graph))
-    cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
+    cm = compile_model(model, x, masks, threads=threads, isa=EIGHT_LANES,
+                       cache_dir=compiler_cache)
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
     src = cm.program.source
@@ -261,7 +264,8 @@ def test_row_mode_tiles_on_narrow_maps_match_torch(hw: int, threads: int, compil
     model = ResChain(c=16).eval()
     masks = _masked(model, "block")
     x = torch.randn(2, 3, hw, hw)
-    cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
+    cm = compile_model(model, x, masks, threads=threads, isa=EIGHT_LANES,
+                       cache_dir=compiler_cache)
     assert "_r(tid" in cm.program.source  # a row-mode kernel was generated
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4

@@ -8,6 +8,8 @@ from torch import nn
 
 from compiler_backend import compile_model
 
+from .lanes import EIGHT_LANES
+
 # (out_channels, kernel, stride, padding, groups) on a 12 x 11 x 9 input
 _CASES = [(13, 1, 1, 0, 1), (13, 3, 1, 1, 1), (16, 3, 2, 1, 1), (12, 3, 1, 1, 12),
           (12, 5, 1, 2, 3), (9, 7, 2, 3, 1), (8, 3, 2, 0, 1), (20, 1, 2, 0, 4), (24, 3, 1, 0, 1),
@@ -116,7 +118,7 @@ def test_tiny_maps_and_linear_match_torch(structure: str, hw: int, compiler_cach
     model = TinyMap().eval()
     masks = _masks(model, structure)
     x = torch.randn(2, 16, hw, hw)
-    cm = compile_model(model, x, masks, cache_dir=compiler_cache)
+    cm = compile_model(model, x, masks, isa=EIGHT_LANES, cache_dir=compiler_cache)
     assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
     # unstructured rows share few entries: a channel block of 8 rows would run about 4x the
     # kept FMAs, more than one-row spatial tiles lose in unused lanes except on 1x1 maps
@@ -192,8 +194,8 @@ class CropActs(nn.Module):
 
 
 @pytest.mark.parametrize("plain", [True, False])
-@pytest.mark.parametrize("isa", [None, "generic"])
-def test_crop_epilogue_activations_and_residual_match_torch(isa: str | None, plain: bool,
+@pytest.mark.parametrize("isa", [EIGHT_LANES, "generic"])
+def test_crop_epilogue_activations_and_residual_match_torch(isa: str, plain: bool,
                                                             compiler_cache) -> None:
     torch.manual_seed(0)
     model = CropActs(plain).eval()

@@ -18,6 +18,8 @@ from compiler_backend.isa import ISAS
 from compiler_backend.sparsity import build_segments
 from npas_env.pruning import enforce_masks
 
+from .lanes import EIGHT_LANES
+
 
 def _filter_mask(shape: tuple[int, ...], keep: float, seed: int) -> torch.Tensor:
     """Keep ``round(keep * P)`` random filters (rows) of a weight of ``shape``."""
@@ -106,7 +108,7 @@ def test_filter_pruned_bn_relu_residual_chain_matches_torch(hw: tuple[int, int],
     # tiny layers would run on 1 thread: force both threads onto the pruned ones
     configs = {name: KernelConfig("spatial", 4, 2, threads) for name in masks}
     cm = compile_model(model, x, masks, threads=threads, configs=configs if threads > 1 else None,
-                       cache_dir=compiler_cache)
+                       isa=EIGHT_LANES, cache_dir=compiler_cache)
     assert ("_r(tid" in cm.program.source) == (hw == (8, 8))  # 8x8: row-mode tiles
     assert cm.program.source.count("fill_rows(tid, nt, W, I, A, k)") == 4  # pruned filters
     assert {layer.structure for layer in cm.report.layers if layer.name != "stem.0"} >= {"filter"}
