@@ -292,13 +292,13 @@ def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
            "only full 3x3 conv is the stem). Reference = ORT dense.\n",
            "Each of our variants is compiled twice (separate libraries, weights and arenas) and "
            "timed as two runtimes in the same rotation: `ms` is their geometric mean and "
-           "`copies` how far apart they were (on this host two copies of one model have differed "
-           "by 10-50 %).\n",
+           "`copies` how far apart they were (on the AMD Zen 3 host two copies of one model "
+           "differed by 10-50 %).\n",
            "At 2 threads every batch is bracketed by `peak.core_pair`, which reads how the host "
            "places the two vCPUs: FMA work on both at once against one alone (~0.5 when they "
-           "share a physical core) and a cache-line round trip between them (here 65-120 ns "
-           "on nearby cores, 400-800 ns far apart, where our 2-thread ResNet-20 4x ran 0.44-0.56 "
-           "instead of 0.24-0.30 ms). `placed well` is the share of batches whose readings "
+           "share a physical core) and a cache-line round trip between them (on the AMD Zen 3 host "
+           "65-120 ns on nearby cores, 400-800 ns far apart, where our 2-thread ResNet-20 4x ran "
+           "0.44-0.56 instead of 0.24-0.30 ms). `placed well` is the share of batches whose readings "
            "before and after were both >= 0.8 and <= 250 ns; `ms placed well` / `x ORT placed "
            "well` use only those batches (ORT's included); `ms` uses all.\n",
            "`adaptive` rows: the same 2-thread library with `adaptive_threads=True`, which runs "
@@ -439,7 +439,8 @@ def main() -> None:
              "",
              "## Machine limits measured at the start of this run (best of 3)\n",
              f"Core clock {peak.clock_ghz:.2f} GHz (dependent integer adds). FLOP/cycle/core = "
-             "FMA peak / threads / clock: 32 is the most an AVX2 core with 2 FMA pipes can do.\n",
+             f"FMA peak / threads / clock: {4 * isa.lanes} is the most a core with 2 FMA pipes "
+             f"of {isa.lanes} lanes can do.\n",
              "| threads | FMA peak GFLOP/s | FLOP/cycle/core | DRAM GB/s (256 MB) | "
              "L2 GB/s (256 KB/thread) |",
              "|---|---|---|---|---|"]
