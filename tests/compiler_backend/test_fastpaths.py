@@ -205,6 +205,20 @@ def test_channel_tiles_only_for_dense_rows_on_maps_under_a_vector_wide(k: int) -
         assert default_config(op, avx2, 1).family == "spatial"
 
 
+def test_avx512_channel_tiles_fill_the_accumulators_on_dense_rows() -> None:
+    """16-lane vectors: 7x7 dense maps take 2-vector channel tiles like AVX2; tiny dense maps
+    take 3 vectors (24 accumulators), sparse rows 1 (a block runs its rows' union)."""
+    avx512, avx2 = ISAS["avx512"], ISAS["avx2"]
+    assert (default_config(_conv_op(512, 512, 7, 1), avx512, 1).family,
+            default_config(_conv_op(512, 512, 7, 1), avx512, 1).v) == ("channel", 2)
+    assert default_config(_conv_op(64, 64, 8, 3), avx512, 1).family == "spatial"
+    tiny = _conv_op(320, 1280, 4, 1)
+    assert (default_config(tiny, avx512, 1).family, default_config(tiny, avx512, 1).v) == ("channel", 3)
+    assert default_config(_conv_op(16, 32, 2, 3), avx2, 1).v == 1
+    tiny.kept[::2, ::3] = False
+    assert default_config(tiny, avx512, 1).v == 1
+
+
 def test_peak_probe_reports_positive_numbers(tmp_path) -> None:
     from compiler_backend.isa import detect_isa
     from compiler_backend.peak import measure_peak
