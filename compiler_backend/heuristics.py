@@ -254,12 +254,13 @@ def _channel_vectors(op: ConvOp, isa: Isa) -> int:
     accumulators with 8-pixel tiles when rows are dense (AVX-512: 3, so 48-row blocks;
     1x1 convs on 4x4 maps, Intel AVX-512 host: 320 -> 1280 0.84 -> 1.20x ORT, 960 -> 160
     0.90 -> 1.26x, 160 -> 960 0.63 -> 1.05x; 3x3 512@4 1.13 -> 1.53x), else 1: a block of
-    sparse rows runs the union of its rows' entries."""
-    return max(1, isa.max_acc // 8) if _dense_rows(op) else 1
+    sparse rows runs the union of its rows' entries. Measured on AVX-512 only: 8-lane ISAs
+    keep 1 (AVX2: 12 // 8 anyway; NEON's 24 accumulators are untested on hardware)."""
+    return max(1, isa.max_acc // 8) if isa.lanes >= 16 and _dense_rows(op) else 1
 
 
 def _channel_pays(op: ConvOp, isa: Isa) -> bool:
-    """Dense rows on a map 5 to 7 pixels wide and under a vector: a spatial tile wastes a
+    """Dense rows on a map 5 to 7 pixels wide (NEON: 3) and under a vector: a spatial tile wastes a
     fifth of its lanes there (7x7: 63 or 56 of 64 for 49 pixels; row mode needs
     ``ow >= lanes``), 2 x 5 channel tiles nothing. Measured on 512@7 (AVX2, same-process A/B
     with two copies each): 3x3 dense 52 -> 63-70 GFLOP/s, filter-pruned 2x 55 -> 65, 1x1 dense
@@ -267,7 +268,7 @@ def _channel_pays(op: ConvOp, isa: Isa) -> bool:
     0.84x. Block-sparse rows and 4x4 / 8x8 / 14x14 maps stay faster spatial (8x8 on AVX-512:
     64 channels 1.01 against 0.92x in the channel family, 96 -> 576 1x1 1.17 against 0.85x)."""
     _, oh, ow = op.out_shape
-    return _dense_rows(op) and 4 < ow < min(isa.lanes, 8) and oh * ow >= 16
+    return _dense_rows(op) and min(isa.lanes // 2, 4) < ow < min(isa.lanes, 8) and oh * ow >= 16
 
 
 def channel_tile(npix: int, cv: int, max_acc: int) -> int:
