@@ -1,6 +1,6 @@
 """The ISA for tests whose shapes were chosen around 8-lane vectors.
 
-Which kernel, layout or epilogue a layer gets depends on the vector width: a 8x8 map is one
+Which kernel, layout or epilogue a layer gets depends on the vector width: an 8x8 map is one
 AVX2 vector per row (row-mode tiles) but half an AVX-512 vector. Tests that check such a
 choice compile for an 8-lane target this host runs: AVX2 on any x86 core with AVX2 (AVX-512
 cores too), else portable C. The host's own ISA is covered by every other test.
