@@ -5,7 +5,8 @@ output pixels). Per kept (input channel, tap) entry it issues ``V`` pixel loads,
 broadcasts (memory-operand loads) and ``P * V`` FMAs. On an 8-lane AVX2 core with 16 ymm
 registers and 2 FMA pipes (latency 4) the cost model below picks the tile that minimises the
 estimated cycles per useful FLOP, including padding waste in the last pixel tile and in row
-blocks. AVX-512 keeps the original choice (P = 8, widest V that fits 24 accumulators).
+blocks. AVX-512 uses the same model with 24 accumulators, and takes channel tiles instead on
+dense 3x3 rows of 14x14 to 28x28 maps (``_channel_slices_pay``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ _MIN_CHUNK_ENTRIES = 32
 _BIG_WEIGHTS = 128 * 1024
 #: Inputs up to this size (a quarter of L2) are swept whole by each row block (one pixel chunk).
 _SWEEP_BYTES = 128 * 1024
+#: Largest partial-sum buffer (on the stack) of a channel-family kernel walking its entries
+#: in input-channel slices. 128 KB rather than 16 KB lets dense 3x3 layers on 14x14 / 28x28
+#: maps keep their slice in L1 (``channel_chunks``; AVX-512 host, 1 thread, x ORT, 2-vector
+#: tiles: 256@14 0.85 -> 0.97x, 128@28 0.78 -> 1.00x).
+_PART_BYTES = 128 * 1024
+#: Fewest input channels per slice for the channel family to beat spatial tiles on dense 3x3
+#: rows of maps wider than a vector (``_channel_slices_pay``).
+_MIN_SLICE_CHANNELS = 3
+#: Fewest kept entries per row for the same rule: the channel family's epilogue is scalar.
+_MIN_SLICE_ENTRIES = 1024
 #: Tallest input map the stride-2 depthwise kernel (``DWS2_TEMPLATE``) is used on.
 _DWS2_MAX_ROWS = 8
 #: Minimum kept FLOPs before a layer uses more than one thread. 200 kFLOP against the former
@@ -185,7 +196,7 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
         if _channel_waste(op, isa.lanes) > v * isa.lanes / (op.out_shape[1] * op.out_shape[2]):
             return KernelConfig("spatial", 1, v, lt)
         return KernelConfig("channel", 8, _channel_vectors(op, isa), lt)
-    if _channel_pays(op, isa):
+    if _channel_pays(op, isa) or _channel_slices_pay(op, isa, geo):
         return KernelConfig("channel", 8, 2, lt)
     if op.groups > 1:  # rows of one group share entries; other groups' rows never do
         group = max(1, op.out_shape[0] // op.groups) if op.kept.all() else 1
@@ -271,6 +282,30 @@ def _channel_pays(op: ConvOp, isa: Isa) -> bool:
     return _dense_rows(op) and min(isa.lanes // 2, 4) < ow < min(isa.lanes, 8) and oh * ow >= 16
 
 
+def _slice_channels(geo: dict[str, Any]) -> int:
+    """Input channels whose (padded, phase-split) planes fit ``_L1_BYTES`` together."""
+    return max(1, _L1_BYTES // (4 * len(geo["phases"]) * geo["hq"] * geo["wq"]))
+
+
+def _channel_slices_pay(op: ConvOp, isa: Isa, geo: dict[str, Any]) -> bool:
+    """Dense rows of a 3x3-class conv on a map wider than half a 16-lane vector, whose input
+    comes in slices of at least ``_MIN_SLICE_CHANNELS`` channels and whose rows keep at least
+    ``_MIN_SLICE_ENTRIES`` entries: 2-vector channel tiles (32 rows x 7-8 pixels) keep each
+    slice in L1 and waste no junk columns.
+
+    AVX-512 host, interleaved with ORT, x ORT against the former spatial choice, two runs:
+    3x3 256@14 at 1 thread 0.84 -> 0.97x and 0.76 -> 0.86x, 2 threads 0.89x both; 128@28 at
+    1 thread 0.85 -> 1.00x and 1.07 -> 1.08x, 2 threads 0.80 -> 0.91x; 128@28 stride 2 0.71
+    -> 0.88x (2 threads 0.74 -> 0.86x). Spatial tiles stay faster on 64@56 and 64@32 (slices
+    of 1-2 channels), 1x1 convs and maps of half a vector (256@8 0.85 against 0.76x); 128@16
+    even. 8-lane ISAs are unmeasured and keep spatial tiles."""
+    if op.is_linear or isa.lanes < 16 or op.weight.shape[2] * op.weight.shape[3] == 1:
+        return False
+    entries = op.kept.reshape(op.out_shape[0], -1).sum(1).max()
+    return (_dense_rows(op) and op.out_shape[2] > isa.lanes // 2
+            and _slice_channels(geo) >= _MIN_SLICE_CHANNELS and entries >= _MIN_SLICE_ENTRIES)
+
+
 def channel_tile(npix: int, cv: int, max_acc: int) -> int:
     """Pixels per tile of the channel family: the fewest FMA slots over ``npix`` pixels
     (partial tiles count in full), ties to the wider tile; 8 at most (one vector row)."""
@@ -287,13 +322,13 @@ def channel_chunks(npix: int, tb: int, rows: int, geo: dict[str, Any],
     A map of several tiles re-reads the block's input once per tile; walking the entries a
     slice of input channels at a time (as many as fit in ``_L1_BYTES``) keeps that slice in L1
     for all tiles, at the cost of spilling each tile's sums to a stack buffer between slices
-    (only when it stays under 16 KB). One tile, or one slice: no chunking (``part`` = 0).
+    (only when it stays under ``_PART_BYTES``). One tile, or one slice: no chunking (``part``
+    = 0).
     """
     tiles = math.ceil(npix / tb)
     part = tiles * tb * rows
-    plane = len(geo["phases"]) * geo["hq"] * geo["wq"]
-    ech = max(1, _L1_BYTES // (4 * plane)) * geo["kh"] * geo["kw"]
-    if tiles == 1 or ech >= entries or 4 * part > 16 * 1024:
+    ech = _slice_channels(geo) * geo["kh"] * geo["kw"]
+    if tiles == 1 or ech >= entries or 4 * part > _PART_BYTES:
         return max(1, entries), 0
     return ech, part
 
