@@ -39,6 +39,15 @@ _SWEEP_BYTES = 128 * 1024
 #: maps keep their slice in L1 (``channel_chunks``; AVX-512 host, 1 thread, x ORT, 2-vector
 #: tiles: 256@14 0.85 -> 0.97x, 128@28 0.78 -> 1.00x).
 _PART_BYTES = 128 * 1024
+#: What a kept FMA of the channel family costs on sparse rows, against a spatial tile of the
+#: rows' block height over the same map: the channel family streams its blocks' union weights
+#: (zeros included) and stores through a scalar epilogue, while a P-row tile reuses each pixel
+#: load P times. AVX-512 host, 1 thread, 8-row blocks (16-row channel blocks run 1.74-1.9x
+#: the kept FMAs): 3x3 512@4 block 4x 551 us channel against 397 us in 8 x 2 tiles, 8x 312
+#: against 203; 1x1 960 -> 160 on 4x4 at 8x 26 against 9 us (one-row tiles 20), 160 -> 960
+#: 44 against 8 us (24); 512@2, where 8 x 1 tiles waste 3 of 4 lanes: 4x 245 against 246 us,
+#: 8x 97 against 91.
+_CHANNEL_UNION_COST = 2.0
 #: Fewest input channels per slice for the channel family to beat spatial tiles on dense 3x3
 #: rows of maps wider than a vector (``_channel_slices_pay``).
 _MIN_SLICE_CHANNELS = 3
@@ -192,9 +201,11 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
     if t < 2 * isa.lanes:
-        v = math.ceil(t / isa.lanes)  # one-row tiles: their waste is the unused lanes
-        if _channel_waste(op, isa.lanes) > v * isa.lanes / (op.out_shape[1] * op.out_shape[2]):
-            return KernelConfig("spatial", 1, v, lt)
+        v = math.ceil(t / isa.lanes)  # tiles of the whole map: their waste is the unused lanes
+        p = _tiny_map_rows(op, isa, v)
+        waste = _channel_waste(op, isa.lanes) * (_CHANNEL_UNION_COST if p > 1 else 1.0)
+        if waste > v * isa.lanes / (op.out_shape[1] * op.out_shape[2]):
+            return KernelConfig("spatial", p, v, lt)
         return KernelConfig("channel", 8, _channel_vectors(op, isa), lt)
     if _channel_pays(op, isa) or _channel_slices_pay(op, isa, geo):
         return KernelConfig("channel", 8, 2, lt)
@@ -252,6 +263,19 @@ def _channel_waste(op: ConvOp, lanes: int) -> float:
         return 1.0
     blocks = plan_channel_blocks(kf, lanes)
     return sum(int(kf[b].any(0).sum()) * lanes for b in blocks) / kept
+
+
+def _tiny_map_rows(op: ConvOp, isa: Isa, v: int) -> int:
+    """Rows per spatial tile on a map under two vectors: the rows sharing their entries (a
+    block-sparse mask's block height, up to 8 and the accumulator budget), else 1 (pattern
+    rows, dense rows, depthwise)."""
+    if op.groups > 1 or _dense_rows(op):
+        return 1
+    group = _row_group(op)
+    p = max(q for q in (8, 4, 2, 1) if q <= group)
+    while p * v > isa.max_acc:
+        p //= 2
+    return p
 
 
 def _dense_rows(op: ConvOp) -> bool:

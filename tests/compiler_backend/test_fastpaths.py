@@ -267,6 +267,30 @@ def test_channel_tiles_over_input_slices_match_torch(threads: int, compiler_cach
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
 
 
+def test_block_sparse_rows_on_tiny_maps_take_spatial_tiles_of_their_block_height() -> None:
+    """8-row blocks on a map under two vectors: 16-lane channel blocks would run the union of
+    two blocks' entries, so AVX-512 takes 8-row spatial tiles (1x1 convs too, where one-row
+    tiles were chosen before); 8-lane channel blocks are exact and stay. Where spatial tiles
+    waste most lanes (2x2 maps) the channel family stays."""
+    avx512, avx2 = ISAS["avx512"], ISAS["avx2"]
+    gen = np.random.default_rng(0)
+
+    def blocky(cin: int, cout: int, hw: int, k: int) -> ConvOp:
+        op = _conv_op(cin, cout, hw, k)
+        keep = gen.random((cout // 8, cin, k, k)) < 0.25
+        op.kept = np.repeat(keep, 8, axis=0)
+        return op
+
+    for op in (blocky(512, 512, 4, 3), blocky(960, 160, 4, 1)):
+        cfg = default_config(op, avx512, 1)
+        assert (cfg.family, cfg.p_max) == ("spatial", 8)
+        assert cfg.p_max * cfg.v <= avx512.max_acc
+    assert default_config(blocky(512, 512, 2, 3), avx512, 1).family == "channel"
+    assert default_config(blocky(64, 64, 2, 3), avx2, 1).family == "channel"
+    tiny = _conv_op(320, 1280, 4, 1)  # dense rows keep their channel tiles
+    assert default_config(tiny, avx512, 1).family == "channel"
+
+
 def test_peak_probe_reports_positive_numbers(tmp_path) -> None:
     from compiler_backend.isa import detect_isa
     from compiler_backend.peak import measure_peak
