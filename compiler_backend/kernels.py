@@ -668,6 +668,12 @@ CROP_SPLIT2_TEMPLATE = f"""static {NOINLINE} void crop_split2(int tid, int nt, f
       u = v_act(u, act); v = v_act(v, act);
       VSTORE(d1 + x / 2, VEVEN(u, v)); VSTORE(d0 + x / 2, VODD(u, v));
     }}
+    for (; x + VL <= ow; x += VL) {{  /* one vector left (16-wide rows with AVX-512) */
+      vf u = VLOAD(s + x);
+      if (hr) u = VADD(u, VLOAD(r + x));
+      u = v_act(u, act);
+      VSTORE_EO(d1 + x / 2, d0 + x / 2, u);
+    }}
     for (; x < ow; ++x) {{
       const float val = s_act(s[x] + (hr ? r[x] : 0.f), act);
       if (x & 1) d0[x / 2] = val; else d1[x / 2] = val;
