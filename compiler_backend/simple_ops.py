@@ -80,6 +80,31 @@ for (int ox = 0; ox < {ow}; ++ox) {{
   }}
   D[(long)q * {ow} + ox] = s / (float)((he - hs) * (we - ws));
 }}"""
+    elif (op.op == "max" and tuple(op.kernel) == tuple(op.stride) == (2, 2)
+          and tuple(op.padding) == (0, 0) and 2 * oh <= h and 2 * ow <= w):
+        # the common 2x2 / stride-2 max pool: whole vectors of outputs from two input rows
+        # (AVX-512 host: VGG-16's five pools 45 -> 15 us, the 64 x 32 x 32 one 23 -> 5)
+        # the last n outputs read 2n inputs of each row: masked loads, or scalars for rows
+        # of 1-3 outputs (VGG-16's 2x2 -> 1x1 pool: 0.4 against 1.6 us)
+        tail = f"""if (ox < {ow}) {{
+  const int n = {ow} - ox, na = 2 * n < VL ? 2 * n : VL, nb = 2 * n - na;
+  const vf a = VMAX(VLOADM(r0 + 2 * ox, na), VLOADM(r1 + 2 * ox, na));
+  const vf b = VMAX(VLOADM(r0 + 2 * ox + VL, nb), VLOADM(r1 + 2 * ox + VL, nb));
+  VSTOREM(d + ox, VMAX(VEVEN(a, b), VODD(a, b)), n);
+}}""" if ow >= 4 else f"""for (; ox < {ow}; ++ox) {{
+  const float u = r0[2 * ox] > r0[2 * ox + 1] ? r0[2 * ox] : r0[2 * ox + 1];
+  const float v = r1[2 * ox] > r1[2 * ox + 1] ? r1[2 * ox] : r1[2 * ox + 1];
+  d[ox] = u > v ? u : v;
+}}"""
+        body = f"""    const float* r0 = x + (long)(2 * oy) * {w}; const float* r1 = r0 + {w};
+float* d = D + (long)q * {ow};
+int ox = 0;
+for (; ox + VL <= {ow}; ox += VL) {{
+  const vf a = VMAX(VLOAD(r0 + 2 * ox), VLOAD(r1 + 2 * ox));
+  const vf b = VMAX(VLOAD(r0 + 2 * ox + VL), VLOAD(r1 + 2 * ox + VL));
+  VSTORE(d + ox, VMAX(VEVEN(a, b), VODD(a, b)));
+}}
+{tail}"""
     else:
         (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
         is_max = op.op == "max"

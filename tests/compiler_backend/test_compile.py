@@ -141,3 +141,21 @@ def test_adaptive_threads_run_both_counts_with_equal_outputs(compiler_cache) -> 
         assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
     counts = cm.thread_policy.counts
     assert counts[1] >= 2 and counts[2] >= 2 and sum(counts.values()) == 12
+
+
+@pytest.mark.parametrize(("hw", "ceil_mode"), [((35, 70), False), ((9, 33), False),
+                                               ((4, 26), False), ((2, 3), False),
+                                               ((9, 9), True)])
+def test_two_by_two_max_pool_matches_torch(hw: tuple[int, int], ceil_mode: bool,
+                                           compiler_cache) -> None:
+    """The vectorised 2x2 / stride-2 max pool (whole vectors, scalar tails, odd sizes) and
+    the general loop it leaves ceil-mode windows to."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, 1, 1), nn.MaxPool2d(2, ceil_mode=ceil_mode)).eval()
+    x = torch.randn(2, 3, *hw)
+    cm = compile_model(model, x, cache_dir=compiler_cache)
+    fast = "r0 + 2 * ox" in cm.program.source
+    assert fast is not ceil_mode
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(cm.run(x), ref, rtol=1e-5, atol=1e-6)
