@@ -29,9 +29,11 @@ from compiler_backend.heuristics import (
     chunking,
     conv_geometry,
     default_config,
+    gathers_taps,
     is_depthwise_s2,
     row_tiles,
     split2_geometry,
+    tap_geometry,
     taps_eligible,
 )
 from compiler_backend.ir import (
@@ -58,6 +60,7 @@ from compiler_backend.kernels import (
     crop_template,
     dw9_template,
     dw9_vectors,
+    gather_taps_template,
     spatial_template,
 )
 from compiler_backend.kernels import (
@@ -191,13 +194,16 @@ class _Builder:
                                                           src_split)
         if is_depthwise_s2(op):
             return self.dw_s2(fn, k, op, offs, cfg)
-        geo = _conv_geometry(op, padded_src=src_padded, split_src=src_split)
+        taps = (cfg.family == "spatial" and cfg.p_max > 1
+                and gathers_taps(op, self.isa, src_padded, src_split))
+        geo = tap_geometry(op) if taps else _conv_geometry(op, padded_src=src_padded,
+                                                            split_src=src_split)
         cin, h, w = op.in_shape
         cout, oh, ow = op.out_shape
         T, wq, hq = geo["T"], geo["wq"], geo["hq"]
         parts: list[str] = []
         calls: list[str] = []
-        in_place = geo["direct"] or src_padded or src_split
+        in_place = not taps and (geo["direct"] or src_padded or src_split)
         pad_step = not in_place
         # source: the input itself (plain, or already padded by its producer) or a padded /
         # phase-split copy in a scratch buffer shared by convs of the same input geometry
@@ -205,15 +211,15 @@ class _Builder:
             x_off = offs[op.src] + geo["shift"]
         else:
             nph = len(geo["phases"])
-            gkey = (nph, cin, hq, wq, geo["s"], geo["ph"], geo["pw"], h, w)
+            gkey = (nph, cin, hq, wq, geo["s"], geo["ph"], geo["pw"], h, w, int(taps))
             if gkey not in self.pad_scratch:
                 self.pad_scratch[gkey] = self._alloc(
                     self.g.new_buffer((nph, cin, hq, wq), pinned=True))
             x_off = self.pad_scratch[gkey]
-            parts.append(self.prologue(f"{fn}_pad", op, geo, offs[op.src], x_off))
+            parts.append(self.prologue(f"{fn}_pad", op, geo, offs[op.src], x_off, src_padded))
         # destination: straight into a padded output (wide rows shifted by wq + 1), the plain
         # output, or a shared wide-row scratch buffer + crop epilogue
-        wide = (cfg.family != "channel" and op.dst in self.padded
+        wide = (cfg.family != "channel" and not taps and op.dst in self.padded
                 and writes_wide_padded(op, src_padded, src_split)
                 and (op.res is None or op.res in self.padded))
         # the channel family writes every pixel where the destination's layout wants it
@@ -222,7 +228,8 @@ class _Builder:
         segs = build_segments(op.weight, op.kept, op.groups, family=cfg.family,
                               p_max=cfg.p_max, lanes=lanes)
         # spatial tiles of whole output rows store a phase-split output themselves
-        phase_split = (cfg.family == "spatial" and op.groups == 1 and op.dst in self.split
+        phase_split = (cfg.family == "spatial" and not taps and op.groups == 1
+                       and op.dst in self.split
                        and op.res is None and wq == ow and ow % self.isa.lanes == 0
                        and cin <= _PHASE_SPLIT_MAX_CIN
                        and all(seg.eptr[-1] for seg in segs if seg.nblk))
@@ -265,7 +272,7 @@ class _Builder:
                 parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
                                              act, T, ys, yo, geo, row_exact))
             else:
-                v = max(1, min(cfg.v, self.isa.max_acc // seg.p))
+                v = max(1, min(cfg.v, self.isa.max_acc // seg.p, -(-T // self.isa.lanes)))
                 parts.append(self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
                                                  res_off, act, T, v, cfg.threads, geo, cin,
                                                  ys, yo, eo))
@@ -326,6 +333,8 @@ class _Builder:
         ci, r = np.divmod(cols, kh * kw)
         i, j = np.divmod(r, kw)
         plane = geo["hq"] * geo["wq"]
+        if geo.get("taps"):  # plane (tap, channel) holds exactly the pixels the entry reads
+            return (r * cin + ci) * plane
         pidx = {p: n for n, p in enumerate(geo["phases"])}
         phase = np.array([pidx[(a, b)] for a, b in zip(i % s, j % s, strict=False)], np.int64)
         return phase * cin * plane + ci * plane + (i // s) * geo["wq"] + (j // s)
@@ -334,10 +343,15 @@ class _Builder:
         if key not in self.templates:
             self.templates[key] = text
 
-    def prologue(self, name: str, op: ConvOp, geo: dict[str, Any], src: int, dst: int) -> str:
+    def prologue(self, name: str, op: ConvOp, geo: dict[str, Any], src: int, dst: int,
+                 src_padded: bool = False) -> str:
+        """Copy the input into the planes ``geo`` reads: padded / stride phases, or one plane
+        per tap (``tap_geometry``; the source may be stored padded)."""
         cin, h, w = op.in_shape
         s, ph, pw, hq, wq = geo["s"], geo["ph"], geo["pw"], geo["hq"], geo["wq"]
         plane = hq * wq
+        if geo.get("taps"):
+            return self._gather_taps(name, op, geo, src, dst, src_padded)
         if s == 2 and len(geo["phases"]) == 4:  # one deinterleaving pass per input row
             self._template("split2", SPLIT2_TEMPLATE)
             args = [src, dst, cin, h, w, ph, pw, plane, wq, w]
@@ -357,6 +371,23 @@ class _Builder:
             calls.append(f"  {{ static const int k[15] = {{{', '.join(map(str, args))}}}; "
                          "pad_phase(tid, nt, A, k); }")
         return f"{_sig(name)} {{\n  (void)W; (void)I;\n" + "\n".join(calls) + "\n}\n"
+
+    def _gather_taps(self, name: str, op: ConvOp, geo: dict[str, Any], src: int, dst: int,
+                     src_padded: bool) -> str:
+        """Per-tap planes (``tap_geometry``) by one index table over the source's layout."""
+        cin, h, w = op.in_shape
+        cs, xs, x0 = strides(self.g, op.src, self.padded) if src_padded else (h * w, w, 0)
+        n = x0 + (h - 1) * xs + w  # floats of a channel up to its last pixel
+        i, j = np.divmod(np.arange(geo["T"]), geo["ow"])
+        idx = []
+        for a, b in geo["phases"]:
+            y, x = geo["s"] * i + a - geo["ph"], geo["s"] * j + b - geo["pw"]
+            idx.append(np.where((y >= 0) & (y < h) & (x >= 0) & (x < w), x0 + y * xs + x, n))
+        key = f"gather_taps_t{geo['T']}_q{len(idx)}_n{n}"
+        self._template(key, gather_taps_template(key, geo["T"], len(idx), n))
+        args = [src, dst, self.add_i(np.concatenate(idx)), cin, cs]
+        return (f"{_sig(name)} {{\n  (void)W;\n  static const int k[5] = "
+                f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, I, A, k);\n}}\n")
 
     def _phase_split_table(self, op: ConvOp, T: int) -> tuple[int, tuple[int, int]]:
         """(phase plane size, (I offset, odd distance)) for tiles storing ``op``'s output

@@ -48,6 +48,8 @@ _PART_BYTES = 128 * 1024
 #: 44 against 8 us (24); 512@2, where 8 x 1 tiles waste 3 of 4 lanes: 4x 245 against 246 us,
 #: 8x 97 against 91.
 _CHANNEL_UNION_COST = 2.0
+#: Narrowest vectors that take per-tap planes on tiny maps (``gathers_taps``).
+_TAP_MIN_LANES = 16
 #: Fewest input channels per slice for the channel family to beat spatial tiles on dense 3x3
 #: rows of maps wider than a vector (``_channel_slices_pay``).
 _MIN_SLICE_CHANNELS = 3
@@ -135,6 +137,39 @@ def conv_geometry(op: ConvOp, padded_src: bool = False, split_src: bool = False)
                 kh=kh, kw=kw, ph=ph, pw=pw, ow=ow, shift=0)
 
 
+def gathers_taps(op: ConvOp, isa: Isa, padded_src: bool = False, split_src: bool = False) -> bool:
+    """Spatial tiles of several rows on a tiny map read per-tap copies of the input
+    (``tap_geometry``; codegen asks this for spatial configs with ``p_max`` > 1).
+
+    When the wide rows fill at most two 16-lane vectors and half again as many as the real
+    pixels (a 4x4 map: 24 wide pixels against 16), a prologue copying each tap's input pixels
+    into their own plane (``kh * kw`` copies of a small input) lets every vector hold real
+    pixels only. AVX-512 host, 1 thread, 3x3 512@4 block 8x: 165 -> 104-114 us, 4x: 396
+    -> 190 us (the copy: under 10 us). VGG-16, whole model, interleaved with ORT: block 4x
+    3.06 -> 3.33x, 8x 5.61 -> 5.62x (its 4x4 layers stream their weights from L3 there: 15 %
+    faster each). One-row tiles (pattern 8x) lost 7 % and keep wide rows; 8-lane ISAs are
+    unmeasured and keep them too.
+    """
+    if (op.is_linear or op.groups != 1 or split_src or isa.lanes < _TAP_MIN_LANES
+            or len(op.in_shape) != 3):
+        return False
+    _, oh, ow = op.out_shape
+    wide = math.ceil(conv_geometry(op, padded_src)["T"] / isa.lanes)
+    return wide <= 2 and 3 * math.ceil(oh * ow / isa.lanes) <= 2 * wide
+
+
+def tap_geometry(op: ConvOp) -> dict[str, Any]:
+    """Geometry of ``gathers_taps``: one ``oh x ow`` plane per tap and input channel, tap-major
+    (the stride and padding are applied by the copy), so entry ``(c, tap)`` reads plane
+    ``tap * cin + c`` and output pixel ``t`` its pixel ``t``."""
+    _, oh, ow = op.out_shape
+    kh, kw = op.weight.shape[2], op.weight.shape[3]
+    return dict(direct=False, hq=oh, wq=ow, s=op.stride, phases=[(a, b) for a in range(kh)
+                                                                 for b in range(kw)],
+                T=oh * ow, crop=False, kh=kh, kw=kw, ph=op.padding[0], pw=op.padding[1], ow=ow,
+                shift=0, taps=True)
+
+
 def tile_cycles(p: int, v: int) -> float:
     """Estimated cycles per entry of one ``p x v`` tile (FMA, latency and load bounds)."""
     fma = p * v / _FMA_PIPES
@@ -203,6 +238,8 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
     if t < 2 * isa.lanes:
         v = math.ceil(t / isa.lanes)  # tiles of the whole map: their waste is the unused lanes
         p = _tiny_map_rows(op, isa, v)
+        if p > 1 and gathers_taps(op, isa, padded_src, split_src):
+            v = math.ceil(op.out_shape[1] * op.out_shape[2] / isa.lanes)
         waste = _channel_waste(op, isa.lanes) * (_CHANNEL_UNION_COST if p > 1 else 1.0)
         if waste > v * isa.lanes / (op.out_shape[1] * op.out_shape[2]):
             return KernelConfig("spatial", p, v, lt)
@@ -266,10 +303,10 @@ def _channel_waste(op: ConvOp, lanes: int) -> float:
 
 
 def _tiny_map_rows(op: ConvOp, isa: Isa, v: int) -> int:
-    """Rows per spatial tile on a map under two vectors: the rows sharing their entries (a
-    block-sparse mask's block height, up to 8 and the accumulator budget), else 1 (pattern
-    rows, dense rows, depthwise)."""
-    if op.groups > 1 or _dense_rows(op):
+    """Rows per spatial tile on a map under two vectors: with 16 lanes the rows sharing their
+    entries (a block-sparse mask's block height, up to 8 and the accumulator budget), else 1
+    (pattern rows, dense rows, depthwise; 8-lane ISAs, measured on AVX2 with one-row tiles)."""
+    if isa.lanes < 16 or op.groups > 1 or _dense_rows(op):
         return 1
     group = _row_group(op)
     p = max(q for q in (8, 4, 2, 1) if q <= group)
@@ -396,7 +433,8 @@ def chunking(T: int, vw: int, geo: dict[str, Any], weight_bytes: int, nblk: int,
         per = max(1, min(per, tiles // math.ceil(4 * lt / max(nblk, 1))))
     tch = min(tiles, per) * vw
     nch = math.ceil(T / tch)
-    span = tch + (geo["kh"] - 1) * geo["wq"] + geo["kw"] - 1 + 8
+    span = (tch * geo["kh"] * geo["kw"] if geo.get("taps")
+            else tch + (geo["kh"] - 1) * geo["wq"] + geo["kw"] - 1 + 8)
     ccs = max(1, _L1_BYTES // (4 * span))
     # every channel chunk re-loads and re-stores the tile's accumulators: keep enough entries
     # per chunk (sparse and 1x1 layers) for that to stay a small overhead

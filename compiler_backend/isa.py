@@ -4,7 +4,8 @@ The generator writes every kernel against ``vf`` / ``VLOAD`` / ``VFMA`` ... ; th
 them to AVX-512 (16 lanes), AVX2+FMA (8 lanes), AArch64 NEON (4 lanes, the papers' mobile
 target) or portable C (8 lanes, ``#pragma omp simd`` loops). ``VEVEN(a, b)`` / ``VODD(a, b)``
 are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the even lanes of
-``v`` at ``e`` and the odd ones at ``o`` (half a vector each); ``VREG(x)`` keeps a loaded vector in a register
+``v`` at ``e`` and the odd ones at ``o`` (half a vector each); ``VGATHER(b, ix)`` loads lane
+``i`` from ``b[ix[i]]``; ``VREG(x)`` keeps a loaded vector in a register
 (gcc otherwise folds the load into every FMA that reads it: the tap-column kernel's row reuse
 then vanished, 570 us became 700).
 """
@@ -92,6 +93,7 @@ typedef __m512 vf;
 #define VMUL(a, b) _mm512_mul_ps((a), (b))
 #define VMAX(a, b) _mm512_max_ps((a), (b))
 #define VMIN(a, b) _mm512_min_ps((a), (b))
+#define VGATHER(b, ix) _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(ix)), (b), 4)
 #define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
 #define VSTORE_EO(e, o, v) do { const __m512 p_ = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), (v)); \
@@ -125,6 +127,7 @@ static inline void npas_storem(float* p, vf v, int n) {
   if (n & 1) *p = h[0];
 }
 #define VSTOREM(p, v, n) npas_storem((p), (v), (n))
+static inline vf VGATHER(const float* b, const int* ix) { vf r; for (int i = 0; i < VL; ++i) r[i] = b[ix[i]]; return r; }
 #define VSET1(x) npas_set1((float)(x))
 static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #define VZERO() ((vf){0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f})
@@ -158,6 +161,7 @@ static inline void VSTOREM(float* p, vf v, int n) { float t[4]; vst1q_f32(t, v);
 #define VMUL(a, b) vmulq_f32((a), (b))
 #define VMAX(a, b) vmaxq_f32((a), (b))
 #define VMIN(a, b) vminq_f32((a), (b))
+static inline vf VGATHER(const float* b, const int* ix) { const float t[4] = {b[ix[0]], b[ix[1]], b[ix[2]], b[ix[3]]}; return vld1q_f32(t); }
 #define VEVEN(a, b) vuzp1q_f32((a), (b))
 #define VODD(a, b) vuzp2q_f32((a), (b))
 #define VSTORE_EO(e, o, v) do { vst1_f32((e), vget_low_f32(vuzp1q_f32((v), (v)))); \
@@ -179,6 +183,7 @@ static inline vf VADD(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] += b.v[i
 static inline vf VMUL(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] *= b.v[i]; return a; }
 static inline vf VMAX(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return a; }
 static inline vf VMIN(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }
+static inline vf VGATHER(const float* b, const int* ix) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = b[ix[i]]; return r; }
 static inline vf VEVEN(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i < VL ? a.v[2 * i] : b.v[2 * i - VL]; return r; }
 static inline vf VODD(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i + 1 < VL ? a.v[2 * i + 1] : b.v[2 * i + 1 - VL]; return r; }
 static inline void VSTORE_EO(float* e, float* o, vf a) { for (int i = 0; i < VL / 2; ++i) { e[i] = a.v[2 * i]; o[i] = a.v[2 * i + 1]; } }

@@ -172,6 +172,34 @@ PAD_TEMPLATE = f"""static {NOINLINE} void pad_phase(int tid, int nt, float* rest
 }}
 """
 
+def gather_taps_template(key: str, T: int, ntap: int, n: int) -> str:
+    """Per-tap planes of a tiny map (``heuristics.tap_geometry``).
+
+    Each channel's ``n`` source floats are staged on the stack, then plane ``(tap, c)`` pixel
+    ``t`` = staged value ``idx[tap * T + t]`` (slot ``n``, a zero, where the tap falls on the
+    padding), by vector gathers (``VGATHER``: gcc emulates a plain gather loop with scalar
+    inserts). Parameter array ``k``: src, dst (A arena), idx (I arena), cin, source channel
+    stride.
+    """
+    return f"""static {NOINLINE} void {key}(int tid, int nt, const int* restrict I, float* restrict A,
+    const int* k) {{
+  const float* X = A + k[0]; float* P = A + k[1]; const int* idx = I + k[2];
+  const int cin = k[3], cs = k[4];
+  float loc[{n} + 1]; loc[{n}] = 0.f;
+  PART(cin)
+  for (int c = lo; c < hi; ++c) {{
+    memcpy(loc, X + (long)c * cs, {n} * sizeof(float));
+    for (int q = 0; q < {ntap}; ++q) {{
+      float* p = P + ((long)q * cin + c) * {T}; const int* ix = idx + q * {T};
+      int t = 0;
+      for (; t + VL <= {T}; t += VL) VSTORE(p + t, VGATHER(loc, ix + t));
+      for (; t < {T}; ++t) p[t] = loc[ix[t]];
+    }}
+  }}
+}}
+"""
+
+
 #: Stride 2 with all four phases (kernels >= 2x2): one pass per input row splits it into its
 #: even and odd columns (``npas_deinterleave``) and writes both
 #: into the phase planes of its row parity; ``pad_phase`` instead makes one short strided pass

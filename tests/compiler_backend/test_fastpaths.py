@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compiler_backend import compile_model
+from compiler_backend import KernelConfig, compile_model
 from compiler_backend.compile import lower_model
 from compiler_backend.heuristics import best_tile, default_config
 from compiler_backend.ir import ConvOp
@@ -246,8 +246,6 @@ def test_channel_tiles_over_input_slices_match_torch(threads: int, compiler_cach
     """A map of many channel tiles walks its entries by input-channel slices, keeping the
     partial sums of the whole map (here over 16 KB) between slices; odd channel counts leave
     a partial row block. Residual and activation go through the same epilogue."""
-    from compiler_backend import KernelConfig
-
     class Block(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -397,3 +395,53 @@ def test_tiny_maps_leave_the_channel_family_when_its_row_blocks_waste_more() -> 
         cfg = default_config(op, avx2, 1)
         assert (cfg.family, cfg.p_max, cfg.v) == want
     assert default_config(_conv_op(64, 64, 2, 3), avx2, 1).family == "channel"  # dense rows
+
+
+def test_tiny_maps_gather_per_tap_planes_on_sixteen_lanes() -> None:
+    """4x4 outputs (3x3 at stride 1 or 2, 1x1 over a padded input) read per-tap planes with
+    16 lanes; 8x8 maps, plain 1x1 inputs and 8-lane ISAs keep wide rows."""
+    from compiler_backend.heuristics import gathers_taps
+
+    avx512, avx2 = ISAS["avx512"], ISAS["avx2"]
+    s2 = _conv_op(64, 64, 8, 3)
+    s2.stride, s2.out_shape = 2, (64, 4, 4)
+    assert gathers_taps(_conv_op(512, 512, 4, 3), avx512) and gathers_taps(s2, avx512)
+    assert gathers_taps(_conv_op(160, 960, 4, 1), avx512, padded_src=True)
+    assert not gathers_taps(_conv_op(160, 960, 4, 1), avx512)
+    assert not gathers_taps(_conv_op(256, 256, 8, 3), avx512)
+    assert not gathers_taps(_conv_op(512, 512, 4, 3), avx2)
+
+
+class TinyChain(nn.Module):
+    """Tiny maps: a stride-2 conv onto 4x4, 3x3 convs with a residual (padded layouts), a 1x1
+    conv over a padded input, odd channel counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(20, 36, 3, 2, 1)
+        self.a, self.b = nn.Conv2d(36, 36, 3, 1, 1), nn.Conv2d(36, 36, 3, 1, 1)
+        self.pw, self.c = nn.Conv2d(36, 44, 1), nn.Conv2d(44, 28, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = F.relu(self.down(x))
+        r = F.relu(self.b(F.relu(self.a(d))) + d)
+        return self.c(F.relu(self.pw(r)) + 1.0)
+
+
+@pytest.mark.parametrize(("structure", "threads"), [("dense", 1), ("block", 1), ("block", 2)])
+def test_per_tap_planes_match_torch(structure: str, threads: int, monkeypatch,
+                                    compiler_cache) -> None:
+    """Any ISA: allow per-tap planes at every vector width, so this host runs them."""
+    import compiler_backend.heuristics as heuristics
+
+    monkeypatch.setattr(heuristics, "_TAP_MIN_LANES", 1)
+    torch.manual_seed(0)
+    model = TinyChain().eval()
+    masks = _masked(model, structure)
+    configs = {n: KernelConfig("spatial", 8, 2, threads) for n in ("down", "a", "b", "pw", "c")}
+    x = torch.randn(2, 20, 8, 7)
+    cm = compile_model(model, x, masks, threads=threads, configs=configs,
+                       cache_dir=compiler_cache)
+    assert cm.program.source.count("gather_taps_t16_q9") >= 3  # the 3x3 convs on 4x4 maps
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
