@@ -145,10 +145,10 @@ def gathers_taps(op: ConvOp, isa: Isa, padded_src: bool = False, split_src: bool
     pixels (a 4x4 map: 24 wide pixels against 16), a prologue copying each tap's input pixels
     into their own plane (``kh * kw`` copies of a small input) lets every vector hold real
     pixels only. AVX-512 host, 1 thread, 3x3 512@4 block 8x: 165 -> 104-114 us, 4x: 396
-    -> 190 us (the copy: under 10 us). VGG-16, whole model, interleaved with ORT: block 4x
-    3.06 -> 3.33x, 8x 5.61 -> 5.62x (its 4x4 layers stream their weights from L3 there: 15 %
-    faster each). One-row tiles (pattern 8x) lost 7 % and keep wide rows; 8-lane ISAs are
-    unmeasured and keep them too.
+    -> 190 us (the copy: under 10 us). VGG-16, whole model, interleaved with ORT, two runs:
+    block 4x 3.06 -> 3.33x and 3.25 -> 3.92x, 8x 5.61 -> 5.62x and 6.17 -> 5.73x (its 4x4
+    layers stream their weights from L3 there: about 15 % faster each). One-row tiles
+    (pattern 8x) lost 7 % and keep wide rows; 8-lane ISAs are unmeasured and keep them too.
     """
     if (op.is_linear or op.groups != 1 or split_src or isa.lanes < _TAP_MIN_LANES
             or len(op.in_shape) != 3):
