@@ -172,6 +172,7 @@ PAD_TEMPLATE = f"""static {NOINLINE} void pad_phase(int tid, int nt, float* rest
 }}
 """
 
+
 def gather_taps_template(key: str, T: int, ntap: int, n: int) -> str:
     """Per-tap planes of a tiny map (``heuristics.tap_geometry``).
 
