@@ -48,8 +48,11 @@ _PART_BYTES = 128 * 1024
 #: 44 against 8 us (24); 512@2, where 8 x 1 tiles waste 3 of 4 lanes: 4x 245 against 246 us,
 #: 8x 97 against 91.
 _CHANNEL_UNION_COST = 2.0
-#: Narrowest vectors that take per-tap planes on tiny maps (``gathers_taps``).
-_TAP_MIN_LANES = 16
+#: Narrowest vectors the rules measured on the AVX-512 host apply to (``_tiny_map_rows``,
+#: ``_channel_vectors``, ``_channel_slices_pay``); 8-lane ISAs keep their measured choices.
+_WIDE_LANES = 16
+#: Narrowest vectors that take per-tap planes on tiny maps (``gathers_taps``; tests lower it).
+_TAP_MIN_LANES = _WIDE_LANES
 #: Fewest input channels per slice for the channel family to beat spatial tiles on dense 3x3
 #: rows of maps wider than a vector (``_channel_slices_pay``).
 _MIN_SLICE_CHANNELS = 3
@@ -306,7 +309,7 @@ def _tiny_map_rows(op: ConvOp, isa: Isa, v: int) -> int:
     """Rows per spatial tile on a map under two vectors: with 16 lanes the rows sharing their
     entries (a block-sparse mask's block height, up to 8 and the accumulator budget), else 1
     (pattern rows, dense rows, depthwise; 8-lane ISAs, measured on AVX2 with one-row tiles)."""
-    if isa.lanes < 16 or op.groups > 1 or _dense_rows(op):
+    if isa.lanes < _WIDE_LANES or op.groups > 1 or _dense_rows(op):
         return 1
     group = _row_group(op)
     p = max(q for q in (8, 4, 2, 1) if q <= group)
@@ -328,7 +331,7 @@ def _channel_vectors(op: ConvOp, isa: Isa) -> int:
     0.90 -> 1.26x, 160 -> 960 0.63 -> 1.05x; 3x3 512@4 1.13 -> 1.53x), else 1: a block of
     sparse rows runs the union of its rows' entries. Measured on AVX-512 only: 8-lane ISAs
     keep 1 (AVX2: 12 // 8 anyway; NEON's 24 accumulators are untested on hardware)."""
-    return max(1, isa.max_acc // 8) if isa.lanes >= 16 and _dense_rows(op) else 1
+    return max(1, isa.max_acc // 8) if isa.lanes >= _WIDE_LANES and _dense_rows(op) else 1
 
 
 def _channel_pays(op: ConvOp, isa: Isa) -> bool:
@@ -360,7 +363,7 @@ def _channel_slices_pay(op: ConvOp, isa: Isa, geo: dict[str, Any]) -> bool:
     -> 0.88x (2 threads 0.74 -> 0.86x). Spatial tiles stay faster on 64@56 and 64@32 (slices
     of 1-2 channels), 1x1 convs and maps of half a vector (256@8 0.85 against 0.76x); 128@16
     even. 8-lane ISAs are unmeasured and keep spatial tiles."""
-    if op.is_linear or isa.lanes < 16 or op.weight.shape[2] * op.weight.shape[3] == 1:
+    if op.is_linear or isa.lanes < _WIDE_LANES or op.weight.shape[2] * op.weight.shape[3] == 1:
         return False
     entries = op.kept.reshape(op.out_shape[0], -1).sum(1).max()
     return (_dense_rows(op) and op.out_shape[2] > isa.lanes // 2
