@@ -51,7 +51,7 @@ _CHANNEL_UNION_COST = 2.0
 #: Narrowest vectors the rules measured on the AVX-512 host apply to (``_tiny_map_rows``,
 #: ``_channel_vectors``, ``_channel_slices_pay``); 8-lane ISAs keep their measured choices.
 _WIDE_LANES = 16
-#: Narrowest vectors that take per-tap planes on tiny maps (``gathers_taps``; tests lower it).
+#: Narrowest vectors that take per-tap planes on tiny maps (``gathers_taps``).
 _TAP_MIN_LANES = _WIDE_LANES
 #: Fewest input channels per slice for the channel family to beat spatial tiles on dense 3x3
 #: rows of maps wider than a vector (``_channel_slices_pay``).

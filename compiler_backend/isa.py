@@ -5,7 +5,8 @@ them to AVX-512 (16 lanes), AVX2+FMA (8 lanes), AArch64 NEON (4 lanes, the paper
 target) or portable C (8 lanes, ``#pragma omp simd`` loops). ``VEVEN(a, b)`` / ``VODD(a, b)``
 are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the even lanes of
 ``v`` at ``e`` and the odd ones at ``o`` (half a vector each); ``VGATHER(b, ix)`` loads lane
-``i`` from ``b[ix[i]]``; ``VREG(x)`` keeps a loaded vector in a register
+``i`` from ``b[ix[i]]``; ``VAND(v, m)`` keeps the lanes of ``v`` whose mask ``m`` is all ones
+(bitwise and); ``VREG(x)`` keeps a loaded vector in a register
 (gcc otherwise folds the load into every FMA that reads it: the tap-column kernel's row reuse
 then vanished, 570 us became 700).
 """
@@ -93,6 +94,7 @@ typedef __m512 vf;
 #define VMUL(a, b) _mm512_mul_ps((a), (b))
 #define VMAX(a, b) _mm512_max_ps((a), (b))
 #define VMIN(a, b) _mm512_min_ps((a), (b))
+#define VAND(a, m) _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(m)))
 #define VGATHER(b, ix) _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(ix)), (b), 4)
 #define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
@@ -137,6 +139,7 @@ static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #define VMUL(a, b) ((a) * (b))
 #define VMAX(a, b) __builtin_ia32_maxps256((a), (b))
 #define VMIN(a, b) __builtin_ia32_minps256((a), (b))
+#define VAND(a, m) ((vf)((vi)(a) & (vi)(m)))
 #define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14)
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15)
 #define VSTORE_EO(e, o, v) do { const vf p_ = __builtin_shufflevector((v), (v), 0, 2, 4, 6, 1, 3, 5, 7); \
@@ -161,6 +164,7 @@ static inline void VSTOREM(float* p, vf v, int n) { float t[4]; vst1q_f32(t, v);
 #define VMUL(a, b) vmulq_f32((a), (b))
 #define VMAX(a, b) vmaxq_f32((a), (b))
 #define VMIN(a, b) vminq_f32((a), (b))
+#define VAND(a, m) vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), vreinterpretq_u32_f32(m)))
 static inline vf VGATHER(const float* b, const int* ix) { const float t[4] = {b[ix[0]], b[ix[1]], b[ix[2]], b[ix[3]]}; return vld1q_f32(t); }
 #define VEVEN(a, b) vuzp1q_f32((a), (b))
 #define VODD(a, b) vuzp2q_f32((a), (b))
@@ -183,6 +187,7 @@ static inline vf VADD(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] += b.v[i
 static inline vf VMUL(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] *= b.v[i]; return a; }
 static inline vf VMAX(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return a; }
 static inline vf VMIN(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }
+static inline vf VAND(vf a, vf m) { uint32_t x[VL], y[VL]; memcpy(x, a.v, sizeof x); memcpy(y, m.v, sizeof y); for (int i = 0; i < VL; ++i) x[i] &= y[i]; memcpy(a.v, x, sizeof x); return a; }
 static inline vf VGATHER(const float* b, const int* ix) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = b[ix[i]]; return r; }
 static inline vf VEVEN(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i < VL ? a.v[2 * i] : b.v[2 * i - VL]; return r; }
 static inline vf VODD(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i + 1 < VL ? a.v[2 * i + 1] : b.v[2 * i + 1 - VL]; return r; }

@@ -303,6 +303,10 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     rows of whole vectors, one input-channel chunk and no residual. MobileNetV2's expand convs
     before a stride-2 depthwise then need no crop pass (144 x 32 x 32: 37 us).
 
+    ``k[23]``: -1, or the I-arena offset of a junk mask (``junk_mask``) that the final stores
+    AND into each vector, so that a wide-row output keeps its zero border and needs no
+    ``zero_border`` pass.
+
     Work items are chunk-major (pixel chunk, row block); a thread takes a contiguous range.
     Inside one pixel chunk the kernel walks input-channel chunks outermost so that the input
     slice they touch stays in L1 while every row block consumes it; partial sums go through
@@ -327,8 +331,8 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
 
     def store(q: int, u: int, masked: bool, final: bool) -> str:
         dst = f"yp + {u} * @VS@"
-        body = f"vf y = a{q}_{u};{res(q, u, masked)} y = v_act(y, act);" if final else \
-            f"vf y = a{q}_{u};"
+        body = f"vf y = a{q}_{u};{res(q, u, masked)} y = v_act(y, act); if (jm) y = VAND(y, m{u});" \
+            if final else f"vf y = a{q}_{u};"
         if phase_split:  # whole vectors only: n{u} is VL or nothing
             put = f"VSTORE_EO(yp + eo[{u}], yp + eo[{u}] + od, y);"
             return f" if (n{u} > 0) {{ {body} {put} }}" if masked else f" {{ {body} {put} }}"
@@ -364,6 +368,8 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
                       for u in range(v))
     rr = ", ".join(f"rw[{q}] < 0 ? 0 : rw[{q}]" for q in range(p))
     mode = ("const int vs_ = k[19], ts_ = k[20];" if row else "")
+    jmask = "            " + " ".join(
+        f"vf m{u} = VZERO(); if (jm) m{u} = VLOAD(jm + t + {u} * @VS@);" for u in range(v))
     eo_args = "\n  const int* eot = I + k[21]; const int od = k[22];" if phase_split else ""
     text = f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
@@ -372,6 +378,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
   const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
   const int nblk = k[8], nch = k[9], tch = k[10], T = k[11], ys = k[12], yo = k[13];
   const int ncc = k[15], act = k[16], hr = k[17]; const int* fl = I + k[18];
+  const float* jm = k[23] >= 0 ? (const float*)(I + k[23]) : 0;
   {mode}{eo_args}
   PART(nblk * nch)
   for (int it = lo; it < hi;) {{
@@ -401,6 +408,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
           }}
 {split_sum}          if (t + @TS@ <= t1) {{
             if (last) {{
+{jmask}
 {stores(False, True)}
             }} else {{
 {stores(False, False)}
@@ -408,6 +416,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
           }} else {{
             {counts}
             if (last) {{
+{jmask}
 {stores(True, True)}
             }} else {{
 {stores(True, False)}
@@ -432,24 +441,27 @@ def dw9_template(v: int) -> str:
     and a masked store spent on nothing.
 
     Parameter array ``k``: rows, offsets (9 per row; I arena), weights (9 per row), bias
-    (W arena), x, y, res (A arena), nrows, T, ys, yo, act, has_res.
+    (W arena), x, y, res (A arena), nrows, T, ys, yo, act, has_res, junk mask (-1 or an I
+    offset, as in ``spatial_template``).
     """
     us = range(v)
     first = " ".join(f"vf a{u} = VMUL(w0, VLOAD(x0 + t + {u} * VL));" for u in us)
     tap = " ".join(f"a{u} = VFMA(w##q, VLOAD(x##q + t + {u} * VL), a{u});" for u in us)
     bias = " ".join(f"a{u} = VADD(a{u}, bb);" for u in us)
-    full = " ".join(f"VSTORE(y + t + {u} * VL, v_act(hr ? VADD(a{u}, VLOAD(rp + t + {u} * VL)) : a{u}, act));"
-                    for u in us)
+    keep = "if (jm) z = VAND(z, VLOAD(jm + t + {u} * VL));"
+    full = " ".join(f"{{ vf z = v_act(hr ? VADD(a{u}, VLOAD(rp + t + {u} * VL)) : a{u}, act); "
+                    f"{keep.format(u=u)} VSTORE(y + t + {u} * VL, z); }}" for u in us)
     part = " ".join(
-        f"{{ const int n = T - t - {u} * VL < VL ? T - t - {u} * VL : VL; if (n > 0) "
-        f"VSTOREM(y + t + {u} * VL, v_act(hr ? VADD(a{u}, VLOADM(rp + t + {u} * VL, n)) : a{u}, act), n); }}"
-        for u in us)
+        f"{{ const int n = T - t - {u} * VL < VL ? T - t - {u} * VL : VL; if (n > 0) {{ "
+        f"vf z = v_act(hr ? VADD(a{u}, VLOADM(rp + t + {u} * VL, n)) : a{u}, act); "
+        f"{keep.format(u=u)} VSTOREM(y + t + {u} * VL, z, n); }} }}" for u in us)
     return f"""static {NOINLINE} void dw9_v{v}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* rows = I + k[0]; const int* offs = I + k[1];
   const float* wt = W + k[2]; const float* bias = W + k[3];
   const float* X = A + k[4]; float* Y = A + k[5]; const float* R = A + k[6]; (void)R;
   const int T = k[8], ys = k[9], yo = k[10], act = k[11], hr = k[12];
+  const float* jm = k[13] >= 0 ? (const float*)(I + k[13]) : 0;
   PART(k[7])
   for (int b = lo; b < hi; ++b) {{
     const int r = rows[b]; const int* o = offs + 9 * b; const float* w9 = wt + 9 * b;
