@@ -10,6 +10,7 @@ from torch import nn
 from compiler_backend import compile_model
 from compiler_backend.depthwise import use_bands
 from compiler_backend.isa import ISAS, detect_isa
+from compiler_backend.kernels import dw9_vectors
 
 from .test_kernels import _reference, _rel_err
 
@@ -57,3 +58,11 @@ def test_bands_only_for_one_input_plane_and_rows_over_half_a_vector() -> None:
     assert not use_bands(rows.ravel(), wq, 4, 8)  # 4x4 maps: dw9's vectors span rows
     rows[1, 4] += 1  # a tap read from another plane (a phase-split stride-2 input)
     assert not use_bands(rows.ravel(), wq, 10, 8)
+
+
+def test_dw9_steps_cover_whole_small_planes() -> None:
+    """8x8 maps (80 wide-row pixels) run in one step of 5 vectors with 16 lanes (dependent
+    FMA chains otherwise wait on latency); 8 lanes keep 2-vector steps; 4x4 maps are 2."""
+    assert dw9_vectors(80, 16) == 5
+    assert dw9_vectors(80, 8) == 2
+    assert dw9_vectors(24, 16) == 2 and dw9_vectors(24, 8) == 3
