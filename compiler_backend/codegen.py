@@ -234,11 +234,17 @@ class _Builder:
                        and op.res is None and wq == ow and ow % self.isa.lanes == 0
                        and cin <= _PHASE_SPLIT_MAX_CIN
                        and all(seg.eptr[-1] for seg in segs if seg.nblk))
-        use_crop = not wide and not placed and not phase_split and (
+        # per-tap tiles whose rows divide a vector store them straight into a padded output
+        row_store = (taps and op.dst in self.padded and op.res is None
+                     and self.isa.lanes % ow == 0 and all(seg.eptr[-1] for seg in segs if seg.nblk))
+        use_crop = not wide and not placed and not phase_split and not row_store and (
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
-        ys, yo = T, 0
+        ys, yo, dr = T, 0, 0
         eo: tuple[int, int] | None = None
-        if phase_split:
+        if row_store:
+            y_off, res_off, act = offs[op.dst], None, op.act
+            ys, dr, yo = strides(self.g, op.dst, self.padded)
+        elif phase_split:
             y_off, res_off, act = offs[op.dst], None, op.act
             ys, eo = self._phase_split_table(op, T)
         elif wide:
@@ -279,7 +285,7 @@ class _Builder:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p, -(-T // self.isa.lanes)))
                 parts.append(self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
                                                  res_off, act, T, v, cfg.threads, geo, cin,
-                                                 ys, yo, eo, jm))
+                                                 ys, yo, eo, jm, dr))
                 row_exact = jm >= 0
             calls.append(f"{name}(tid, nt, W, I, A);")
             junk = junk or not row_exact
@@ -422,18 +428,22 @@ class _Builder:
     def spatial_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                        x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
                        v: int, lt: int, geo: dict[str, Any], cin: int, ys: int,
-                       yo: int, eo: tuple[int, int] | None = None, jm: int = -1) -> str:
+                       yo: int, eo: tuple[int, int] | None = None, jm: int = -1,
+                       dr: int = 0) -> str:
         """``eo``: (I offset of the per-vector even-half offsets, odd-half distance) when the
         tiles store a phase-split output (``_phase_split_table``); ``jm``: -1 or a
-        ``junk_mask``."""
+        ``junk_mask``; ``dr`` > 0: the destination's row stride, for tiles storing row by row
+        (``spatial_template(row_store=...)``)."""
         p, lanes = seg.p, self.isa.lanes
         oh, ow = T // geo["wq"], geo["ow"]
-        vr = None if eo else row_tiles(p, v, lanes, oh, ow, geo["wq"], T, self.isa.max_acc)
+        one_chunk = bool(eo) or dr > 0
+        vr = None if one_chunk else row_tiles(p, v, lanes, oh, ow, geo["wq"], T,
+                                              self.isa.max_acc)
         v = vr or v
         vw = v * geo["wq"] if vr else v * lanes  # pixels per tile step
         nch, tch, ccs = chunking(T, vw, geo, 4 * seg.weights.size, seg.nblk, lt, cin,
                                  int(seg.eptr[-1]) // max(seg.nblk, 1))
-        if eo:
+        if one_chunk:
             ccs = cin  # one input-channel chunk: every store is final
         ncc = max(1, -(-cin // ccs))
         order, spans = _traversal_order(seg, seg.cols // (geo["kh"] * geo["kw"]), ccs, ncc)
@@ -445,12 +455,13 @@ class _Builder:
         flo = self.add_i(np.stack([first, last], 1) if seg.nblk else np.zeros(2))
         split = _SPLIT_ACC if p == 1 and v * _SPLIT_ACC <= self.isa.max_acc else 1
         key = (f"sk_p{p}_v{v}" + ("_r" if vr else "") + (f"_s{split}" if split > 1 else "")
-               + ("_e" if eo else ""))
+               + ("_e" if eo else "") + (f"_o{ow}" if dr else ""))
         self._template(key, spatial_template(key, p, v, row=bool(vr), split=split,
-                                             phase_split=bool(eo)))
+                                             phase_split=bool(eo),
+                                             row_store=(ow, lanes) if dr else None))
         args = [ro, 0, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
-                geo["wq"] if vr else lanes, vw, *(eo or (0, 0)), jm]
+                geo["wq"] if vr else lanes, vw, *(eo or (0, 0)), jm, dr]
         return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n")
 

@@ -6,7 +6,8 @@ target) or portable C (8 lanes, ``#pragma omp simd`` loops). ``VEVEN(a, b)`` / `
 are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the even lanes of
 ``v`` at ``e`` and the odd ones at ``o`` (half a vector each); ``VGATHER(b, ix)`` loads lane
 ``i`` from ``b[ix[i]]``; ``VAND(v, m)`` keeps the lanes of ``v`` whose mask ``m`` is all ones
-(bitwise and); ``VREG(x)`` keeps a loaded vector in a register
+(bitwise and); ``VSTOREM_AT(p, v, lo, n)`` stores lanes ``lo .. lo + n`` of ``v`` at
+``p + lo``; ``VREG(x)`` keeps a loaded vector in a register
 (gcc otherwise folds the load into every FMA that reads it: the tap-column kernel's row reuse
 then vanished, 570 us became 700).
 """
@@ -86,6 +87,7 @@ typedef __m512 vf;
 #define VLOADM(p, n) _mm512_maskz_loadu_ps(VMASK(n), (p))
 #define VSTORE(p, v) _mm512_storeu_ps((p), (v))
 #define VSTOREM(p, v, n) _mm512_mask_storeu_ps((p), VMASK(n), (v))
+#define VSTOREM_AT(p, v, lo, n) _mm512_mask_storeu_ps((p), (__mmask16)(VMASK(n) << (lo)), (v))
 #define VSET1(x) _mm512_set1_ps(x)
 #define VZERO() _mm512_setzero_ps()
 #define VREG(x) __asm__("" : "+v"(x))
@@ -129,6 +131,7 @@ static inline void npas_storem(float* p, vf v, int n) {
   if (n & 1) *p = h[0];
 }
 #define VSTOREM(p, v, n) npas_storem((p), (v), (n))
+static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[8]; *(vfu*)t = v; memcpy(p + lo, t + lo, (size_t)n * sizeof(float)); }
 static inline vf VGATHER(const float* b, const int* ix) { vf r; for (int i = 0; i < VL; ++i) r[i] = b[ix[i]]; return r; }
 #define VSET1(x) npas_set1((float)(x))
 static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
@@ -156,6 +159,7 @@ static inline vf VLOADM(const float* p, int n) { float t[4] = {0.f, 0.f, 0.f, 0.
 #define VLOAD(p) vld1q_f32(p)
 #define VSTORE(p, v) vst1q_f32((p), (v))
 static inline void VSTOREM(float* p, vf v, int n) { float t[4]; vst1q_f32(t, v); memcpy(p, t, (size_t)n * sizeof(float)); }
+static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[4]; vst1q_f32(t, v); memcpy(p + lo, t + lo, (size_t)n * sizeof(float)); }
 #define VSET1(x) vdupq_n_f32((float)(x))
 #define VZERO() vdupq_n_f32(0.f)
 #define VREG(x) __asm__("" : "+w"(x))
@@ -179,6 +183,7 @@ static inline vf VLOADM(const float* p, int n) { vf r; for (int i = 0; i < VL; +
 static inline vf VLOAD(const float* p) { vf r; _Pragma("omp simd") for (int i = 0; i < VL; ++i) r.v[i] = p[i]; return r; }
 static inline void VSTORE(float* p, vf a) { _Pragma("omp simd") for (int i = 0; i < VL; ++i) p[i] = a.v[i]; }
 static inline void VSTOREM(float* p, vf a, int n) { for (int i = 0; i < n; ++i) p[i] = a.v[i]; }
+static inline void VSTOREM_AT(float* p, vf a, int lo, int n) { for (int i = lo; i < lo + n; ++i) p[i] = a.v[i]; }
 static inline vf VSET1(float x) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = x; return r; }
 static inline vf VZERO(void) { return VSET1(0.f); }
 #define VREG(x) ((void)0)

@@ -279,7 +279,7 @@ def _vsum(terms: list[str]) -> str:
 
 
 def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1,
-                     phase_split: bool = False) -> str:
+                     phase_split: bool = False, row_store: tuple[int, int] | None = None) -> str:
     """The register-tiled spatial kernel: ``p`` rows x ``v`` vectors of output pixels.
 
     ``split`` > 1 (one-row tiles only) spreads consecutive entries over that many sets of
@@ -306,6 +306,12 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     ``k[23]``: -1, or the I-arena offset of a junk mask (``junk_mask``) that the final stores
     AND into each vector, so that a wide-row output keeps its zero border and needs no
     ``zero_border`` pass.
+
+    ``row_store = (ow, lanes)``: the tiles' pixels are a plain ``oh x ow`` map (per-tap planes,
+    ``ow`` dividing ``lanes``) and each vector's rows go straight to their rows of the
+    destination (row stride ``k[24]``, ``ys`` and ``yo`` its plane and pixel (0, 0)), by
+    ``VSTOREM_AT``: a padded destination then needs no crop pass (MobileNetV2's 960-channel
+    4x4 expand convs: 13 us each). Needs one input-channel chunk, like ``phase_split``.
 
     Work items are chunk-major (pixel chunk, row block); a thread takes a contiguous range.
     Inside one pixel chunk the kernel walks input-channel chunks outermost so that the input
@@ -336,6 +342,12 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
         if phase_split:  # whole vectors only: n{u} is VL or nothing
             put = f"VSTORE_EO(yp + eo[{u}], yp + eo[{u}] + od, y);"
             return f" if (n{u} > 0) {{ {body} {put} }}" if masked else f" {{ {body} {put} }}"
+        if row_store:  # rows j of vector u: lanes [j * ow, (j + 1) * ow)
+            ow, lanes = row_store
+            put = " ".join((f"if (n{u} > {j * ow}) " if masked else "")
+                           + f"VSTOREM_AT(yp + {u * lanes // ow + j} * dr_ - {j * ow}, y, "
+                           f"{j * ow}, {ow});" for j in range(lanes // ow))
+            return f" {{ {body} {put} }}"
         if masked:
             return f" if (n{u} > 0) {{ {body} VSTOREM({dst}, y, n{u}); }}"
         return f" {{ {body} VSTORE({dst}, y); }}"
@@ -344,6 +356,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
         return "\n".join(
             f"          {{ const int r = rw[{q}]; if (r >= 0) {{ "
             + ("float* yp = Y + (long)r * ys; const int* eo = eot + t / VL;" if phase_split else
+               f"float* yp = Y + (long)r * ys + yo + t / {row_store[0]} * dr_;" if row_store else
                "float* yp = Y + (long)r * ys + t + yo;")
             + "".join(store(q, u, masked, final) for u in range(v)) + " } }" for q in range(p))
 
@@ -371,6 +384,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     jmask = "            " + " ".join(
         f"vf m{u} = VZERO(); if (jm) m{u} = VLOAD(jm + t + {u} * @VS@);" for u in range(v))
     eo_args = "\n  const int* eot = I + k[21]; const int od = k[22];" if phase_split else ""
+    eo_args += "\n  const int dr_ = k[24];" if row_store else ""
     text = f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* rows = I + k[0]; const int* off = I + k[2]; const int* cp = I + k[14];
