@@ -256,8 +256,9 @@ FILL_TEMPLATE = f"""static {NOINLINE} void fill_rows(int tid, int nt, const floa
 
 #: Zero the two junk columns a wide-row conv leaves in a padded (pad 1) destination: the right
 #: border of row ``y`` and the left border of row ``y + 1`` are adjacent: one 8-byte store.
-#: These passes took 127 us of MobileNetV2's 2.0 ms dense (AVX-512 host, 1 thread, 34 of them);
-#: one store instead of two saved 32 us of that.
+#: Only rows of pruned filters (``fill_rows``) still leave them: spatial and ``dw9`` tiles mask
+#: their junk lanes (``codegen._Builder.junk_mask``). These passes took 127 us of MobileNetV2's
+#: 2.0 ms dense (AVX-512 host, 1 thread, 34 of them) when every wide-row conv needed one.
 BORDER_TEMPLATE = f"""static {NOINLINE} void zero_border(int tid, int nt, float* restrict A, const int* k) {{
   float* D = A + k[0]; const int c = k[1], h = k[2], wq = k[3], plane = k[4];
   static const float z2[2] = {{0.f, 0.f}};
