@@ -46,6 +46,10 @@ def _masked(model: nn.Module, structure: str) -> dict[str, torch.Tensor]:
             co, ci = m.weight.shape[:2]
             keep = torch.rand(-(-co // 4), ci, *m.weight.shape[2:], generator=gen) < 0.4
             masks[n] = keep.repeat_interleave(4, 0)[:co]
+        elif isinstance(m, nn.Conv2d) and structure == "filter":  # every third filter pruned
+            keep = torch.ones_like(m.weight, dtype=torch.bool)
+            keep[::3] = False
+            masks[n] = keep
     return masks
 
 
@@ -60,7 +64,8 @@ def _ref(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor) -> t
         return ref(x)
 
 
-@pytest.mark.parametrize(("structure", "threads"), [("dense", 1), ("block", 1), ("block", 2)])
+@pytest.mark.parametrize(("structure", "threads"),
+                         [("dense", 1), ("block", 1), ("block", 2), ("filter", 1)])
 def test_padded_layout_chain_matches_torch(structure: str, threads: int, compiler_cache) -> None:
     torch.manual_seed(0)
     model = ResChain().eval()
