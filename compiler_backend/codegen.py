@@ -30,6 +30,7 @@ from compiler_backend.heuristics import (
     conv_geometry,
     default_config,
     gathers_taps,
+    half_channel_lanes,
     is_depthwise_s2,
     row_tiles,
     split2_geometry,
@@ -61,6 +62,7 @@ from compiler_backend.kernels import (
     dw9_template,
     dw9_vectors,
     gather_taps_template,
+    half_width,
     spatial_template,
 )
 from compiler_backend.kernels import (
@@ -225,7 +227,10 @@ class _Builder:
                 and (op.res is None or op.res in self.padded))
         # the channel family writes every pixel where the destination's layout wants it
         placed = cfg.family == "channel" and op.dst not in self.split
-        lanes = self.isa.lanes * (cfg.v if cfg.family == "channel" else 1)
+        # channel tiles: blocks of v vectors of output channels (half vectors: ``clanes`` = 8)
+        clanes = self.isa.lanes // 2 if (cfg.family == "channel" and cfg.v == 1
+                                         and half_channel_lanes(op, self.isa)) else self.isa.lanes
+        lanes = clanes * cfg.v if cfg.family == "channel" else self.isa.lanes
         segs = build_segments(op.weight, op.kept, op.groups, family=cfg.family,
                               p_max=cfg.p_max, lanes=lanes)
         # spatial tiles of whole output rows store a phase-split output themselves
@@ -271,7 +276,7 @@ class _Builder:
                 ydst = self._place(op.dst, op) if placed else (T, wq, 0)
                 rdst = self._place(op.res, op) if op.res is not None and res_off is not None else ydst
                 parts.append(self.channel_kernel(name, seg, offsets, bias_off, x_off, y_off,
-                                                 res_off, act, geo, ydst, rdst))
+                                                 res_off, act, geo, ydst, rdst, clanes))
             elif cfg.family == "taps" and seg.p == 1 and taps_eligible(op, geo):
                 parts.append(self.taps_kernel(name, seg, op, geo, bias_off, x_off, y_off, res_off,
                                               act, cfg.v, ys, yo))
@@ -530,18 +535,21 @@ class _Builder:
     def channel_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                        x_off: int, y_off: int, res_off: int | None, act: str | None,
                        geo: dict[str, Any], ydst: tuple[int, int, int],
-                       rdst: tuple[int, int, int]) -> str:
-        """``ydst`` / ``rdst``: (channel stride, row stride, offset) of the output / residual."""
+                       rdst: tuple[int, int, int], clanes: int) -> str:
+        """``ydst`` / ``rdst``: (channel stride, row stride, offset) of the output / residual;
+        ``clanes``: rows per vector (the ISA's lanes, or half of them: ``half_width``)."""
         wq, oh, ow = geo["wq"], geo["T"] // geo["wq"], geo["ow"]
         rows, cols = np.arange(oh)[:, None], np.arange(ow)[None, :]
         pos = (rows * wq + cols).ravel()
         ypos = (ydst[2] + rows * ydst[1] + cols).ravel()
         rpos = (rdst[2] + rows * rdst[1] + cols).ravel()
-        cv = seg.p // self.isa.lanes
+        cv = seg.p // clanes
         tb = channel_tile(pos.size, cv, self.isa.max_acc)
         ech, part = channel_chunks(pos.size, tb, seg.p, geo, int(np.diff(seg.eptr).max(initial=0)))
-        key = f"ck_t{tb}c{cv}p{part}"
-        self._template(key, channel_template(key, tb, cv, part))
+        half = clanes < self.isa.lanes
+        key = f"ck_t{tb}c{cv}p{part}" + ("h" if half else "")
+        text = channel_template(key, tb, cv, part)
+        self._template(key, half_width(text) if half else text)
         args = [self.add_i(seg.rows), self.add_i(seg.eptr), self.add_i(offsets),
                 self.add_f(seg.weights), bias_off, x_off, y_off, res_off or 0, seg.nblk, ydst[0],
                 ACT_CODES[act or "none"], int(res_off is not None), self.add_i(pos),

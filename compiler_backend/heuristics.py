@@ -51,6 +51,9 @@ _CHANNEL_UNION_COST = 2.0
 #: Narrowest vectors the rules measured on the AVX-512 host apply to (``_tiny_map_rows``,
 #: ``_channel_vectors``, ``_channel_slices_pay``); 8-lane ISAs keep their measured choices.
 _WIDE_LANES = 16
+#: Union waste of 16-row channel blocks against 8-row ones above which they take half vectors
+#: (``half_channel_lanes``): half vectors issue twice the FMAs per weight.
+_HALF_UNION = 1.3
 #: Narrowest vectors that take per-tap planes on tiny maps (``gathers_taps``).
 _TAP_MIN_LANES = _WIDE_LANES
 #: Fewest input channels per slice for the channel family to beat spatial tiles on dense 3x3
@@ -303,6 +306,17 @@ def _channel_waste(op: ConvOp, lanes: int) -> float:
         return 1.0
     blocks = plan_channel_blocks(kf, lanes)
     return sum(int(kf[b].any(0).sum()) * lanes for b in blocks) / kept
+
+
+def half_channel_lanes(op: ConvOp, isa: Isa) -> bool:
+    """Channel tiles of one vector on AVX-512 run on half vectors (8 rows, ``kernels.half_width``)
+    when 16-row blocks would run the union of unlike 8-row structures (a block-sparse mask of
+    8-row blocks): tiny maps stream their weights, so the union's zeros cost memory traffic.
+    VGG-16's 512-channel 2x2 layers at 4x (block 8x16), 1 thread: about 165 us each in 16-row
+    blocks, 110-122 us in the AVX2 build's 8-row ones on the same host."""
+    if isa.name != "avx512" or _dense_rows(op):
+        return False
+    return _channel_waste(op, isa.lanes) > _HALF_UNION * _channel_waste(op, isa.lanes // 2)
 
 
 def _tiny_map_rows(op: ConvOp, isa: Isa, v: int) -> int:

@@ -7,7 +7,8 @@ are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the 
 ``v`` at ``e`` and the odd ones at ``o`` (half a vector each); ``VGATHER(b, ix)`` loads lane
 ``i`` from ``b[ix[i]]``; ``VAND(v, m)`` keeps the lanes of ``v`` whose mask ``m`` is all ones
 (bitwise and); ``VSTOREM_AT(p, v, lo, n)`` stores lanes ``lo .. lo + n`` of ``v`` at
-``p + lo``; ``VREG(x)`` keeps a loaded vector in a register
+``p + lo``; the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` / ``HLOAD`` / ...
+for ``kernels.half_width``; ``VREG(x)`` keeps a loaded vector in a register
 (gcc otherwise folds the load into every FMA that reads it: the tap-column kernel's row reuse
 then vanished, 570 us became 700).
 """
@@ -97,6 +98,14 @@ typedef __m512 vf;
 #define VMAX(a, b) _mm512_max_ps((a), (b))
 #define VMIN(a, b) _mm512_min_ps((a), (b))
 #define VAND(a, m) _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(m)))
+#define HL 8
+typedef __m256 hf;
+#define HLOAD(p) _mm256_loadu_ps(p)
+#define HSTORE(p, v) _mm256_storeu_ps((p), (v))
+#define HSET1(x) _mm256_set1_ps(x)
+#define HZERO() _mm256_setzero_ps()
+#define HFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define HADD(a, b) _mm256_add_ps((a), (b))
 #define VGATHER(b, ix) _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(ix)), (b), 4)
 #define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)

@@ -8,6 +8,8 @@ this keeps the number of template instantiations (and gcc time) small. Templates
 
 from __future__ import annotations
 
+import re
+
 NOINLINE = "__attribute__((noinline))"
 #: Runtime activation codes of the epilogues (one template body serves every activation).
 ACT_CODES = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3}
@@ -661,6 +663,14 @@ def channel_template(key: str, tb: int, cv: int = 1, part: int = 0) -> str:
   }}
 }}
 """
+
+
+def half_width(text: str) -> str:
+    """A kernel's C text on half vectors (``hf``, 8 lanes: the AVX-512 prelude's ``H*``
+    macros), for channel tiles of 8-row blocks (``heuristics.half_channel_pays``)."""
+    names = {"vf": "hf", "VL": "HL", "VLOAD": "HLOAD", "VSTORE": "HSTORE", "VSET1": "HSET1",
+             "VZERO": "HZERO", "VFMA": "HFMA", "VADD": "HADD"}
+    return re.sub(r"\b(" + "|".join(names) + r")\b", lambda m: names[m.group(1)], text)
 
 
 #: Row walk shared by the crop epilogues: rows ``lo .. hi`` of ``cout x oh`` in order, with the

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler_backend import KernelConfig, compile_model
-from compiler_backend.compile import lower_model
-from compiler_backend.heuristics import best_tile, default_config
+from compiler_backend.compile import lower_model, resolve_isa
+from compiler_backend.heuristics import best_tile, default_config, half_channel_lanes
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import ISAS
 from compiler_backend.layout import plan_padded, plan_split2
@@ -294,6 +294,40 @@ def test_block_sparse_rows_on_tiny_maps_take_spatial_tiles_of_their_block_height
     assert default_config(blocky(64, 64, 2, 3), avx2, 1).family == "channel"
     tiny = _conv_op(320, 1280, 4, 1)  # dense rows keep their channel tiles
     assert default_config(tiny, avx512, 1).family == "channel"
+    # ... and there the 16-lane channel tiles run on half vectors: 8-row blocks, no union
+    assert half_channel_lanes(blocky(512, 512, 2, 3), avx512)
+    assert not half_channel_lanes(blocky(64, 64, 2, 3), avx2)
+    assert not half_channel_lanes(tiny, avx512)
+
+
+class TwoByTwo(nn.Module):
+    """3x3 convs on a 2x2 map with a residual, and a Linear head (VGG-16's last stage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(24, 40, 3, 1, 1), nn.Conv2d(40, 40, 3, 1, 1)
+        self.fc = nn.Linear(160, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.a(x))
+        return self.fc(torch.flatten(F.relu(self.b(a) + a), 1))
+
+
+@pytest.mark.skipif(resolve_isa().name != "avx512", reason="half vectors are AVX-512 only")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_half_vector_channel_tiles_match_torch(threads: int, compiler_cache) -> None:
+    torch.manual_seed(0)
+    model = TwoByTwo().eval()
+    gen = torch.Generator().manual_seed(5)
+    masks = {n: (torch.rand(m.out_channels // 8 + 1, m.in_channels, 3, 3, generator=gen) < 0.3)
+             .repeat_interleave(8, 0)[:m.out_channels] for n, m in (("a", model.a), ("b", model.b))}
+    cfg = KernelConfig("channel", 8, 1, threads)
+    x = torch.randn(3, 24, 2, 2)
+    cm = compile_model(model, x, masks, threads=threads, configs={"a": cfg, "b": cfg},
+                       cache_dir=compiler_cache)
+    assert re.search(r"ck_t\d+c1p\d+h\(tid", cm.program.source)
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
 
 
 def test_peak_probe_reports_positive_numbers(tmp_path) -> None:
