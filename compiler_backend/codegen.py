@@ -58,6 +58,7 @@ from compiler_backend.kernels import (
     POOL_TEMPLATE,
     SPLIT2_TEMPLATE,
     channel_template,
+    copy_taps_template,
     crop_template,
     dw9_template,
     dw9_vectors,
@@ -402,19 +403,30 @@ class _Builder:
 
     def _gather_taps(self, name: str, op: ConvOp, geo: dict[str, Any], src: int, dst: int,
                      src_padded: bool) -> str:
-        """Per-tap planes (``tap_geometry``) by one index table over the source's layout."""
+        """Per-tap planes (``tap_geometry``) by one index table over the source's layout, or
+        by row copies where every tap reads whole rows (``copy_taps_template``)."""
         cin, h, w = op.in_shape
         cs, xs, x0 = strides(self.g, op.src, self.padded) if src_padded else (h * w, w, 0)
         n = x0 + (h - 1) * xs + w  # floats of a channel up to its last pixel
         i, j = np.divmod(np.arange(geo["T"]), geo["ow"])
         idx = []
+        b0 = int(src_padded)  # a padded source's zero border is there to read
+        rows = geo["s"] == 1
         for a, b in geo["phases"]:
             y, x = geo["s"] * i + a - geo["ph"], geo["s"] * j + b - geo["pw"]
             idx.append(np.where((y >= 0) & (y < h) & (x >= 0) & (x < w), x0 + y * xs + x, n))
-        key = f"gather_taps_t{geo['T']}_q{len(idx)}_n{n}"
-        self._template(key, gather_taps_template(key, geo["T"], len(idx), n))
-        args = [src, dst, self.add_i(np.concatenate(idx)), cin, cs]
-        return (f"{_sig(name)} {{\n  (void)W;\n  static const int k[5] = "
+            rows &= bool(np.all((y >= -b0) & (y < h + b0) & (x >= -b0) & (x < w + b0)))
+        oh, ow = geo["T"] // geo["ow"], geo["ow"]
+        if rows:  # every tap reads whole rows of the stored plane: copy them
+            to = [x0 + (a - geo["ph"]) * xs + b - geo["pw"] for a, b in geo["phases"]]
+            key = f"copy_taps_h{oh}_w{ow}_q{len(idx)}"
+            self._template(key, copy_taps_template(key, oh, ow, len(idx)))
+            args = [src, dst, self.add_i(np.array(to)), cin, cs, xs]
+        else:
+            key = f"gather_taps_t{geo['T']}_q{len(idx)}_n{n}"
+            self._template(key, gather_taps_template(key, geo["T"], len(idx), n))
+            args = [src, dst, self.add_i(np.concatenate(idx)), cin, cs]
+        return (f"{_sig(name)} {{\n  (void)W;\n  static const int k[{len(args)}] = "
                 f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, I, A, k);\n}}\n")
 
     def _phase_split_table(self, op: ConvOp, T: int) -> tuple[int, tuple[int, int]]:

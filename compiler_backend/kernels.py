@@ -203,6 +203,26 @@ def gather_taps_template(key: str, T: int, ntap: int, n: int) -> str:
 """
 
 
+def copy_taps_template(key: str, oh: int, ow: int, ntap: int) -> str:
+    """Per-tap planes by row copies: the ``gather_taps_template`` planes when every tap reads
+    ``oh`` whole rows of ``ow`` pixels of its channel (stride 1, a padded source), so plane
+    ``(tap, c)`` row ``i`` is ``ow`` floats at ``to[tap] + i * xs`` of the channel. Parameter
+    array ``k``: src, dst (A arena), to (I arena), cin, source channel stride, source row
+    stride."""
+    return f"""static {NOINLINE} void {key}(int tid, int nt, const int* restrict I, float* restrict A,
+    const int* k) {{
+  const float* X = A + k[0]; float* P = A + k[1]; const int* to = I + k[2];
+  const int cin = k[3], cs = k[4], xs = k[5];
+  PART(cin)
+  for (int c = lo; c < hi; ++c)
+    for (int q = 0; q < {ntap}; ++q) {{
+      float* p = P + ((long)q * cin + c) * {oh * ow}; const float* s = X + (long)c * cs + to[q];
+      for (int i = 0; i < {oh}; ++i) memcpy(p + i * {ow}, s + (long)i * xs, {ow} * sizeof(float));
+    }}
+}}
+"""
+
+
 #: Stride 2 with all four phases (kernels >= 2x2): one pass per input row splits it into its
 #: even and odd columns (``npas_deinterleave``) and writes both
 #: into the phase planes of its row parity; ``pad_phase`` instead makes one short strided pass
