@@ -234,15 +234,17 @@ class _Builder:
         lanes = clanes * cfg.v if cfg.family == "channel" else self.isa.lanes
         segs = build_segments(op.weight, op.kept, op.groups, family=cfg.family,
                               p_max=cfg.p_max, lanes=lanes)
+        # tiles storing into a layout of their own need every row to keep entries (no
+        # ``fill_rows`` segment, which writes plain wide rows)
+        no_fill = all(seg.eptr[-1] for seg in segs if seg.nblk)
         # spatial tiles of whole output rows store a phase-split output themselves
         phase_split = (cfg.family == "spatial" and not taps and op.groups == 1
                        and op.dst in self.split
                        and op.res is None and wq == ow and ow % self.isa.lanes == 0
-                       and cin <= _PHASE_SPLIT_MAX_CIN
-                       and all(seg.eptr[-1] for seg in segs if seg.nblk))
+                       and cin <= _PHASE_SPLIT_MAX_CIN and no_fill)
         # per-tap tiles whose rows divide a vector store them straight into a padded output
         row_store = (taps and op.dst in self.padded and op.res is None
-                     and self.isa.lanes % ow == 0 and all(seg.eptr[-1] for seg in segs if seg.nblk))
+                     and self.isa.lanes % ow == 0 and no_fill)
         use_crop = not wide and not placed and not phase_split and not row_store and (
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
         ys, yo, dr = T, 0, 0
