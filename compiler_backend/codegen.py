@@ -76,7 +76,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "17"
+GENERATOR_VERSION = "18"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -183,7 +183,7 @@ class _Builder:
                 body, lt = emit_concat(self, fn, op, offs), 1
             else:
                 raise TypeError(op)
-            steps = [(fn, work_items(lt, 2))]
+            steps = [(fn, work_items(lt))]
         if self.inject_error is not None and getattr(op, "name", None) == self.inject_error:
             body = body.replace("{", "{ this_is_not_c ", 1)
         self.funcs.append((op.name, body))
@@ -297,19 +297,19 @@ class _Builder:
                 row_exact = jm >= 0
             calls.append(f"{name}(tid, nt, W, I, A);")
             junk = junk or not row_exact
-        g = work_items(cfg.threads, 4)
-        steps: list[tuple[str, int]] = [(f"{fn}_pad", work_items(cfg.threads, 2))] if pad_step else []
+        g = work_items(cfg.threads)
+        steps: list[tuple[str, int]] = [(f"{fn}_pad", work_items(cfg.threads))] if pad_step else []
         parts.append(f"{_sig(fn + '_k')} {{\n  " + "\n  ".join(calls) + "\n}\n")
         steps.append((f"{fn}_k", g))
         if use_crop:
             parts.append(self.crop(f"{fn}_crop", op, T, wq, y_off, offs))
-            steps.append((f"{fn}_crop", work_items(cfg.threads, 2)))
+            steps.append((f"{fn}_crop", work_items(cfg.threads)))
         if wide and junk:  # the two junk columns per row landed on the zero border
             self._template("zero_border", BORDER_TEMPLATE)
             zb = [y_off, cout, oh, wq, ys]
             parts.append(f"{_sig(fn + '_zb')} {{\n  (void)W; (void)I;\n  static const int kb[5] = "
                          f"{{{', '.join(map(str, zb))}}};\n  zero_border(tid, nt, A, kb);\n}}\n")
-            steps.append((f"{fn}_zb", work_items(cfg.threads, 2)))
+            steps.append((f"{fn}_zb", work_items(cfg.threads)))
         self._record(k, op, cfg, sorted({s.p for s in segs}))
         return "\n".join(parts), steps
 
@@ -338,7 +338,7 @@ class _Builder:
         body = (f"{_sig(fn + '_k')} {{\n  static const int k[23] = {{{', '.join(map(str, args))}}};\n"
                 f"  dws2(tid, nt, W, I, A, k);\n}}\n")
         self._record(k, op, cfg, [1])
-        return body, [(f"{fn}_k", work_items(cfg.threads, 4))]
+        return body, [(f"{fn}_k", work_items(cfg.threads))]
 
     def _alloc(self, buf: int) -> int:
         self.extra_bufs.append(buf)
