@@ -127,6 +127,35 @@ def test_tiny_maps_and_linear_match_torch(structure: str, hw: int, compiler_cach
     assert set(convs.values()) == {want}
 
 
+class GlobalPool(nn.Module):
+    """A conv, then global average pooling and a Linear head."""
+
+    def __init__(self, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, cout, 3, 1, 1)
+        self.fc = nn.Linear(cout, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        return torch.cat([self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1)),
+                          y.mean((2, 3))], 1)
+
+
+@pytest.mark.parametrize(("cout", "h", "w"), [(37, 7, 7), (64, 4, 4), (16, 1, 1), (21, 5, 3)])
+@pytest.mark.parametrize("isa", [None, EIGHT_LANES])
+def test_global_average_pool_matches_torch(cout: int, h: int, w: int, isa: str | None,
+                                           compiler_cache) -> None:
+    """Whole vector blocks of channels (folded pairwise), a scalar tail, partial pixel
+    vectors, 1 and 2 threads."""
+    torch.manual_seed(0)
+    model = GlobalPool(cout).eval()
+    x = torch.randn(2, 3, h, w)
+    for threads in (1, 2):
+        cm = compile_model(model, x, {}, threads=threads, isa=isa, cache_dir=compiler_cache)
+        assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
+        assert not cm.report.fallbacks
+
+
 def test_two_threads_and_forced_configs_match(compiler_cache) -> None:
     from compiler_backend import KernelConfig
 
