@@ -104,6 +104,12 @@ class LayerInfo:
     config: KernelConfig
 
 
+def _unlike_rows(seg: Segment) -> bool:
+    """One-row blocks whose entry counts differ (pattern, unstructured): an even split of
+    them by count is an uneven split of the work."""
+    return seg.p == 1 and seg.nblk > 1 and bool(np.ptp(np.diff(seg.eptr)) > 0)
+
+
 @dataclass
 class Program:
     """The generated source and everything the runtime needs to call it."""
@@ -269,6 +275,7 @@ class _Builder:
         junk = False  # some kernel stores whole wide rows, junk columns included
         # spatial and dw9 tiles writing wide rows into a padded output zero the junk columns
         jm = self.junk_mask(T, wq, ow) if wide else -1
+        uneven = False  # threads split one-row blocks of unlike lengths (see ``work_items``)
         for si, seg in enumerate(segs):
             offsets = self._entry_offsets(seg.cols, op, geo)
             name = f"{fn}_s{si}"
@@ -281,8 +288,10 @@ class _Builder:
                 parts.append(self.channel_kernel(name, seg, offsets, bias_off, x_off, y_off,
                                                  res_off, act, geo, ydst, rdst, clanes))
             elif cfg.family == "taps" and seg.p == 1 and taps_eligible(op, geo):
-                parts.append(self.taps_kernel(name, seg, op, geo, bias_off, x_off, y_off, res_off,
-                                              act, cfg.v, ys, yo))
+                text, by_pixels = self.taps_kernel(name, seg, op, geo, bias_off, x_off, y_off,
+                                                   res_off, act, cfg.v, ys, yo)
+                parts.append(text)
+                uneven = uneven or not by_pixels and _unlike_rows(seg)
                 row_exact = True
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
                 bands = use_bands(offsets, geo["wq"], geo["ow"], self.isa.lanes)
@@ -291,13 +300,15 @@ class _Builder:
                 row_exact = bands or jm >= 0
             else:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p, -(-T // self.isa.lanes)))
-                parts.append(self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
-                                                 res_off, act, T, v, cfg.threads, geo, cin,
-                                                 ys, yo, eo, jm, dr))
+                text, by_pixels = self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
+                                                      res_off, act, T, v, cfg.threads, geo, cin,
+                                                      ys, yo, eo, jm, dr)
+                parts.append(text)
+                uneven = uneven or not by_pixels and _unlike_rows(seg)
                 row_exact = jm >= 0
             calls.append(f"{name}(tid, nt, W, I, A);")
             junk = junk or not row_exact
-        g = work_items(cfg.threads)
+        g = work_items(cfg.threads, uneven)
         steps: list[tuple[str, int]] = [(f"{fn}_pad", work_items(cfg.threads))] if pad_step else []
         parts.append(f"{_sig(fn + '_k')} {{\n  " + "\n  ".join(calls) + "\n}\n")
         steps.append((f"{fn}_k", g))
@@ -448,8 +459,10 @@ class _Builder:
                        x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
                        v: int, lt: int, geo: dict[str, Any], cin: int, ys: int,
                        yo: int, eo: tuple[int, int] | None = None, jm: int = -1,
-                       dr: int = 0) -> str:
-        """``eo``: (I offset of the per-vector even-half offsets, odd-half distance) when the
+                       dr: int = 0) -> tuple[str, bool]:
+        """(C text, whether threads split it by pixel chunks rather than row blocks).
+
+        ``eo``: (I offset of the per-vector even-half offsets, odd-half distance) when the
         tiles store a phase-split output (``_phase_split_table``); ``jm``: -1 or a
         ``junk_mask``; ``dr`` > 0: the destination's row stride, for tiles storing row by row
         (``spatial_template(row_store=...)``)."""
@@ -482,13 +495,13 @@ class _Builder:
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
                 geo["wq"] if vr else lanes, vw, *(eo or (0, 0)), jm, dr]
         return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
-                f"  {key}(tid, nt, W, I, A, k);\n}}\n")
+                f"  {key}(tid, nt, W, I, A, k);\n}}\n", nch >= max(lt, 2))
 
     def taps_kernel(self, name: str, seg: Segment, op: ConvOp, geo: dict[str, Any],
                     bias_off: int, x_off: int, y_off: int, res_off: int | None, act: str | None,
-                    v: int, ys: int, yo: int) -> str:
+                    v: int, ys: int, yo: int) -> tuple[str, bool]:
         """Bands of output rows over column groups (``taps.taps_template``); a last, shorter
-        band gets its own instantiation."""
+        band gets its own instantiation. Also returns whether threads split it by bands."""
         cin, (_, oh, ow), kh = op.in_shape[0], op.out_shape, geo["kh"]
         rows = taps.band_rows(oh, v)
         ccs = taps.chunk_channels(cin, rows, geo, ow, v, self.isa.lanes,
@@ -507,7 +520,7 @@ class _Builder:
                 self._template(key, taps.taps_template(key, r, v, kh))
                 args = ", ".join(map(str, [*head, band0, nb, *tail]))
                 calls.append(f"  {{ static const int k[20] = {{{args}}}; {key}(tid, nt, W, I, A, k); }}")
-        return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n"
+        return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n", full >= 2
 
     def dw9_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int, x_off: int,
                    y_off: int, res_off: int | None, act: str | None, T: int, ys: int,

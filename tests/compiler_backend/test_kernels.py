@@ -276,3 +276,35 @@ def test_stride2_depthwise_on_taller_maps_takes_the_phase_split_path(hw: tuple[i
     cm = compile_model(model, x, None, cache_dir=compiler_cache)
     assert "dws2(tid, nt, W, I, A, k)" not in cm.program.source
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
+
+
+class MapsOfTwoSizes(nn.Module):
+    """A 3x3 conv on a 32x32 map (split between threads by pixel chunks), then one on 4x4
+    (split by row blocks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = nn.Conv2d(16, 32, 3, 1, 1)
+        self.small = nn.Conv2d(32, 256, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.small(nn.functional.max_pool2d(torch.relu(self.big(x)), 8))
+
+
+@pytest.mark.parametrize(("structure", "small_slices"), [("unstructured", 8), ("block_based", 2)])
+def test_slices_per_thread_follow_the_balance_of_the_split(structure: str, small_slices: int,
+                                                           compiler_cache) -> None:
+    """One slice per thread where the split is even (pixel chunks, or row blocks of equal
+    length); four where threads would split one-row blocks of unlike lengths."""
+    import re
+
+    torch.manual_seed(0)
+    model = MapsOfTwoSizes().eval()
+    masks = _masks(model, structure)
+    x = torch.randn(1, 16, 32, 32)
+    cm = compile_model(model, x, masks, threads=2, cache_dir=compiler_cache)
+    slices = {f: int(g) for f, g in re.findall(r"NPAS_STEP\(\d+, (op_\d+_k), (\d+)\)",
+                                                cm.program.source)}
+    big, small = (f"op_{cm.program.op_names.index(n)}_k" for n in ("big", "small"))
+    assert (slices[big], slices[small]) == (2, small_slices)
+    assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
