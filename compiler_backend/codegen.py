@@ -104,10 +104,28 @@ class LayerInfo:
     config: KernelConfig
 
 
-def _unlike_rows(seg: Segment) -> bool:
-    """One-row blocks whose entry counts differ (pattern, unstructured): an even split of
-    them by count is an uneven split of the work."""
-    return seg.p == 1 and seg.nblk > 1 and bool(np.ptp(np.diff(seg.eptr)) > 0)
+#: Most work one of ``lt`` equal-count shares of a step's items may carry, against the mean
+#: share, before the step takes several slices per thread (``segments.work_items``).
+_MAX_SHARE_SKEW = 1.1
+
+
+def _skewed(costs: np.ndarray, lt: int) -> bool:
+    """Splitting items of these ``costs`` into ``lt`` shares of equal count, as ``PART``
+    does, leaves one thread with much more work than the mean."""
+    n = len(costs)
+    if lt <= 1 or n < 2:
+        return False
+    cum = np.concatenate([[0.0], np.cumsum(costs, dtype=float)])
+    shares = np.diff(cum[[n * t // lt for t in range(lt + 1)]])
+    return bool(shares.mean() > 0 and shares.max() > _MAX_SHARE_SKEW * shares.mean())
+
+
+def _uneven(seg: Segment, costs: np.ndarray, by_pixels: bool, lt: int) -> bool:
+    """A kernel's items want several slices per thread (``segments.work_items``): an even split
+    of them is skewed, or threads would split one-row blocks of unlike lengths (pattern,
+    unstructured), whose time follows their entry counts less closely than a block's."""
+    unlike = seg.p == 1 and seg.nblk > 1 and bool(np.ptp(np.diff(seg.eptr)) > 0)
+    return _skewed(costs, lt) or (lt > 1 and not by_pixels and unlike)
 
 
 @dataclass
@@ -275,7 +293,7 @@ class _Builder:
         junk = False  # some kernel stores whole wide rows, junk columns included
         # spatial and dw9 tiles writing wide rows into a padded output zero the junk columns
         jm = self.junk_mask(T, wq, ow) if wide else -1
-        uneven = False  # threads split one-row blocks of unlike lengths (see ``work_items``)
+        uneven = False  # an even split of some kernel's items is not (see ``work_items``)
         for si, seg in enumerate(segs):
             offsets = self._entry_offsets(seg.cols, op, geo)
             name = f"{fn}_s{si}"
@@ -287,11 +305,12 @@ class _Builder:
                 rdst = self._place(op.res, op) if op.res is not None and res_off is not None else ydst
                 parts.append(self.channel_kernel(name, seg, offsets, bias_off, x_off, y_off,
                                                  res_off, act, geo, ydst, rdst, clanes))
+                uneven = uneven or _uneven(seg, np.diff(seg.eptr), False, cfg.threads)
             elif cfg.family == "taps" and seg.p == 1 and taps_eligible(op, geo):
-                text, by_pixels = self.taps_kernel(name, seg, op, geo, bias_off, x_off, y_off,
-                                                   res_off, act, cfg.v, ys, yo)
+                text, costs, by_pixels = self.taps_kernel(name, seg, op, geo, bias_off, x_off,
+                                                          y_off, res_off, act, cfg.v, ys, yo)
                 parts.append(text)
-                uneven = uneven or not by_pixels and _unlike_rows(seg)
+                uneven = uneven or _uneven(seg, costs, by_pixels, cfg.threads)
                 row_exact = True
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
                 bands = use_bands(offsets, geo["wq"], geo["ow"], self.isa.lanes)
@@ -300,11 +319,11 @@ class _Builder:
                 row_exact = bands or jm >= 0
             else:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p, -(-T // self.isa.lanes)))
-                text, by_pixels = self.spatial_kernel(name, seg, offsets, bias_off, x_off, y_off,
-                                                      res_off, act, T, v, cfg.threads, geo, cin,
-                                                      ys, yo, eo, jm, dr)
+                text, costs, by_pixels = self.spatial_kernel(
+                    name, seg, offsets, bias_off, x_off, y_off, res_off, act, T, v, cfg.threads,
+                    geo, cin, ys, yo, eo, jm, dr)
                 parts.append(text)
-                uneven = uneven or not by_pixels and _unlike_rows(seg)
+                uneven = uneven or _uneven(seg, costs, by_pixels, cfg.threads)
                 row_exact = jm >= 0
             calls.append(f"{name}(tid, nt, W, I, A);")
             junk = junk or not row_exact
@@ -459,8 +478,9 @@ class _Builder:
                        x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
                        v: int, lt: int, geo: dict[str, Any], cin: int, ys: int,
                        yo: int, eo: tuple[int, int] | None = None, jm: int = -1,
-                       dr: int = 0) -> tuple[str, bool]:
-        """(C text, whether threads split it by pixel chunks rather than row blocks).
+                       dr: int = 0) -> tuple[str, np.ndarray, bool]:
+        """(C text, the work of its items in the order threads split them (``_skewed``),
+        whether they split it by pixel chunks rather than row blocks).
 
         ``eo``: (I offset of the per-vector even-half offsets, odd-half distance) when the
         tiles store a phase-split output (``_phase_split_table``); ``jm``: -1 or a
@@ -495,13 +515,16 @@ class _Builder:
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
                 geo["wq"] if vr else lanes, vw, *(eo or (0, 0)), jm, dr]
         return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
-                f"  {key}(tid, nt, W, I, A, k);\n}}\n", nch >= max(lt, 2))
+                f"  {key}(tid, nt, W, I, A, k);\n}}\n",
+                np.outer(np.minimum(tch, T - tch * np.arange(nch)), np.diff(seg.eptr)).ravel(),
+                nch >= 2)
 
     def taps_kernel(self, name: str, seg: Segment, op: ConvOp, geo: dict[str, Any],
                     bias_off: int, x_off: int, y_off: int, res_off: int | None, act: str | None,
-                    v: int, ys: int, yo: int) -> tuple[str, bool]:
+                    v: int, ys: int, yo: int) -> tuple[str, np.ndarray, bool]:
         """Bands of output rows over column groups (``taps.taps_template``); a last, shorter
-        band gets its own instantiation. Also returns whether threads split it by bands."""
+        band gets its own instantiation. Also returns the work of the full bands' items in the
+        order threads split them (``_skewed``) and whether they split it by bands."""
         cin, (_, oh, ow), kh = op.in_shape[0], op.out_shape, geo["kh"]
         rows = taps.band_rows(oh, v)
         ccs = taps.chunk_channels(cin, rows, geo, ow, v, self.isa.lanes,
@@ -520,7 +543,8 @@ class _Builder:
                 self._template(key, taps.taps_template(key, r, v, kh))
                 args = ", ".join(map(str, [*head, band0, nb, *tail]))
                 calls.append(f"  {{ static const int k[20] = {{{args}}}; {key}(tid, nt, W, I, A, k); }}")
-        return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n", full >= 2
+        costs = np.tile(np.diff(seg.eptr), max(full, 1))
+        return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n", costs, full >= 2
 
     def dw9_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int, x_off: int,
                    y_off: int, res_off: int | None, act: str | None, T: int, ys: int,

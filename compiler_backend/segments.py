@@ -9,7 +9,7 @@ from __future__ import annotations
 
 def work_items(lt: int, uneven: bool = False) -> int:
     """Slices of a step: one per thread (1 for single-threaded ops), or four per thread when
-    its items carry unequal work (``uneven``: one-row blocks of unlike lengths).
+    its items carry unequal work (``uneven``; ``codegen._uneven``).
 
     With one slice each, a thread owns one contiguous share of every layer. On the 2-vCPU
     AVX-512 host a line written by one core and read by the other costs far more than a local
@@ -17,9 +17,11 @@ def work_items(lt: int, uneven: bool = False) -> int:
     prefetchers run past it; ``benchmarks/bench_cross_core.py``). Against 2 slices per thread
     for passes and 4 for kernels, 2 threads, interleaved: ResNet-20 dense 433 -> 401 us, 4x 203
     -> 184, 8x 163 -> 147; MobileNetV2 dense 1402 -> 1342, 4x 769 -> 739, 8x 637 -> 604; VGG-16
-    4x 1008 -> 976, 8x 651 -> 631. But an even split of unlike rows leaves one thread waiting:
-    VGG-16 pattern 8x 1.73 -> 1.88 ms, unstructured 10x 1.64 -> 1.79, hence ``uneven``. A
-    descheduled worker still loses a slice it has not started to the caller (two-ended grab).
+    4x 1008 -> 976, 8x 651 -> 631. But where an even split of the items is an uneven split of
+    the work, one thread waits: VGG-16 pattern 8x 1.73 -> 1.88 ms, unstructured 10x 1.64 ->
+    1.79; the 3x3 128@28 layer at block 4x 290 -> 396 us (a short last pixel chunk); hence
+    ``uneven``. A descheduled worker still loses a slice it has not started to the caller
+    (two-ended grab).
     """
     return 1 if lt <= 1 else lt * (4 if uneven else 1)
 

@@ -308,3 +308,19 @@ def test_slices_per_thread_follow_the_balance_of_the_split(structure: str, small
     big, small = (f"op_{cm.program.op_names.index(n)}_k" for n in ("big", "small"))
     assert (slices[big], slices[small]) == (2, small_slices)
     assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
+
+
+def test_an_even_split_of_unequal_items_counts_as_skewed() -> None:
+    """The check behind several slices per thread: equal-count shares of the items must carry
+    about equal work (a last, short pixel chunk or sorted row blocks break that)."""
+    import numpy as np
+
+    from compiler_backend.codegen import _skewed
+
+    assert not _skewed(np.full(16, 3.0), 2)
+    assert _skewed(np.array([5.0, 5.0, 1.0, 1.0]), 2)
+    # 3x3 128@28 at block 4x: 3 pixel chunks of 384 / 384 / 72 wide-row pixels x 16 row
+    # blocks, dealt chunk by chunk: the first thread gets 576 chunk-pixels per block, the
+    # second 264 (2 threads ran it at 396 us with one slice each, 298 us with four)
+    chunks = np.outer([384, 384, 72], np.ones(16)).ravel()
+    assert _skewed(chunks, 2) and not _skewed(chunks, 1)
