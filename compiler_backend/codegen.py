@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from compiler_backend import taps
-from compiler_backend.depthwise import dwband_template, use_bands
+from compiler_backend.depthwise import PLANE4_TEMPLATE, dwband_template, use_bands, use_plane4
 from compiler_backend.heuristics import (
     channel_chunks,
     channel_tile,
@@ -76,7 +76,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "19"
+GENERATOR_VERSION = "20"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -550,7 +550,8 @@ class _Builder:
                    y_off: int, res_off: int | None, act: str | None, T: int, ys: int,
                    yo: int, geo: dict[str, Any], bands: bool, jm: int = -1) -> str:
         """One row per block, 9 private entries each (depthwise 3x3): bands of output rows
-        (``depthwise.dwband_template``, when ``depthwise.use_bands``), else one vector at a
+        (``depthwise.dwband_template``, when ``depthwise.use_bands``), a 4x4 plane per vector
+        (``depthwise.PLANE4_TEMPLATE``, when ``depthwise.use_plane4``), else one vector at a
         time (``dw9_template``; ``jm``: -1 or a ``junk_mask``)."""
         args = [self.add_i(seg.rows.ravel()), self.add_i(offsets), self.add_f(seg.weights), bias_off,
                 x_off, y_off, res_off or 0, seg.nblk, T, ys, yo, ACT_CODES[act or "none"],
@@ -558,6 +559,10 @@ class _Builder:
         if bands:
             self._template("dwband", dwband_template())
             fn, args = "dwband", [*args, geo["wq"], geo["ow"]]
+        elif use_plane4(offsets, T, geo["wq"], geo["ow"], self.isa.name):
+            self._template("dw9_plane4", PLANE4_TEMPLATE)
+            fn = "dw9_plane4"
+            args.append(jm)
         else:
             args.append(jm)
             v = dw9_vectors(T, self.isa.lanes)

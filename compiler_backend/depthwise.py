@@ -22,14 +22,72 @@ from compiler_backend.kernels import NOINLINE
 BAND = 4
 
 
-def use_bands(offsets: np.ndarray, wq: int, ow: int, lanes: int) -> bool:
-    """Bands pay when every row's nine tap offsets are ``o0 + i * wq + j`` (stride 1, one
-    input plane) and a row fills more than half a vector: MobileNetV2's 4x4 maps (960
-    channels) ran 30-31 us in bands against 28-29 us with ``dw9``, whose wide-row vectors
-    span rows."""
+def _plane_taps(offsets: np.ndarray, wq: int) -> bool:
+    """Every row's nine tap offsets are ``o0 + i * wq + j`` (stride 1, one input plane)."""
     o = offsets.reshape(-1, 9)
     taps = np.array([i * wq + j for i in range(3) for j in range(3)])
-    return 2 * ow > lanes and bool(np.all(o - o[:, :1] == taps))
+    return bool(np.all(o - o[:, :1] == taps))
+
+
+def use_bands(offsets: np.ndarray, wq: int, ow: int, lanes: int) -> bool:
+    """Bands pay when the taps read one plane (``_plane_taps``) and a row fills more than half
+    a vector: MobileNetV2's 4x4 maps (960 channels) ran 30-31 us in bands against 28-29 us
+    with ``dw9``, whose wide-row vectors span rows."""
+    return 2 * ow > lanes and _plane_taps(offsets, wq)
+
+
+def use_plane4(offsets: np.ndarray, T: int, wq: int, ow: int, isa_name: str) -> bool:
+    """``PLANE4_TEMPLATE`` serves this layer: AVX-512, a 4x4 output in wide rows of 6 (a padded
+    source), taps reading one plane."""
+    return isa_name == "avx512" and (T, wq, ow) == (24, 6, 4) and _plane_taps(offsets, wq)
+
+
+#: Depthwise 3x3 / stride 1 on 4x4 maps, AVX-512: the 16 output pixels are one vector. The
+#: channel's padded 6x6 plane is loaded once as four vectors (floats 0-31 and 12-43 from its
+#: first tap), and tap ``q`` of every pixel is one two-source permute of them (pixel ``(i, j)``
+#: of the tap at plane offset ``d`` is float ``d + 6 i + j``). The sum is spread back to the two
+#: wide-row vectors of the ``dw9`` layout (junk lanes zero) for the residual, activation, junk
+#: mask and stores. ``dw9_v2`` ran each channel as two 9-FMA chains over 24 wide-row pixels from
+#: 18 unaligned loads. Parameter array ``k``: as ``kernels.dw9_template``.
+PLANE4_TEMPLATE = f"""static {NOINLINE} void dw9_plane4(int tid, int nt, const float* restrict W,
+    const int* restrict I, float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const int* offs = I + k[1];
+  const float* wt = W + k[2]; const float* bias = W + k[3];
+  const float* X = A + k[4]; float* Y = A + k[5]; const float* R = A + k[6]; (void)R;
+  const int ys = k[9], yo = k[10], act = k[11], hr = k[12];
+  const float* jm = k[13] >= 0 ? (const float*)(I + k[13]) : 0;
+  const __m512i p0 = _mm512_setr_epi32(0, 1, 2, 3, 6, 7, 8, 9, 12, 13, 14, 15, 18, 19, 20, 21);
+  const __m512i p1 = _mm512_add_epi32(p0, _mm512_set1_epi32(1));
+  const __m512i p2 = _mm512_add_epi32(p0, _mm512_set1_epi32(2));
+  const __m512i p6 = _mm512_add_epi32(p0, _mm512_set1_epi32(6));
+  const __m512i p7 = _mm512_add_epi32(p0, _mm512_set1_epi32(7));
+  const __m512i p8 = _mm512_add_epi32(p0, _mm512_set1_epi32(8));
+  const __m512i wide0 = _mm512_setr_epi32(0, 1, 2, 3, 0, 0, 4, 5, 6, 7, 0, 0, 8, 9, 10, 11);
+  const __m512i wide1 = _mm512_setr_epi32(0, 0, 12, 13, 14, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  PART(k[7])
+  for (int b = lo; b < hi; ++b) {{
+    const int r = rows[b]; const float* w9 = wt + 9 * b; const float* x = X + offs[9 * b];
+    const vf u0 = VLOAD(x), u1 = VLOAD(x + 16), u2 = VLOAD(x + 12), u3 = VLOAD(x + 28);
+    vf a = VMUL(VSET1(w9[0]), _mm512_permutex2var_ps(u0, p0, u1));
+    vf c = VMUL(VSET1(w9[1]), _mm512_permutex2var_ps(u0, p1, u1));
+    a = VFMA(VSET1(w9[2]), _mm512_permutex2var_ps(u0, p2, u1), a);
+    c = VFMA(VSET1(w9[3]), _mm512_permutex2var_ps(u0, p6, u1), c);
+    a = VFMA(VSET1(w9[4]), _mm512_permutex2var_ps(u0, p7, u1), a);
+    c = VFMA(VSET1(w9[5]), _mm512_permutex2var_ps(u0, p8, u1), c);
+    a = VFMA(VSET1(w9[6]), _mm512_permutex2var_ps(u2, p0, u3), a);
+    c = VFMA(VSET1(w9[7]), _mm512_permutex2var_ps(u2, p1, u3), c);
+    a = VFMA(VSET1(w9[8]), _mm512_permutex2var_ps(u2, p2, u3), a);
+    a = VADD(VADD(a, c), VSET1(bias[r]));
+    float* y = Y + (long)r * ys + yo; const float* rp = R + (long)r * ys + yo;
+    vf z0 = _mm512_maskz_permutexvar_ps((__mmask16)0xF3CF, wide0, a);
+    vf z1 = _mm512_maskz_permutexvar_ps((__mmask16)0x003C, wide1, a);
+    if (hr) {{ z0 = VADD(z0, VLOAD(rp)); z1 = VADD(z1, VLOADM(rp + 16, 8)); }}
+    z0 = v_act(z0, act); z1 = v_act(z1, act);
+    if (jm) {{ z0 = VAND(z0, VLOAD(jm)); z1 = VAND(z1, VLOAD(jm + 16)); }}
+    VSTORE(y, z0); VSTOREM(y + 16, z1, 8);
+  }}
+}}
+"""
 
 
 def _band(h: int, masked: bool) -> str:

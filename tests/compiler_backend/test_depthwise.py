@@ -66,3 +66,20 @@ def test_dw9_steps_cover_whole_small_planes() -> None:
     assert dw9_vectors(80, 16) == 5
     assert dw9_vectors(80, 8) == 2
     assert dw9_vectors(24, 16) == 2 and dw9_vectors(24, 8) == 3
+
+
+@pytest.mark.parametrize("c", [40, 7])
+def test_depthwise_on_4x4_maps_matches_torch(c: int, compiler_cache) -> None:
+    """4x4 maps: with 16 lanes the padded-source layers take the one-vector plane kernel
+    (``depthwise.PLANE4_TEMPLATE``); with a residual, ReLU6 and a padded destination (junk
+    lanes masked) too. Other ISAs run ``dw9`` on the same model."""
+    torch.manual_seed(0)
+    model = DepthwiseS1(c).eval()
+    x = torch.randn(2, c, 4, 4)
+    cm = compile_model(model, x, None, cache_dir=compiler_cache)
+    if detect_isa().name == "avx512":
+        assert cm.program.source.count("dw9_plane4(tid, nt, W, I, A, k)") >= 2
+    assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
+    for threads in (2,):
+        cm2 = compile_model(model, x, None, threads=threads, cache_dir=compiler_cache)
+        assert _rel_err(cm2.run(x), _reference(model, {}, x)) < 1e-4
