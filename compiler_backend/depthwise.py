@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler_backend.kernels import NOINLINE
+from compiler_backend.kernels import NOINLINE, dw9_head
 
 #: Output rows per band: 4 accumulators + 9 weights + 1 pixel vector + bias fit 16 registers.
 BAND = 4
@@ -49,13 +49,7 @@ def use_plane4(offsets: np.ndarray, T: int, wq: int, ow: int, isa_name: str) -> 
 #: wide-row vectors of the ``dw9`` layout (junk lanes zero) for the residual, activation, junk
 #: mask and stores. ``dw9_v2`` ran each channel as two 9-FMA chains over 24 wide-row pixels from
 #: 18 unaligned loads. Parameter array ``k``: as ``kernels.dw9_template``.
-PLANE4_TEMPLATE = f"""static {NOINLINE} void dw9_plane4(int tid, int nt, const float* restrict W,
-    const int* restrict I, float* restrict A, const int* k) {{
-  const int* rows = I + k[0]; const int* offs = I + k[1];
-  const float* wt = W + k[2]; const float* bias = W + k[3];
-  const float* X = A + k[4]; float* Y = A + k[5]; const float* R = A + k[6]; (void)R;
-  const int ys = k[9], yo = k[10], act = k[11], hr = k[12];
-  const float* jm = k[13] >= 0 ? (const float*)(I + k[13]) : 0;
+PLANE4_TEMPLATE = dw9_head("dw9_plane4") + """
   const __m512i p0 = _mm512_setr_epi32(0, 1, 2, 3, 6, 7, 8, 9, 12, 13, 14, 15, 18, 19, 20, 21);
   const __m512i p1 = _mm512_add_epi32(p0, _mm512_set1_epi32(1));
   const __m512i p2 = _mm512_add_epi32(p0, _mm512_set1_epi32(2));
@@ -65,7 +59,7 @@ PLANE4_TEMPLATE = f"""static {NOINLINE} void dw9_plane4(int tid, int nt, const f
   const __m512i wide0 = _mm512_setr_epi32(0, 1, 2, 3, 0, 0, 4, 5, 6, 7, 0, 0, 8, 9, 10, 11);
   const __m512i wide1 = _mm512_setr_epi32(0, 0, 12, 13, 14, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
   PART(k[7])
-  for (int b = lo; b < hi; ++b) {{
+  for (int b = lo; b < hi; ++b) {
     const int r = rows[b]; const float* w9 = wt + 9 * b; const float* x = X + offs[9 * b];
     const vf u0 = VLOAD(x), u1 = VLOAD(x + 16), u2 = VLOAD(x + 12), u3 = VLOAD(x + 28);
     vf a = VMUL(VSET1(w9[0]), _mm512_permutex2var_ps(u0, p0, u1));
@@ -81,12 +75,12 @@ PLANE4_TEMPLATE = f"""static {NOINLINE} void dw9_plane4(int tid, int nt, const f
     float* y = Y + (long)r * ys + yo; const float* rp = R + (long)r * ys + yo;
     vf z0 = _mm512_maskz_permutexvar_ps((__mmask16)0xF3CF, wide0, a);
     vf z1 = _mm512_maskz_permutexvar_ps((__mmask16)0x003C, wide1, a);
-    if (hr) {{ z0 = VADD(z0, VLOAD(rp)); z1 = VADD(z1, VLOADM(rp + 16, 8)); }}
+    if (hr) { z0 = VADD(z0, VLOAD(rp)); z1 = VADD(z1, VLOADM(rp + 16, 8)); }
     z0 = v_act(z0, act); z1 = v_act(z1, act);
-    if (jm) {{ z0 = VAND(z0, VLOAD(jm)); z1 = VAND(z1, VLOAD(jm + 16)); }}
+    if (jm) { z0 = VAND(z0, VLOAD(jm)); z1 = VAND(z1, VLOAD(jm + 16)); }
     VSTORE(y, z0); VSTOREM(y + 16, z1, 8);
-  }}
-}}
+  }
+}
 """
 
 

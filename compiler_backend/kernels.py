@@ -469,6 +469,18 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     return text.replace("@VS@", vs).replace("@TS@", ts)
 
 
+def dw9_head(name: str) -> str:
+    """Signature and parameter unpacking of a ``dw9``-layout depthwise step (``dw9_template``,
+    ``depthwise.PLANE4_TEMPLATE``): ``k`` as documented there."""
+    return f"""static {NOINLINE} void {name}(int tid, int nt, const float* restrict W,
+    const int* restrict I, float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const int* offs = I + k[1];
+  const float* wt = W + k[2]; const float* bias = W + k[3];
+  const float* X = A + k[4]; float* Y = A + k[5]; const float* R = A + k[6]; (void)R;
+  const int T = k[8], ys = k[9], yo = k[10], act = k[11], hr = k[12]; (void)T;
+  const float* jm = k[13] >= 0 ? (const float*)(I + k[13]) : 0;"""
+
+
 def dw9_template(v: int) -> str:
     """Rows that each own exactly 9 entries and share them with no other row (depthwise 3x3):
     the row's 9 weights stay in registers while it sweeps its whole output plane ``v`` vectors
@@ -492,13 +504,7 @@ def dw9_template(v: int) -> str:
         f"{{ const int n = T - t - {u} * VL < VL ? T - t - {u} * VL : VL; if (n > 0) {{ "
         f"vf z = v_act(hr ? VADD(a{u}, VLOADM(rp + t + {u} * VL, n)) : a{u}, act); "
         f"{keep.format(u=u)} VSTOREM(y + t + {u} * VL, z, n); }} }}" for u in us)
-    return f"""static {NOINLINE} void dw9_v{v}(int tid, int nt, const float* restrict W,
-    const int* restrict I, float* restrict A, const int* k) {{
-  const int* rows = I + k[0]; const int* offs = I + k[1];
-  const float* wt = W + k[2]; const float* bias = W + k[3];
-  const float* X = A + k[4]; float* Y = A + k[5]; const float* R = A + k[6]; (void)R;
-  const int T = k[8], ys = k[9], yo = k[10], act = k[11], hr = k[12];
-  const float* jm = k[13] >= 0 ? (const float*)(I + k[13]) : 0;
+    return f"""{dw9_head(f"dw9_v{v}")}
   PART(k[7])
   for (int b = lo; b < hi; ++b) {{
     const int r = rows[b]; const int* o = offs + 9 * b; const float* w9 = wt + 9 * b;
