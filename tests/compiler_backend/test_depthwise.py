@@ -80,6 +80,5 @@ def test_depthwise_on_4x4_maps_matches_torch(c: int, compiler_cache) -> None:
     if detect_isa().name == "avx512":
         assert cm.program.source.count("dw9_plane4(tid, nt, W, I, A, k)") >= 2
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
-    for threads in (2,):
-        cm2 = compile_model(model, x, None, threads=threads, cache_dir=compiler_cache)
-        assert _rel_err(cm2.run(x), _reference(model, {}, x)) < 1e-4
+    cm2 = compile_model(model, x, None, threads=2, cache_dir=compiler_cache)
+    assert _rel_err(cm2.run(x), _reference(model, {}, x)) < 1e-4
