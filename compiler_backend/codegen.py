@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler_backend import taps
+from compiler_backend import quads, taps
 from compiler_backend.depthwise import PLANE4_TEMPLATE, dwband_template, use_bands, use_plane4
 from compiler_backend.heuristics import (
     channel_chunks,
@@ -32,6 +32,7 @@ from compiler_backend.heuristics import (
     gathers_taps,
     half_channel_lanes,
     is_depthwise_s2,
+    quads_eligible,
     row_tiles,
     split2_geometry,
     tap_geometry,
@@ -222,6 +223,10 @@ class _Builder:
                                                           src_split)
         if is_depthwise_s2(op):
             return self.dw_s2(fn, k, op, offs, cfg)
+        if cfg.family == "quads":
+            if quads_eligible(op, self.isa) and not {op.src, op.dst, op.res} & self.split:
+                return self.quads_conv(fn, k, op, offs, cfg)
+            cfg = KernelConfig("spatial", 1, 2, cfg.threads)  # a phase-split layout is involved
         taps = (cfg.family == "spatial" and cfg.p_max > 1
                 and gathers_taps(op, self.isa, src_padded, src_split))
         geo = tap_geometry(op) if taps else _conv_geometry(op, padded_src=src_padded,
@@ -342,6 +347,46 @@ class _Builder:
             steps.append((f"{fn}_zb", work_items(cfg.threads)))
         self._record(k, op, cfg, sorted({s.p for s in segs}))
         return "\n".join(parts), steps
+
+    def quads_conv(self, fn: str, k: int, op: ConvOp, offs: list[int],
+                   cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
+        """Rows over quads of kept taps (``compiler_backend.quads``): a prologue gathers the
+        keys' vectors from the source in its layout (plain or padded), the row kernel stores
+        each pixel where the destination's layout wants it."""
+        cin, h, w = op.in_shape
+        cout, oh, ow = op.out_shape
+        lanes, npx = self.isa.lanes, oh * ow
+        nv = quads.quad_vectors(npx, lanes)
+        plan = quads.plan_quads(op.weight, op.kept)
+        cs, xs, x0 = strides(self.g, op.src, self.padded)
+        n = x0 + (h - 1) * xs + w  # floats of a channel up to its last pixel
+        pidx = quads.pattern_indices(plan.taps, (oh, ow), op.weight.shape[3], op.stride,
+                                     op.padding, (h, w), xs, x0, nv, lanes, n)
+        q_off = self._alloc(self.g.new_buffer((max(len(plan.key_pattern), 1), nv * lanes),
+                                              pinned=True))
+        gkey = f"quad_gather_n{n}_v{nv}"
+        self._template(gkey, quads.gather_template(gkey, n, nv))
+        gargs = [offs[op.src], q_off, self.add_i(plan.chan_keys), self.add_i(plan.key_pattern),
+                 self.add_i(pidx), cin, cs]
+        y, x = np.divmod(np.arange(npx), ow)
+        ys, dr, yo = strides(self.g, op.dst, self.padded)
+        rs, rr, ro = strides(self.g, op.res, self.padded) if op.res is not None else (0, 0, 0)
+        split = max(1, min(_SPLIT_ACC, self.isa.max_acc // nv))
+        kkey = f"quads_v{nv}_s{split}_n{npx}"
+        self._template(kkey, quads.quads_template(kkey, nv, split, npx))
+        kargs = [self.add_i(plan.row_ptr), self.add_i(plan.quad_key * nv * lanes),
+                 self.add_f(plan.weights), self.add_f(op.bias), q_off, offs[op.dst],
+                 offs[op.res] if op.res is not None else 0, self.add_i(yo + y * dr + x),
+                 self.add_i(ro + y * rr + x), ys, rs, ACT_CODES[op.act or "none"],
+                 int(op.res is not None), cout]
+        body = (f"{_sig(fn + '_pad')} {{\n  (void)W;\n  static const int k[{len(gargs)}] = "
+                f"{{{', '.join(map(str, gargs))}}};\n  {gkey}(tid, nt, I, A, k);\n}}\n"
+                f"{_sig(fn + '_k')} {{\n  static const int k[{len(kargs)}] = "
+                f"{{{', '.join(map(str, kargs))}}};\n  {kkey}(tid, nt, W, I, A, k);\n}}\n")
+        self._record(k, op, cfg, [1])
+        uneven = _skewed(np.diff(plan.row_ptr), cfg.threads)
+        return body, [(f"{fn}_pad", work_items(cfg.threads)),
+                      (f"{fn}_k", work_items(cfg.threads, uneven))]
 
     def _record(self, k: int, op: ConvOp, cfg: KernelConfig, block_sizes: list[int]) -> None:
         cout, oh, ow = op.out_shape

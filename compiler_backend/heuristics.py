@@ -18,6 +18,7 @@ import numpy as np
 
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import Isa
+from compiler_backend.quads import QUAD, quad_count, quad_vectors
 from compiler_backend.sparsity import full_matrices, plan_channel_blocks
 from compiler_backend.tuning.base import KernelConfig
 
@@ -73,6 +74,9 @@ _MT_FLOPS = 200_000
 #: cores read faster than one (DRAM 27 -> 50 GB/s here); VGG-16's 2x2 layers at 8x, 2.4 MFLOP
 #: and 1.2 MB each: whole model at 2 threads 1.30 -> 1.19 ms.
 _MT_WEIGHT_BYTES = 512 * 1024
+#: Fewest kept taps per quad slot for the quad family's untuned choice (``_quads_pay``):
+#: pattern pruning fills all 4 slots; an unstructured 10x mask about 1 in 4.
+_MIN_QUAD_FILL = 0.75
 #: The taps family's untuned thresholds (``_taps_pay``).
 _MIN_TAPS_PER_COLUMN, _MIN_DISTINCT_ROWS = 1.2, 0.75
 
@@ -241,6 +245,8 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
     t = geo["T"]
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
+    if _quads_pay(op, isa):
+        return KernelConfig("quads", 1, quad_vectors(op.out_shape[1] * op.out_shape[2], isa.lanes), lt)
     if t < 2 * isa.lanes:
         v = math.ceil(t / isa.lanes)  # tiles of the whole map: their waste is the unused lanes
         p = _tiny_map_rows(op, isa, v)
@@ -262,6 +268,22 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
             return KernelConfig("taps", 1, 1, lt)
     p, v = best_tile(isa, t, min(group, 8) if group < 8 else 8 * (group // 8))
     return KernelConfig("spatial", p, v, lt)
+
+
+def quads_eligible(op: ConvOp, isa: Isa) -> bool:
+    """The quad family (``compiler_backend.quads``) serves this conv: one group and a map of at
+    most ``lanes`` pixels (at most 4 vectors per quad)."""
+    return (not op.is_linear and op.groups == 1 and len(op.in_shape) == 3
+            and isa.lanes % QUAD == 0 and op.out_shape[1] * op.out_shape[2] <= isa.lanes)
+
+
+def _quads_pay(op: ConvOp, isa: Isa) -> bool:
+    """The untuned choice of the quad family: rows that share no kept entries (pattern or
+    unstructured, not blocks) whose quads are on average at least ``_MIN_QUAD_FILL`` full."""
+    if not quads_eligible(op, isa) or _dense_rows(op) or _row_group(op) > 1:
+        return False
+    kept = int(op.kept.sum())
+    return kept >= _MIN_QUAD_FILL * QUAD * max(quad_count(op.kept), 1)
 
 
 def taps_eligible(op: ConvOp, geo: dict[str, Any]) -> bool:

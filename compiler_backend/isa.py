@@ -5,7 +5,8 @@ them to AVX-512 (16 lanes), AVX2+FMA (8 lanes), AArch64 NEON (4 lanes, the paper
 target) or portable C (8 lanes, ``#pragma omp simd`` loops). ``VEVEN(a, b)`` / ``VODD(a, b)``
 are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the even lanes of
 ``v`` at ``e`` and the odd ones at ``o`` (half a vector each); ``VGATHER(b, ix)`` loads lane
-``i`` from ``b[ix[i]]``; ``VAND(v, m)`` keeps the lanes of ``v`` whose mask ``m`` is all ones
+``i`` from ``b[ix[i]]``; ``VBCAST4(p)`` repeats the 4 floats at ``p`` in every group of
+4 lanes; ``VAND(v, m)`` keeps the lanes of ``v`` whose mask ``m`` is all ones
 (bitwise and); ``VSTOREM_AT(p, v, lo, n)`` stores lanes ``lo .. lo + n`` of ``v`` at
 ``p + lo``; the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` / ``HLOAD`` / ...
 for ``kernels.half_width``; ``VREG(x)`` keeps a loaded vector in a register
@@ -107,6 +108,7 @@ typedef __m256 hf;
 #define HFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define HADD(a, b) _mm256_add_ps((a), (b))
 #define VGATHER(b, ix) _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(ix)), (b), 4)
+#define VBCAST4(p) _mm512_broadcast_f32x4(_mm_loadu_ps(p))
 #define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
 #define VSTORE_EO(e, o, v) do { const __m512 p_ = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), (v)); \
@@ -142,6 +144,7 @@ static inline void npas_storem(float* p, vf v, int n) {
 #define VSTOREM(p, v, n) npas_storem((p), (v), (n))
 static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[8]; *(vfu*)t = v; memcpy(p + lo, t + lo, (size_t)n * sizeof(float)); }
 static inline vf VGATHER(const float* b, const int* ix) { vf r; for (int i = 0; i < VL; ++i) r[i] = b[ix[i]]; return r; }
+#define VBCAST4(p) __builtin_ia32_vbroadcastf128_ps256((const vf4*)(p))
 #define VSET1(x) npas_set1((float)(x))
 static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #define VZERO() ((vf){0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f})
@@ -179,6 +182,7 @@ static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[4]; vst1q
 #define VMIN(a, b) vminq_f32((a), (b))
 #define VAND(a, m) vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), vreinterpretq_u32_f32(m)))
 static inline vf VGATHER(const float* b, const int* ix) { const float t[4] = {b[ix[0]], b[ix[1]], b[ix[2]], b[ix[3]]}; return vld1q_f32(t); }
+#define VBCAST4(p) vld1q_f32(p)
 #define VEVEN(a, b) vuzp1q_f32((a), (b))
 #define VODD(a, b) vuzp2q_f32((a), (b))
 #define VSTORE_EO(e, o, v) do { vst1_f32((e), vget_low_f32(vuzp1q_f32((v), (v)))); \
@@ -203,6 +207,7 @@ static inline vf VMAX(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i]
 static inline vf VMIN(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }
 static inline vf VAND(vf a, vf m) { uint32_t x[VL], y[VL]; memcpy(x, a.v, sizeof x); memcpy(y, m.v, sizeof y); for (int i = 0; i < VL; ++i) x[i] &= y[i]; memcpy(a.v, x, sizeof x); return a; }
 static inline vf VGATHER(const float* b, const int* ix) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = b[ix[i]]; return r; }
+static inline vf VBCAST4(const float* p) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = p[i & 3]; return r; }
 static inline vf VEVEN(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i < VL ? a.v[2 * i] : b.v[2 * i - VL]; return r; }
 static inline vf VODD(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i + 1 < VL ? a.v[2 * i + 1] : b.v[2 * i + 1 - VL]; return r; }
 static inline void VSTORE_EO(float* e, float* o, vf a) { for (int i = 0; i < VL / 2; ++i) { e[i] = a.v[2 * i]; o[i] = a.v[2 * i + 1]; } }

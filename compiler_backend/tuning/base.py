@@ -15,11 +15,13 @@ class KernelConfig:
         family: ``spatial`` (rows x output pixels, vectorised along pixels), ``channel``
             (GEMV style, vectorised along output channels; for Linear and tiny maps) or
             ``taps`` (one-row blocks in bands of output rows over kernel-column groups, for
-            pattern-like sparsity at stride 1: ``compiler_backend.taps``).
+            pattern-like sparsity at stride 1: ``compiler_backend.taps``) or ``quads`` (rows
+            over quads of kept taps, for pattern-like sparsity on maps of at most a vector of
+            pixels: ``compiler_backend.quads``).
         p_max: largest row-block height P for the spatial family (8, 4, 2 or 1).
         v: vectors per tile: along pixels for the spatial family (tile width = v * lanes),
             along output channels for the channel family (blocks of v * lanes rows), per
-            band row for the taps family.
+            band row for the taps family, per quad for the quad family.
         threads: threads this layer uses (1 or the model's thread count).
     """
 
@@ -29,10 +31,11 @@ class KernelConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.family not in ("spatial", "channel", "taps"):
-            raise InvalidConfig(f"family must be 'spatial', 'channel' or 'taps', got {self.family!r}")
+        if self.family not in ("spatial", "channel", "taps", "quads"):
+            raise InvalidConfig("family must be 'spatial', 'channel', 'taps' or 'quads', got "
+                                f"{self.family!r}")
         if (self.p_max not in (1, 2, 4, 8) or not 1 <= self.v <= 8 or self.threads < 1
-                or (self.family == "taps" and self.p_max != 1)):
+                or (self.family in ("taps", "quads") and self.p_max != 1)):
             raise InvalidConfig(f"bad kernel config {self}")
 
     def to_dict(self) -> dict[str, object]:

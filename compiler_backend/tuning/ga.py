@@ -22,9 +22,10 @@ import numpy as np
 
 from compiler_backend.codegen import default_configs, generate
 from compiler_backend.heuristics import conv_geometry as _conv_geometry
-from compiler_backend.heuristics import taps_eligible
+from compiler_backend.heuristics import quads_eligible, taps_eligible
 from compiler_backend.ir import ConvOp, Graph
 from compiler_backend.isa import Isa
+from compiler_backend.quads import quad_vectors
 from compiler_backend.toolchain import compile_source, compiler_version, find_compiler
 from compiler_backend.tuning.base import KernelConfig, TuningConfig
 from npas_env.io import atomic_write_text
@@ -63,12 +64,15 @@ def layer_key(op: ConvOp, isa: Isa, threads: int) -> str:
 def _space(op: ConvOp, isa: Isa, threads: int) -> list[KernelConfig]:
     geo = _conv_geometry(op)
     T = geo["T"]
+    npx = op.out_shape[1] * op.out_shape[2]
     out = []
     for th in sorted({1, threads}):
         if T <= 64:
             out += [KernelConfig("channel", 8, cv, th) for cv in (1, 2)]
         if taps_eligible(op, geo):
             out += [KernelConfig("taps", 1, v, th) for v in (1, 2)]
+        if quads_eligible(op, isa):
+            out.append(KernelConfig("quads", 1, quad_vectors(npx, isa.lanes), th))
         for p in (8, 4, 2, 1):
             for v in range(1, min(8, isa.max_acc // p) + 1):
                 if (v - 1) * isa.lanes < T:

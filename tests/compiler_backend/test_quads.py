@@ -1,0 +1,94 @@
+"""The quad kernel family (``compiler_backend.quads``) matches PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compiler_backend import KernelConfig, compile_model
+from compiler_backend.heuristics import default_config
+from compiler_backend.ir import ConvOp
+from compiler_backend.isa import ISAS
+from compiler_backend.quads import plan_quads, quad_count
+
+from .test_kernels import _reference, _rel_err
+from .test_taps import _pattern_masks
+
+
+class QuadNet(nn.Module):
+    """Convs of every layout the family reads and writes on maps down to 1x1: padded sources
+    and destinations (c2, c6 with fused residuals), a plain output (c3, 1x1: one-tap quads), a
+    2x2 kernel (its output a row and a column larger), stride 2 and hardswish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(5, 11, 3, 1, 1)
+        self.c2 = nn.Conv2d(11, 11, 3, 1, 1)
+        self.c6 = nn.Conv2d(11, 11, 3, 1, 1)
+        self.c3 = nn.Conv2d(11, 7, 1)
+        self.c4 = nn.Conv2d(11, 6, 2, 1, 1)
+        self.c5 = nn.Conv2d(11, 6, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.c1(x))
+        b = torch.relu(self.c2(a) + a)
+        d = self.c6(b) + b
+        return torch.cat([nn.functional.hardswish(self.c3(d)).flatten(1), self.c4(d).flatten(1),
+                          self.c5(d).flatten(1)], 1)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (3, 3), (2, 5)])
+@pytest.mark.parametrize("isa, threads", [(None, 1), (None, 2), ("generic", 1)])
+def test_quad_kernels_match_torch(hw: tuple[int, int], isa: str | None, threads: int,
+                                  compiler_cache) -> None:
+    """Forced on every layer (those on maps over a vector keep another family): partial quads
+    (unstructured masks on the 1x1 and 2x2 kernels), 1 and 2 threads, the portable prelude."""
+    torch.manual_seed(0)
+    model = QuadNet().eval()
+    masks = _pattern_masks(model, "pattern", 3.0)
+    configs = {f"c{i}": KernelConfig("quads", 1, 1, threads) for i in range(1, 7)}
+    x = torch.randn(2, 5, *hw)
+    cm = compile_model(model, x, masks, threads=threads, isa=isa, configs=configs,
+                       cache_dir=compiler_cache)
+    assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
+    assert "quads_v" in cm.program.source
+
+
+def test_plan_cuts_each_kernel_into_quads() -> None:
+    """Kept taps in tap order, four per quad; keys shared by kernels of one input channel."""
+    kept = np.zeros((2, 3, 3, 3), bool)
+    kept[0, 0].flat[[0, 4, 5, 8]] = True  # one full quad
+    kept[1, 0].flat[[0, 4, 5, 8]] = True  # the same key
+    kept[1, 2].flat[[1, 2, 3, 4, 6, 7]] = True  # a full quad and one of two taps
+    weight = np.arange(kept.size, dtype=np.float32).reshape(kept.shape)
+    plan = plan_quads(weight, kept)
+    assert quad_count(kept) == 4 and list(plan.row_ptr) == [0, 1, 4]
+    assert plan.quad_key[0] == plan.quad_key[1]
+    assert list(plan.chan_keys) == [0, 1, 1, 3]
+    assert plan.taps[plan.key_pattern[plan.quad_key[3]]].tolist() == [6, 7, -1, -1]
+    assert plan.weights[3].tolist() == [weight[1, 2].flat[6], weight[1, 2].flat[7], 0, 0]
+
+
+def _op(kept: np.ndarray, hw: int) -> ConvOp:
+    cout, cin = kept.shape[:2]
+    return ConvOp("c", 0, 1, np.ones(kept.shape, np.float32), np.zeros(cout, np.float32), kept,
+                  (cin, hw, hw), (cout, hw, hw), 1, (1, 1))
+
+
+def test_untuned_choice_takes_quads_for_pattern_rows_on_tiny_maps() -> None:
+    """Pattern rows on 4x4 and 2x2 maps; not on 8x8 maps, block rows or half-empty quads."""
+    torch.manual_seed(0)
+    w = torch.randn(64, 64, 3, 3)
+    pattern = _pattern_masks(nn.Conv2d(64, 64, 3), "pattern", 8.0)[""].numpy()
+    from npas_env.pruning import prune_mask
+
+    block = prune_mask(w, "block_punched", 8.0, (8, 16)).numpy()
+    scattered = prune_mask(w, "unstructured", 10.0, (4, 4)).numpy()
+    isa = ISAS["avx512"]
+    family = {(name, hw): default_config(_op(m, hw), isa, 1).family
+              for name, m in (("pattern", pattern), ("block", block), ("scattered", scattered))
+              for hw in (2, 4, 8)}
+    assert family[("pattern", 2)] == family[("pattern", 4)] == "quads"
+    assert "quads" not in {family[("pattern", 8)], family[("block", 4)], family[("scattered", 4)]}
