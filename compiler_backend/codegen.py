@@ -16,12 +16,13 @@ in place; fallback-free models also export ``run_batch`` (the batch loop in C).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from compiler_backend import quads, taps
+from compiler_backend import quads, sweep, taps
 from compiler_backend.depthwise import PLANE4_TEMPLATE, dwband_template, use_bands, use_plane4
 from compiler_backend.heuristics import (
     channel_chunks,
@@ -227,7 +228,7 @@ class _Builder:
             if quads_eligible(op, self.isa) and not {op.src, op.dst, op.res} & self.split:
                 return self.quads_conv(fn, k, op, offs, cfg)
             cfg = KernelConfig("spatial", 1, 2, cfg.threads)  # a phase-split layout is involved
-        taps = (cfg.family == "spatial" and cfg.p_max > 1
+        taps = ((cfg.family == "spatial" and cfg.p_max > 1 or cfg.family == "sweep")
                 and gathers_taps(op, self.isa, src_padded, src_split))
         geo = tap_geometry(op) if taps else _conv_geometry(op, padded_src=src_padded,
                                                             split_src=src_split)
@@ -272,7 +273,7 @@ class _Builder:
                        and op.res is None and wq == ow and ow % self.isa.lanes == 0
                        and cin <= _PHASE_SPLIT_MAX_CIN and no_fill)
         # per-tap tiles whose rows divide a vector store them straight into a padded output
-        row_store = (taps and op.dst in self.padded and op.res is None
+        row_store = (taps and cfg.family == "spatial" and op.dst in self.padded and op.res is None
                      and self.isa.lanes % ow == 0 and no_fill)
         use_crop = not wide and not placed and not phase_split and not row_store and (
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
@@ -317,6 +318,12 @@ class _Builder:
                 parts.append(text)
                 uneven = uneven or _uneven(seg, costs, by_pixels, cfg.threads)
                 row_exact = True
+            elif cfg.family == "sweep" and seg.p == 1 and seg.nblk and self._sweeps(seg, offsets, geo):
+                text, costs = self.sweep_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
+                                                act, T, cfg.v, cfg.threads, geo, cin, ys, yo, jm)
+                parts.append(text)
+                uneven = uneven or _skewed(costs, cfg.threads)
+                row_exact = jm >= 0
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
                 bands = use_bands(offsets, geo["wq"], geo["ow"], self.isa.lanes)
                 parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
@@ -564,6 +571,39 @@ class _Builder:
                 np.outer(np.minimum(tch, T - tch * np.arange(nch)), np.diff(seg.eptr)).ravel(),
                 nch >= 2)
 
+    def _sweeps(self, seg: Segment, offsets: np.ndarray, geo: dict[str, Any]) -> bool:
+        """The sweep kernel serves this segment: every entry reads its channel at a fixed
+        offset per tap, and few enough patterns."""
+        ntaps = geo["kh"] * geo["kw"]
+        if sweep.tap_offsets(seg.cols, offsets, ntaps, geo["hq"] * geo["wq"]) is None:
+            return False
+        return len(np.unique(seg.cols % ntaps)) * 2 <= self.isa.max_acc and \
+            sweep.pattern_count(_kept_kernels(seg, ntaps)) <= sweep.MAX_PATTERNS
+
+    def sweep_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
+                     x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
+                     v: int, lt: int, geo: dict[str, Any], cin: int, ys: int, yo: int,
+                     jm: int) -> tuple[str, np.ndarray]:
+        """Input-stationary sweeps over kernels grouped by pattern (``sweep.sweep_template``);
+        also returns the work of its items in the order threads split them."""
+        ntaps, cs, lanes = geo["kh"] * geo["kw"], geo["hq"] * geo["wq"], self.isa.lanes
+        toff = sweep.tap_offsets(seg.cols, offsets, ntaps, cs)
+        assert toff is not None
+        plan = sweep.plan_sweep(seg, ntaps, cin, toff, lt)
+        v = max(1, min(v, 2, -(-T // lanes)))
+        nb = -(-T // (v * lanes))
+        max_rows = int(np.diff(plan.row_ptr).max())
+        text = sweep.sweep_template("@KEY@", v, plan.patterns, toff, max_rows)
+        key = "sw_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+        self._template(key, text.replace("@KEY@", key))
+        args = [self.add_i(plan.group_ptr), self.add_i(plan.weight_ptr), self.add_i(plan.acc_row),
+                self.add_f(plan.weights), bias_off, x_off, y_off, res_off or 0,
+                self.add_i(seg.rows[:, 0]), self.add_i(plan.row_ptr), lt, nb, T, cin, cs, ys, yo,
+                ACT_CODES[act or "none"], int(res_off is not None), jm]
+        entries = np.diff(seg.eptr[plan.row_ptr])
+        return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
+                f"  {key}(tid, nt, W, I, A, k);\n}}\n", np.repeat(entries, nb))
+
     def taps_kernel(self, name: str, seg: Segment, op: ConvOp, geo: dict[str, Any],
                     bias_off: int, x_off: int, y_off: int, res_off: int | None, act: str | None,
                     v: int, ys: int, yo: int) -> tuple[str, np.ndarray, bool]:
@@ -683,6 +723,14 @@ class _Builder:
             self.crop_off = self._alloc(self.g.new_buffer((numel,)))
             self.crop_size = numel
         return self.crop_off
+
+
+def _kept_kernels(seg: Segment, ntaps: int) -> np.ndarray:
+    """[blocks, channels, ntaps] kept mask of a one-row-per-block segment."""
+    cin = int(seg.cols.max(initial=0)) // ntaps + 1
+    kept = np.zeros((seg.nblk, cin * ntaps), bool)
+    kept[np.repeat(np.arange(seg.nblk), np.diff(seg.eptr)), seg.cols] = True
+    return kept.reshape(seg.nblk, cin, ntaps)
 
 
 def _traversal_order(seg: Segment, channels: np.ndarray, ccs: int,

@@ -20,6 +20,7 @@ from compiler_backend.ir import ConvOp
 from compiler_backend.isa import Isa
 from compiler_backend.quads import QUAD, quad_count, quad_vectors
 from compiler_backend.sparsity import full_matrices, plan_channel_blocks
+from compiler_backend.sweep import MAX_PATTERNS, pattern_count
 from compiler_backend.tuning.base import KernelConfig
 
 #: FMA pipes, FMA latency (cycles), vector loads per cycle, loop overhead (cycles / entry).
@@ -77,6 +78,14 @@ _MT_WEIGHT_BYTES = 512 * 1024
 #: Fewest kept taps per quad slot for the quad family's untuned choice (``_quads_pay``):
 #: pattern pruning fills all 4 slots; an unstructured 10x mask about 1 in 4.
 _MIN_QUAD_FILL = 0.75
+#: The sweep family's untuned thresholds (``_sweep_pays``). Pattern 8x, AVX-512 host, 1 thread,
+#: each layer in the model (in -> out us): VGG-16 64@32 (18 kernels per input channel) 143
+#: -> 113, 128@16 139 -> 104, 256@8 219 -> 137, 512@4 279 -> 151; ResNet-20 64@8 13.4 -> 8.5,
+#: 32@16 (9 per channel) 8.5 -> 8.6, 16@32 (4.5) 10.3 -> 12.8. Unstructured 10x (about one tap
+#: per kernel): ResNet-20 64@8 9.9 -> 13.1.
+_MIN_SWEEP_TAPS, _MIN_SWEEP_KERNELS = 2.5, 10
+#: Most rows of a sweep (its accumulators live on the stack: rows x 2 vectors).
+_MAX_SWEEP_ROWS = 1024
 #: The taps family's untuned thresholds (``_taps_pay``).
 _MIN_TAPS_PER_COLUMN, _MIN_DISTINCT_ROWS = 1.2, 0.75
 
@@ -246,7 +255,9 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
     if _quads_pay(op, isa):
-        return KernelConfig("quads", 1, quad_vectors(op.out_shape[1] * op.out_shape[2], isa.lanes), lt)
+        return KernelConfig("quads", 1, 1, lt)
+    if _sweep_pays(op, isa):
+        return KernelConfig("sweep", 1, 2, lt)
     if t < 2 * isa.lanes:
         v = math.ceil(t / isa.lanes)  # tiles of the whole map: their waste is the unused lanes
         p = _tiny_map_rows(op, isa, v)
@@ -278,12 +289,36 @@ def quads_eligible(op: ConvOp, isa: Isa) -> bool:
 
 
 def _quads_pay(op: ConvOp, isa: Isa) -> bool:
-    """The untuned choice of the quad family: rows that share no kept entries (pattern or
-    unstructured, not blocks) whose quads are on average at least ``_MIN_QUAD_FILL`` full."""
-    if not quads_eligible(op, isa) or _dense_rows(op) or _row_group(op) > 1:
+    """The untuned choice of the quad family: one vector per quad (2x2 maps on AVX-512), rows
+    that share no kept entries (pattern or unstructured, not blocks) and quads on average at
+    least ``_MIN_QUAD_FILL`` full."""
+    npx = op.out_shape[1] * op.out_shape[2]
+    if (not quads_eligible(op, isa) or quad_vectors(npx, isa.lanes) > 1 or _dense_rows(op)
+            or _row_group(op) > 1):
         return False
     kept = int(op.kept.sum())
     return kept >= _MIN_QUAD_FILL * QUAD * max(quad_count(op.kept), 1)
+
+
+def sweep_eligible(op: ConvOp) -> bool:
+    """The sweep family (``compiler_backend.sweep``) serves this conv: one group and at most
+    ``sweep.MAX_PATTERNS`` kept-tap sets."""
+    return (not op.is_linear and op.groups == 1 and len(op.in_shape) == 3
+            and pattern_count(op.kept) <= MAX_PATTERNS)
+
+
+def _sweep_pays(op: ConvOp, isa: Isa) -> bool:
+    """The untuned choice of the sweep family: rows that share no kept entries, at least
+    ``_MIN_SWEEP_TAPS`` kept taps per non-empty kernel (pattern pruning: 4), at least
+    ``_MIN_SWEEP_KERNELS`` kernels per input channel, every tap of two vectors in a register
+    and at most ``_MAX_SWEEP_ROWS`` rows."""
+    cout, cin, kh, kw = op.kept.shape
+    kernels = op.kept.reshape(cout, cin, -1).any(2)
+    nk = int(kernels.sum())
+    if (not sweep_eligible(op) or cout > _MAX_SWEEP_ROWS or 2 * kh * kw > isa.max_acc
+            or nk == 0 or _dense_rows(op) or _row_group(op) > 1):
+        return False
+    return int(op.kept.sum()) >= _MIN_SWEEP_TAPS * nk and nk >= _MIN_SWEEP_KERNELS * cin
 
 
 def taps_eligible(op: ConvOp, geo: dict[str, Any]) -> bool:

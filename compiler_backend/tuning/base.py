@@ -31,11 +31,11 @@ class KernelConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.family not in ("spatial", "channel", "taps", "quads"):
-            raise InvalidConfig("family must be 'spatial', 'channel', 'taps' or 'quads', got "
+        if self.family not in ("spatial", "channel", "taps", "quads", "sweep"):
+            raise InvalidConfig("family must be 'spatial', 'channel', 'taps', 'quads' or 'sweep', got "
                                 f"{self.family!r}")
         if (self.p_max not in (1, 2, 4, 8) or not 1 <= self.v <= 8 or self.threads < 1
-                or (self.family in ("taps", "quads") and self.p_max != 1)):
+                or (self.family in ("taps", "quads", "sweep") and self.p_max != 1)):
             raise InvalidConfig(f"bad kernel config {self}")
 
     def to_dict(self) -> dict[str, object]:

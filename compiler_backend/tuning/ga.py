@@ -21,8 +21,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from compiler_backend.codegen import default_configs, generate
+from compiler_backend.heuristics import (
+    _MAX_SWEEP_ROWS,
+    quads_eligible,
+    sweep_eligible,
+    taps_eligible,
+)
 from compiler_backend.heuristics import conv_geometry as _conv_geometry
-from compiler_backend.heuristics import quads_eligible, taps_eligible
 from compiler_backend.ir import ConvOp, Graph
 from compiler_backend.isa import Isa
 from compiler_backend.quads import quad_vectors
@@ -73,6 +78,8 @@ def _space(op: ConvOp, isa: Isa, threads: int) -> list[KernelConfig]:
             out += [KernelConfig("taps", 1, v, th) for v in (1, 2)]
         if quads_eligible(op, isa):
             out.append(KernelConfig("quads", 1, quad_vectors(npx, isa.lanes), th))
+        if sweep_eligible(op) and op.out_shape[0] <= _MAX_SWEEP_ROWS:
+            out += [KernelConfig("sweep", 1, v, th) for v in (1, 2)]
         for p in (8, 4, 2, 1):
             for v in range(1, min(8, isa.max_acc // p) + 1):
                 if (v - 1) * isa.lanes < T:

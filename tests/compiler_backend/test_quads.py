@@ -12,6 +12,7 @@ from compiler_backend.heuristics import default_config
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import ISAS
 from compiler_backend.quads import plan_quads, quad_count
+from npas_env.pruning import prune_mask
 
 from .test_kernels import _reference, _rel_err
 from .test_taps import _pattern_masks
@@ -77,18 +78,16 @@ def _op(kept: np.ndarray, hw: int) -> ConvOp:
                   (cin, hw, hw), (cout, hw, hw), 1, (1, 1))
 
 
-def test_untuned_choice_takes_quads_for_pattern_rows_on_tiny_maps() -> None:
-    """Pattern rows on 4x4 and 2x2 maps; not on 8x8 maps, block rows or half-empty quads."""
+def test_untuned_choice_takes_quads_for_pattern_rows_on_2x2_maps() -> None:
+    """Pattern rows where a quad is one vector (2x2 maps, 16 lanes); not 4x4 maps (the sweep
+    family's), block rows or mostly empty quads (unstructured)."""
     torch.manual_seed(0)
     w = torch.randn(64, 64, 3, 3)
-    pattern = _pattern_masks(nn.Conv2d(64, 64, 3), "pattern", 8.0)[""].numpy()
-    from npas_env.pruning import prune_mask
-
-    block = prune_mask(w, "block_punched", 8.0, (8, 16)).numpy()
-    scattered = prune_mask(w, "unstructured", 10.0, (4, 4)).numpy()
+    masks = {name: prune_mask(w, scheme, rate, (8, 16)).numpy() for name, scheme, rate in
+             (("pattern", "pattern", 8.0), ("block", "block_punched", 8.0),
+              ("scattered", "unstructured", 10.0))}
     isa = ISAS["avx512"]
     family = {(name, hw): default_config(_op(m, hw), isa, 1).family
-              for name, m in (("pattern", pattern), ("block", block), ("scattered", scattered))
-              for hw in (2, 4, 8)}
-    assert family[("pattern", 2)] == family[("pattern", 4)] == "quads"
-    assert "quads" not in {family[("pattern", 8)], family[("block", 4)], family[("scattered", 4)]}
+              for name, m in masks.items() for hw in (2, 4)}
+    assert family[("pattern", 2)] == "quads"
+    assert "quads" not in {family[("pattern", 4)], family[("block", 2)], family[("scattered", 2)]}
