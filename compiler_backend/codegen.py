@@ -371,8 +371,9 @@ class _Builder:
                                      op.padding, (h, w), xs, x0, nv, lanes, n)
         q_off = self._alloc(self.g.new_buffer((max(len(plan.key_pattern), 1), nv * lanes),
                                               pinned=True))
-        gkey = f"quad_gather_n{n}_v{nv}"
-        self._template(gkey, quads.gather_template(gkey, n, nv))
+        permute = self.isa.name == "avx512" and n < 2 * lanes
+        gkey = f"quad_gather_n{n}_v{nv}" + ("_p" if permute else "")
+        self._template(gkey, quads.gather_template(gkey, n, nv, permute))
         gargs = [offs[op.src], q_off, self.add_i(plan.chan_keys), self.add_i(plan.key_pattern),
                  self.add_i(pidx), cin, cs]
         y, x = np.divmod(np.arange(npx), ow)
