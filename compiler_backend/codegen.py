@@ -592,18 +592,23 @@ class _Builder:
         assert toff is not None
         plan = sweep.plan_sweep(seg, ntaps, cin, toff, lt)
         v = max(1, min(v, 2, -(-T // lanes)))
-        nb = -(-T // (v * lanes))
+        full, rest = divmod(T, v * lanes)
         max_rows = int(np.diff(plan.row_ptr).max())
-        text = sweep.sweep_template("@KEY@", v, plan.patterns, toff, max_rows)
-        key = "sw_" + hashlib.sha256(text.encode()).hexdigest()[:12]
-        self._template(key, text.replace("@KEY@", key))
-        args = [self.add_i(plan.group_ptr), self.add_i(plan.weight_ptr), self.add_i(plan.acc_row),
+        head = [self.add_i(plan.group_ptr), self.add_i(plan.weight_ptr), self.add_i(plan.acc_row),
                 self.add_f(plan.weights), bias_off, x_off, y_off, res_off or 0,
-                self.add_i(seg.rows[:, 0]), self.add_i(plan.row_ptr), lt, nb, T, cin, cs, ys, yo,
-                ACT_CODES[act or "none"], int(res_off is not None), jm]
+                self.add_i(seg.rows[:, 0]), self.add_i(plan.row_ptr), lt]
+        tail = [T, cin, cs, ys, yo, ACT_CODES[act or "none"], int(res_off is not None), jm]
+        calls = []
+        # a last, narrower pixel block gets an instantiation of its own width
+        for vb, nb, t0 in ((v, full, 0), (-(-rest // lanes), 1, full * v * lanes)):
+            if vb and nb:
+                text = sweep.sweep_template("@KEY@", vb, plan.patterns, toff, max_rows)
+                key = "sw_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+                self._template(key, text.replace("@KEY@", key))
+                args = ", ".join(map(str, [*head, nb, *tail, t0]))
+                calls.append(f"  {{ static const int k[21] = {{{args}}}; {key}(tid, nt, W, I, A, k); }}")
         entries = np.diff(seg.eptr[plan.row_ptr])
-        return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
-                f"  {key}(tid, nt, W, I, A, k);\n}}\n", np.repeat(entries, nb))
+        return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n", np.repeat(entries, max(full, 1))
 
     def taps_kernel(self, name: str, seg: Segment, op: ConvOp, geo: dict[str, Any],
                     bias_off: int, x_off: int, y_off: int, res_off: int | None, act: str | None,

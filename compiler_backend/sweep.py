@@ -107,7 +107,7 @@ def sweep_template(key: str, v: int, patterns: list[tuple[int, ...]], toff: np.n
     Parameter array ``k``: group_ptr, weight_ptr, acc_row (I arena), weights, bias (W arena),
     x, y, res (A arena), rows, row_ptr (I arena), slices, pixel blocks, T, cin, channel stride
     of x, ys (channel stride of y and res), yo (store shift), act, has_res, junk mask (-1 or
-    an I offset). Work items are (slice, pixel block); a thread takes a contiguous range.
+    an I offset), first pixel. Work items are (slice, pixel block); a thread takes a contiguous range.
     """
     npat = len(patterns)
     used = sorted({t for p in patterns for t in p})
@@ -142,7 +142,7 @@ def sweep_template(key: str, v: int, patterns: list[tuple[int, ...]], toff: np.n
   float acc[{max_rows} * {v} * VL] __attribute__((aligned(64)));
   PART(k[10] * nb)
   for (int it = lo; it < hi; ++it) {{
-    const int s = it / nb, t = (it % nb) * {v} * VL;
+    const int s = it / nb, t = k[20] + (it % nb) * {v} * VL;
     const int r0 = rp[s], nr = rp[s + 1] - r0;
     for (int r = 0; r < nr; ++r) {{
       float* a = acc + r * {v} * VL; const vf b = VSET1(bias[rows[r0 + r]]); {init}
