@@ -78,7 +78,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "20"
+GENERATOR_VERSION = "21"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -275,11 +275,23 @@ class _Builder:
         # per-tap tiles whose rows divide a vector store them straight into a padded output
         row_store = (taps and cfg.family == "spatial" and op.dst in self.padded and op.res is None
                      and self.isa.lanes % ow == 0 and no_fill)
-        use_crop = not wide and not placed and not phase_split and not row_store and (
+        # sweeps store the runs of real pixels of each vector where the destination wants them
+        sweeps = cfg.family == "sweep" and all(
+            self._sweeps(seg, self._entry_offsets(seg.cols, op, geo), geo)
+            for seg in segs if seg.nblk and seg.eptr[-1])
+        pieces = (sweeps and not wide and op.dst not in self.split
+                  and op.res is None and no_fill and (geo["crop"] or op.dst in self.padded))
+        use_crop = not wide and not placed and not phase_split and not row_store and not pieces and (
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
         ys, yo, dr = T, 0, 0
         eo: tuple[int, int] | None = None
-        if row_store:
+        pc, npieces = -1, 0  # I offset and width of the sweep's piece table (``sweep.store_pieces``)
+        if pieces:
+            y_off, res_off, act = offs[op.dst], None, op.act
+            ys, dst_row, dst_origin = strides(self.g, op.dst, self.padded)
+            table = sweep.store_pieces(T, wq, ow, self.isa.lanes, dst_row, dst_origin)
+            pc, npieces = self.add_i(table), table.shape[1]
+        elif row_store:
             y_off, res_off, act = offs[op.dst], None, op.act
             ys, dr, yo = strides(self.g, op.dst, self.padded)
         elif phase_split:
@@ -318,9 +330,10 @@ class _Builder:
                 parts.append(text)
                 uneven = uneven or _uneven(seg, costs, by_pixels, cfg.threads)
                 row_exact = True
-            elif cfg.family == "sweep" and seg.p == 1 and seg.nblk and self._sweeps(seg, offsets, geo):
+            elif sweeps and seg.p == 1 and seg.nblk:
                 text, costs = self.sweep_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
-                                                act, T, cfg.v, cfg.threads, geo, cin, ys, yo, jm)
+                                                act, T, cfg.v, cfg.threads, geo, cin, ys, yo, jm,
+                                                (pc, npieces) if pieces else None)
                 parts.append(text)
                 uneven = uneven or _skewed(costs, cfg.threads)
                 row_exact = jm >= 0
@@ -578,20 +591,21 @@ class _Builder:
         ntaps = geo["kh"] * geo["kw"]
         if sweep.tap_offsets(seg.cols, offsets, ntaps, geo["hq"] * geo["wq"]) is None:
             return False
-        return len(np.unique(seg.cols % ntaps)) * 2 <= self.isa.max_acc and \
+        return seg.p == 1 and len(np.unique(seg.cols % ntaps)) <= self.isa.max_acc and \
             sweep.pattern_count(_kept_kernels(seg, ntaps)) <= sweep.MAX_PATTERNS
 
     def sweep_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                      x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
                      v: int, lt: int, geo: dict[str, Any], cin: int, ys: int, yo: int,
-                     jm: int) -> tuple[str, np.ndarray]:
+                     jm: int, pieces: tuple[int, int] | None) -> tuple[str, np.ndarray]:
         """Input-stationary sweeps over kernels grouped by pattern (``sweep.sweep_template``);
-        also returns the work of its items in the order threads split them."""
+        also returns the work of its items in the order threads split them. ``pieces``: (I
+        offset, width) of a ``sweep.store_pieces`` table the stores follow, or None."""
         ntaps, cs, lanes = geo["kh"] * geo["kw"], geo["hq"] * geo["wq"], self.isa.lanes
         toff = sweep.tap_offsets(seg.cols, offsets, ntaps, cs)
         assert toff is not None
         plan = sweep.plan_sweep(seg, ntaps, cin, toff, lt)
-        v = max(1, min(v, 2, -(-T // lanes)))
+        v = max(1, min(v, 2, -(-T // lanes), self.isa.max_acc // max(1, len(np.unique(seg.cols % ntaps)))))
         full, rest = divmod(T, v * lanes)
         max_rows = int(np.diff(plan.row_ptr).max())
         head = [self.add_i(plan.group_ptr), self.add_i(plan.weight_ptr), self.add_i(plan.acc_row),
@@ -602,11 +616,12 @@ class _Builder:
         # a last, narrower pixel block gets an instantiation of its own width
         for vb, nb, t0 in ((v, full, 0), (-(-rest // lanes), 1, full * v * lanes)):
             if vb and nb:
-                text = sweep.sweep_template("@KEY@", vb, plan.patterns, toff, max_rows)
+                text = sweep.sweep_template("@KEY@", vb, plan.patterns, toff, max_rows,
+                                            pieces[1] if pieces else 0)
                 key = "sw_" + hashlib.sha256(text.encode()).hexdigest()[:12]
                 self._template(key, text.replace("@KEY@", key))
-                args = ", ".join(map(str, [*head, nb, *tail, t0]))
-                calls.append(f"  {{ static const int k[21] = {{{args}}}; {key}(tid, nt, W, I, A, k); }}")
+                args = ", ".join(map(str, [*head, nb, *tail, t0, pieces[0] if pieces else 0]))
+                calls.append(f"  {{ static const int k[22] = {{{args}}}; {key}(tid, nt, W, I, A, k); }}")
         entries = np.diff(seg.eptr[plan.row_ptr])
         return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n", np.repeat(entries, max(full, 1))
 

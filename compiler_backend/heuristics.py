@@ -289,12 +289,12 @@ def quads_eligible(op: ConvOp, isa: Isa) -> bool:
 
 
 def _quads_pay(op: ConvOp, isa: Isa) -> bool:
-    """The untuned choice of the quad family: one vector per quad (2x2 maps on AVX-512), rows
-    that share no kept entries (pattern or unstructured, not blocks) and quads on average at
-    least ``_MIN_QUAD_FILL`` full."""
+    """The untuned choice of the quad family: one full vector per quad (2x2 maps on AVX-512,
+    the measured case), rows that share no kept entries (pattern or unstructured, not blocks)
+    and quads on average at least ``_MIN_QUAD_FILL`` full."""
     npx = op.out_shape[1] * op.out_shape[2]
-    if (not quads_eligible(op, isa) or quad_vectors(npx, isa.lanes) > 1 or _dense_rows(op)
-            or _row_group(op) > 1):
+    if (not quads_eligible(op, isa) or isa.lanes < _WIDE_LANES or QUAD * npx != isa.lanes
+            or _dense_rows(op) or _row_group(op) > 1):
         return False
     kept = int(op.kept.sum())
     return kept >= _MIN_QUAD_FILL * QUAD * max(quad_count(op.kept), 1)
@@ -309,16 +309,19 @@ def sweep_eligible(op: ConvOp) -> bool:
 
 def _sweep_pays(op: ConvOp, isa: Isa) -> bool:
     """The untuned choice of the sweep family: rows that share no kept entries, at least
-    ``_MIN_SWEEP_TAPS`` kept taps per non-empty kernel (pattern pruning: 4), at least
+    ``_MIN_SWEEP_TAPS`` kept taps per non-empty kernel (pattern pruning: 4) but not all of them
+    (whole kernels pruned alone are unmeasured), at least
     ``_MIN_SWEEP_KERNELS`` kernels per input channel, every tap of two vectors in a register
-    and at most ``_MAX_SWEEP_ROWS`` rows."""
+    and at most ``_MAX_SWEEP_ROWS`` rows; measured with 16 lanes only."""
     cout, cin, kh, kw = op.kept.shape
     kernels = op.kept.reshape(cout, cin, -1).any(2)
     nk = int(kernels.sum())
-    if (not sweep_eligible(op) or cout > _MAX_SWEEP_ROWS or 2 * kh * kw > isa.max_acc
+    if (not sweep_eligible(op) or isa.lanes < _WIDE_LANES or cout > _MAX_SWEEP_ROWS
+            or 2 * kh * kw > isa.max_acc
             or nk == 0 or _dense_rows(op) or _row_group(op) > 1):
         return False
-    return int(op.kept.sum()) >= _MIN_SWEEP_TAPS * nk and nk >= _MIN_SWEEP_KERNELS * cin
+    kept = int(op.kept.sum())
+    return _MIN_SWEEP_TAPS * nk <= kept < kh * kw * nk and nk >= _MIN_SWEEP_KERNELS * cin
 
 
 def taps_eligible(op: ConvOp, geo: dict[str, Any]) -> bool:

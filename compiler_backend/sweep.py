@@ -101,13 +101,17 @@ def plan_sweep(seg: Segment, ntaps: int, cin: int, toff: np.ndarray, slices: int
 
 
 def sweep_template(key: str, v: int, patterns: list[tuple[int, ...]], toff: np.ndarray,
-                   max_rows: int) -> str:
+                   max_rows: int, pieces: int = 0) -> str:
     """C text of the sweep kernel for blocks of ``v`` vectors of output pixels.
 
     Parameter array ``k``: group_ptr, weight_ptr, acc_row (I arena), weights, bias (W arena),
     x, y, res (A arena), rows, row_ptr (I arena), slices, pixel blocks, T, cin, channel stride
     of x, ys (channel stride of y and res), yo (store shift), act, has_res, junk mask (-1 or
-    an I offset), first pixel. Work items are (slice, pixel block); a thread takes a contiguous range.
+    an I offset), first pixel, piece table (I offset).
+
+    ``pieces`` > 0: each output vector is stored as up to that many runs of lanes, each at an
+    offset of its own in the output channel (``store_pieces``): rows of a plain or padded
+    output, with no crop pass. Work items are (slice, pixel block); a thread takes a contiguous range.
     """
     npat = len(patterns)
     used = sorted({t for p in patterns for t in p})
@@ -124,12 +128,20 @@ def sweep_template(key: str, v: int, patterns: list[tuple[int, ...]], toff: np.n
                      f"          float* a = acc + ar[e] * {v} * VL; " + " ".join(body)
                      + "\n        } }")
     init = " ".join(f"VSTORE(a + {u} * VL, b);" for u in range(v))
-    out = "\n".join(
-        f"      {{ const int n = T - t - {u} * VL; if (n > 0) {{ vf y = VLOAD(a + {u} * VL);"
-        f" if (hr) y = VADD(y, n >= VL ? VLOAD(rq + {u} * VL) : VLOADM(rq + {u} * VL, n));"
-        f" y = v_act(y, act); if (jm) y = VAND(y, VLOAD(jm + t + {u} * VL));"
-        f" if (n >= VL) VSTORE(yp + {u} * VL, y); else VSTOREM(yp + {u} * VL, y, n); }} }}"
-        for u in range(v))
+    if pieces:
+        out = "\n".join(
+            f"      {{ const vf y = v_act(VLOAD(a + {u} * VL), act);"
+            f" const int* q = pt + (t / VL + {u}) * {3 * pieces};"
+            + " ".join(f" if (q[{3 * i + 2}] > 0) VSTOREM_AT(y0 + q[{3 * i}] - q[{3 * i + 1}], y, "
+                       f"q[{3 * i + 1}], q[{3 * i + 2}]);" for i in range(pieces)) + " }"
+            for u in range(v))
+    else:
+        out = "\n".join(
+            f"      {{ const int n = T - t - {u} * VL; if (n > 0) {{ vf y = VLOAD(a + {u} * VL);"
+            f" if (hr) y = VADD(y, n >= VL ? VLOAD(rq + {u} * VL) : VLOADM(rq + {u} * VL, n));"
+            f" y = v_act(y, act); if (jm) y = VAND(y, VLOAD(jm + t + {u} * VL));"
+            f" if (n >= VL) VSTORE(yp + {u} * VL, y); else VSTOREM(yp + {u} * VL, y, n); }} }}"
+            for u in range(v))
     return f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* gp = I + k[0]; const int* gwp = I + k[1]; const int* ar = I + k[2];
@@ -139,6 +151,7 @@ def sweep_template(key: str, v: int, patterns: list[tuple[int, ...]], toff: np.n
   const int nb = k[11], T = k[12], cin = k[13], cs = k[14], ys = k[15], yo = k[16];
   const int act = k[17], hr = k[18];
   const float* jm = k[19] >= 0 ? (const float*)(I + k[19]) : 0;
+  const int* pt = I + k[21]; (void)pt;
   float acc[{max_rows} * {v} * VL] __attribute__((aligned(64)));
   PART(k[10] * nb)
   for (int it = lo; it < hi; ++it) {{
@@ -157,8 +170,36 @@ def sweep_template(key: str, v: int, patterns: list[tuple[int, ...]], toff: np.n
     for (int r = 0; r < nr; ++r) {{
       const int o = rows[r0 + r]; const float* a = acc + r * {v} * VL;
       float* yp = Y + (long)o * ys + yo + t; const float* rq = R + (long)o * ys + yo + t; (void)rq;
+      float* y0 = Y + (long)o * ys; (void)y0; (void)yp;
 {out}
     }}
   }}
 }}
 """
+
+
+def store_pieces(T: int, wq: int, ow: int, lanes: int, row_stride: int, origin: int) -> np.ndarray:
+    """[vectors, pieces, 3] per output vector the runs of its lanes that are real pixels of one
+    row (pixel ``t`` is ``(t // wq, t % wq)``, real below ``ow``): (offset of the run's first
+    pixel in an output channel of ``row_stride`` and ``origin``, first lane, lanes)."""
+    nvec = -(-T // lanes)
+    t = np.arange(nvec * lanes)
+    y, x = np.divmod(t, wq)
+    real = (t < T) & (x < ow)
+    runs: list[list[tuple[int, int, int]]] = [[] for _ in range(nvec)]
+    for j in range(nvec):
+        for lane in range(lanes):
+            i = j * lanes + lane
+            if not real[i]:
+                continue
+            run = runs[j]
+            if run and run[-1][1] + run[-1][2] == lane and x[i] > 0:
+                run[-1] = (run[-1][0], run[-1][1], run[-1][2] + 1)
+            else:
+                run.append((origin + int(y[i]) * row_stride + int(x[i]), lane, 1))
+    width = max(1, max(len(r) for r in runs))
+    table = np.zeros((nvec, width, 3), np.int64)
+    for j, run in enumerate(runs):
+        if run:
+            table[j, :len(run)] = run
+    return table

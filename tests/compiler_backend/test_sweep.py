@@ -23,11 +23,13 @@ from .test_taps import TapsNet, _pattern_masks
 def test_sweep_kernels_match_torch(hw: tuple[int, int], v: int, threads: int, isa: str | None,
                                    compiler_cache) -> None:
     """Forced on every layer: padded sources read in place, per-tap planes (4x4), stride 2,
-    a 2x2 kernel, fused residuals into padded and plain outputs, partial last pixel blocks,
-    thread slices of rows, the portable prelude."""
+    a 2x2 kernel, fused residuals into padded and plain outputs, stores by runs of pixels
+    into plain and padded outputs, partial last pixel blocks, pruned filters, thread slices of
+    rows, the portable prelude (8 lanes, 12 registers: one vector per block)."""
     torch.manual_seed(0)
     model = TapsNet().eval()
     masks = _pattern_masks(model, "pattern", 3.0)
+    masks["c2"][:3] = False  # pruned filters (rows with no kernel)
     configs = {f"c{i}": KernelConfig("sweep", 1, v, threads) for i in range(1, 7)}
     x = torch.randn(2, 5, *hw)
     cm = compile_model(model, x, masks, threads=threads, isa=isa, configs=configs,
