@@ -18,7 +18,7 @@ import numpy as np
 
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import Isa
-from compiler_backend.quads import QUAD, quad_count, quad_vectors
+from compiler_backend.quads import QUAD, quad_count
 from compiler_backend.sparsity import full_matrices, plan_channel_blocks
 from compiler_backend.sweep import MAX_PATTERNS, pattern_count
 from compiler_backend.tuning.base import KernelConfig
