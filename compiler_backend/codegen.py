@@ -83,6 +83,8 @@ GENERATOR_VERSION = "21"
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
 _SPLIT_ACC = 4
+#: Pixel blocks per thread from which threads split a sweep's pixels rather than its rows.
+_SWEEP_BLOCKS_PER_THREAD = 4
 #: Largest input-channel count whose spatial tiles store a phase-split output directly: that
 #: mode walks all input channels in one chunk (``spatial_template(phase_split=True)``).
 _PHASE_SPLIT_MAX_CIN = 64
@@ -604,13 +606,15 @@ class _Builder:
         ntaps, cs, lanes = geo["kh"] * geo["kw"], geo["hq"] * geo["wq"], self.isa.lanes
         toff = sweep.tap_offsets(seg.cols, offsets, ntaps, cs)
         assert toff is not None
-        plan = sweep.plan_sweep(seg, ntaps, cin, toff, lt)
         v = max(1, min(v, 2, -(-T // lanes), self.isa.max_acc // max(1, len(np.unique(seg.cols % ntaps)))))
         full, rest = divmod(T, v * lanes)
+        # threads split the pixel blocks where there are enough of them, else the rows
+        slices = 1 if full >= _SWEEP_BLOCKS_PER_THREAD * lt else lt
+        plan = sweep.plan_sweep(seg, ntaps, cin, toff, slices)
         max_rows = int(np.diff(plan.row_ptr).max())
         head = [self.add_i(plan.group_ptr), self.add_i(plan.weight_ptr), self.add_i(plan.acc_row),
                 self.add_f(plan.weights), bias_off, x_off, y_off, res_off or 0,
-                self.add_i(seg.rows[:, 0]), self.add_i(plan.row_ptr), lt]
+                self.add_i(seg.rows[:, 0]), self.add_i(plan.row_ptr), slices]
         tail = [T, cin, cs, ys, yo, ACT_CODES[act or "none"], int(res_off is not None), jm]
         calls = []
         # a last, narrower pixel block gets an instantiation of its own width
