@@ -316,12 +316,12 @@ def _sweep_pays(op: ConvOp, isa: Isa) -> bool:
     cout, cin, kh, kw = op.kept.shape
     kernels = op.kept.reshape(cout, cin, -1).any(2)
     nk = int(kernels.sum())
-    if (not sweep_eligible(op) or isa.lanes < _WIDE_LANES or cout > _MAX_SWEEP_ROWS
-            or 2 * kh * kw > isa.max_acc
-            or nk == 0 or _dense_rows(op) or _row_group(op) > 1):
+    if (isa.lanes < _WIDE_LANES or cout > _MAX_SWEEP_ROWS or 2 * kh * kw > isa.max_acc
+            or nk < max(1, _MIN_SWEEP_KERNELS * cin)):
         return False
     kept = int(op.kept.sum())
-    return _MIN_SWEEP_TAPS * nk <= kept < kh * kw * nk and nk >= _MIN_SWEEP_KERNELS * cin
+    return (_MIN_SWEEP_TAPS * nk <= kept < kh * kw * nk and not _dense_rows(op)
+            and _row_group(op) == 1 and sweep_eligible(op))
 
 
 def taps_eligible(op: ConvOp, geo: dict[str, Any]) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler_backend.kernels import NOINLINE, _vsum
+from compiler_backend.sparsity import run_starts
 
 #: Taps per quad (a pattern keeps 4 of a 3x3 kernel's 9).
 QUAD = 4
@@ -62,8 +63,7 @@ def plan_quads(weight: np.ndarray, kept: np.ndarray) -> QuadPlan:
     kf = kept.reshape(cout, cin, -1)
     o, c, t = np.nonzero(kf)
     kernel = o * cin + c
-    starts = np.flatnonzero(np.r_[True, kernel[1:] != kernel[:-1]]) if kernel.size else \
-        np.zeros(0, np.int64)
+    starts = run_starts(kernel)
     rank = np.arange(kernel.size) - np.repeat(starts, np.diff(np.r_[starts, kernel.size]))
     new_quad = rank % QUAD == 0
     quad = np.cumsum(new_quad) - 1

@@ -50,6 +50,11 @@ class Segment:
         return int(self.rows.shape[0])
 
 
+def run_starts(keys: np.ndarray) -> np.ndarray:
+    """Index of the first element of each run of equal consecutive ``keys``."""
+    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, np.int64)
+
+
 def full_matrices(weight: np.ndarray, kept: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Expand a grouped [Cout, Cin/g, kh, kw] weight to [Cout, Cin*kh*kw] (weights, kept)."""
     cout, cin_g, kh, kw = weight.shape

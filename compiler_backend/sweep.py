@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler_backend.kernels import NOINLINE
-from compiler_backend.sparsity import Segment
+from compiler_backend.sparsity import Segment, run_starts
 
 #: Most patterns per layer (each one is a loop of its own in the generated code).
 MAX_PATTERNS = 32
@@ -63,8 +63,11 @@ def tap_offsets(cols: np.ndarray, offsets: np.ndarray, ntaps: int, cs: int) -> n
 def pattern_count(kept: np.ndarray) -> int:
     """Distinct kept-tap sets among the non-empty kernels of a [cout, cin, kh, kw] mask."""
     kf = kept.reshape(kept.shape[0] * kept.shape[1], -1)
-    kf = kf[kf.any(1)]
-    return len(np.unique(np.packbits(kf, axis=1), axis=0)) if len(kf) else 0
+    if kf.shape[1] > 62:  # no int64 code per kernel
+        kf = kf[kf.any(1)]
+        return len(np.unique(np.packbits(kf, axis=1), axis=0)) if len(kf) else 0
+    codes = kf.astype(np.int64) @ (np.int64(1) << np.arange(kf.shape[1], dtype=np.int64))
+    return int(np.unique(codes[codes != 0]).size)
 
 
 def plan_sweep(seg: Segment, ntaps: int, cin: int, toff: np.ndarray, slices: int) -> SweepPlan:
@@ -75,8 +78,7 @@ def plan_sweep(seg: Segment, ntaps: int, cin: int, toff: np.ndarray, slices: int
     order = np.lexsort((tap, c, blk))
     blk, c, tap, w = blk[order], c[order], tap[order], seg.weights[order, 0]
     kernel = blk * cin + c
-    first = np.flatnonzero(np.r_[True, kernel[1:] != kernel[:-1]]) if kernel.size else \
-        np.zeros(0, np.int64)
+    first = run_starts(kernel)
     mask = np.bitwise_or.reduceat(np.int64(1) << tap, first) if first.size else first
     codes, pattern = np.unique(mask, return_inverse=True)
     pattern = pattern.ravel()

@@ -27,7 +27,7 @@ import numpy as np
 
 from compiler_backend.heuristics import _L1_BYTES, _MIN_CHUNK_ENTRIES
 from compiler_backend.kernels import NOINLINE
-from compiler_backend.sparsity import Segment
+from compiler_backend.sparsity import Segment, run_starts
 
 #: Tallest band: registers hold ``R * V`` accumulators, ``V`` pixel vectors and up to three
 #: broadcast weights (16 on AVX2).
@@ -84,8 +84,7 @@ def column_groups(seg: Segment, kh: int, kw: int, plane: int, ccs: int, ncc: int
     i, j = np.divmod(r, kw)
     key = (blk * (int(ci.max(initial=0)) + 1) + ci) * kw + j
     order = np.lexsort((i, key))
-    first = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1]]) if order.size else \
-        np.zeros(0, np.int64)
+    first = run_starts(key[order])
     count = np.diff(np.r_[first, order.size])
     mask = np.bitwise_or.reduceat(1 << i[order], first) if order.size else first
     gblk, gci, gj = blk[order][first], ci[order][first], j[order][first]
