@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from compiler_backend import compile_model
+from compiler_backend import KernelConfig, compile_model
 from npas_env.pruning.masks import prune_mask
 from npas_env.zoo import MODELS, build_model
 
@@ -15,9 +15,14 @@ from npas_env.zoo import MODELS, build_model
 def _calibrated(model: nn.Module) -> nn.Module:
     """A zoo model whose batch-norm statistics come from random inputs: with the initial
     statistics, activations of a random-weight MobileNetV2 die out and its output no longer
-    depends on the input (an equality test on it would test only the classifier bias)."""
+    depends on the input (an equality test on it would test only the classifier bias). Scales
+    are drawn at random too: ResNet-20 zero-initialises the last one of each residual branch,
+    which would leave every branch's convs out of its output."""
+    gen = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
             m.reset_running_stats()
             m.momentum = None  # cumulative average
     model.train()
@@ -54,3 +59,46 @@ def test_zoo_model_matches_torch(name: str, pruned: bool, compiler_cache) -> Non
     out = compiled.run(x)
     err = float((out - ref).abs().max() / ref.abs().max())
     assert err <= 1e-4, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg16"])
+def test_pattern_pruned_zoo_models_match_torch_through_sweeps_and_quads(name: str,
+                                                                         compiler_cache) -> None:
+    """Pattern 8x on every 3x3 conv but the stem (block-based 1x1 shortcuts), forced into the
+    sweep family, or the quad family on maps of at most 4 pixels, on any ISA."""
+    torch.manual_seed(0)
+    model = build_model(name)
+    masks, configs = {}, {}
+    with torch.no_grad():
+        for n, m in model.named_modules():
+            if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels >= 16:
+                pattern = m.kernel_size == (3, 3)
+                masks[n] = prune_mask(m.weight, "pattern" if pattern else "block_based", 8.0,
+                                      (8, 16))
+                m.weight.mul_(masks[n])
+    model = _calibrated(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    assert float((ref[0] - ref[1]).abs().max()) > 1e-2 * float(ref.abs().max())  # input matters
+    sizes = _out_sizes(model, x[:1])
+    for n, m in model.named_modules():
+        if n in masks and m.kernel_size == (3, 3):
+            configs[n] = KernelConfig("quads" if sizes[n] <= 4 else "sweep", 1, 2, 1)
+    compiled = compile_model(model, x[:1], masks, configs=configs, cache_dir=compiler_cache)
+    assert {layer.family for layer in compiled.report.layers} >= (
+        {"sweep", "quads"} if name == "vgg16" else {"sweep"})
+    err = float((compiled.run(x) - ref).abs().max() / ref.abs().max())
+    assert err <= 1e-4, f"{name}: relative error {err:.2e}"
+
+
+def _out_sizes(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """Output pixels of every conv for input ``x``."""
+    sizes: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: sizes.__setitem__(n, o.shape[2] * o.shape[3]))
+             for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return sizes
