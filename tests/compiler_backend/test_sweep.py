@@ -66,8 +66,9 @@ def test_plan_groups_kernels_by_slice_channel_and_pattern() -> None:
 
 
 def test_untuned_choice_takes_sweeps_for_pattern_rows_with_many_kernels_per_channel() -> None:
-    """Pattern 8x rows on 64 channels (18 kernels per input channel) on 4x4 to 32x32 maps; not
-    16 output channels (4.5), block rows or unstructured rows (about one tap per kernel)."""
+    """Pattern 8x rows on 64 channels (18 kernels per input channel) on 4x4 to 32x32 maps and
+    a stride-2 conv with 9; not 16 output channels at stride 1 (4.5), block rows or
+    unstructured rows (about one tap per kernel)."""
     torch.manual_seed(0)
     isa = ISAS["avx512"]
 
@@ -77,5 +78,8 @@ def test_untuned_choice_takes_sweeps_for_pattern_rows_with_many_kernels_per_chan
         return default_config(_op(kept, hw), isa, 1).family
 
     assert {family(64, "pattern", 8.0, hw) for hw in (4, 8, 32)} == {"sweep"}
+    s2 = _op(prune_mask(torch.randn(32, 16, 3, 3), "pattern", 8.0, (8, 16)).numpy(), 16)
+    s2.stride, s2.in_shape = 2, (16, 32, 32)  # 9 kernels per channel, no taps family at stride 2
+    assert default_config(s2, isa, 1).family == "sweep"
     assert "sweep" not in {family(16, "pattern", 8.0, 8), family(64, "block_punched", 8.0, 8),
                            family(64, "unstructured", 10.0, 8)}
