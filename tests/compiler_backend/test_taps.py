@@ -51,6 +51,17 @@ def _pattern_masks(model: nn.Module, scheme: str, rate: float) -> dict[str, torc
     return out
 
 
+def forced_family_source(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor,
+                         config: KernelConfig, compiler_cache, isa: str | None = None) -> str:
+    """Compile ``model`` with ``config`` on its six convs, check it against PyTorch and return
+    the generated source."""
+    configs = {f"c{i}": config for i in range(1, 7)}
+    cm = compile_model(model, x, masks, threads=config.threads, isa=isa, configs=configs,
+                       cache_dir=compiler_cache)
+    assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
+    return cm.program.source
+
+
 @pytest.mark.parametrize("hw", [(3, 3), (4, 7), (9, 30), (19, 8), (13, 17)])
 @pytest.mark.parametrize("v, threads", [(1, 1), (2, 2), (3, 1)])
 def test_taps_kernels_match_torch(hw: tuple[int, int], v: int, threads: int,
@@ -60,11 +71,9 @@ def test_taps_kernels_match_torch(hw: tuple[int, int], v: int, threads: int,
     torch.manual_seed(0)
     model = TapsNet().eval()
     masks = _pattern_masks(model, "pattern", 3.0)
-    configs = {f"c{i}": KernelConfig("taps", 1, v, threads) for i in range(1, 7)}
-    x = torch.randn(2, 5, *hw)
-    cm = compile_model(model, x, masks, threads=threads, configs=configs, cache_dir=compiler_cache)
-    assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
-    assert "tk_r" in cm.program.source  # c5 (stride 2) ran as a spatial kernel instead
+    source = forced_family_source(model, masks, torch.randn(2, 5, *hw),
+                                  KernelConfig("taps", 1, v, threads), compiler_cache)
+    assert "tk_r" in source  # c5 (stride 2) ran as a spatial kernel instead
 
 
 @pytest.mark.parametrize("isa", [None, "generic"])
