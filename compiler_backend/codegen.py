@@ -278,9 +278,10 @@ class _Builder:
         row_store = (taps and cfg.family == "spatial" and op.dst in self.padded and op.res is None
                      and self.isa.lanes % ow == 0 and no_fill)
         # sweeps store the runs of real pixels of each vector where the destination wants them
+        seg_offsets = [self._entry_offsets(seg.cols, op, geo) for seg in segs]
         sweeps = cfg.family == "sweep" and all(
-            self._sweeps(seg, self._entry_offsets(seg.cols, op, geo), geo)
-            for seg in segs if seg.nblk and seg.eptr[-1])
+            self._sweeps(seg, offsets, geo) for seg, offsets in zip(segs, seg_offsets, strict=True)
+            if seg.nblk and seg.eptr[-1])
         pieces = (sweeps and not wide and op.dst not in self.split
                   and op.res is None and no_fill and (geo["crop"] or op.dst in self.padded))
         use_crop = not wide and not placed and not phase_split and not row_store and not pieces and (
@@ -314,8 +315,7 @@ class _Builder:
         # spatial and dw9 tiles writing wide rows into a padded output zero the junk columns
         jm = self.junk_mask(T, wq, ow) if wide else -1
         uneven = False  # an even split of some kernel's items is not (see ``work_items``)
-        for si, seg in enumerate(segs):
-            offsets = self._entry_offsets(seg.cols, op, geo)
+        for si, (seg, offsets) in enumerate(zip(segs, seg_offsets, strict=True)):
             name = f"{fn}_s{si}"
             row_exact = False  # the kernel stores only the ow real columns of each row
             if cfg.family == "spatial" and seg.nblk and not seg.eptr[-1]:  # pruned filters
