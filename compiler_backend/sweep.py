@@ -140,7 +140,8 @@ def sweep_template(key: str, v: int, patterns: list[tuple[int, ...]], toff: np.n
     else:
         out = "\n".join(
             f"      {{ const int n = T - t - {u} * VL; if (n > 0) {{ vf y = VLOAD(a + {u} * VL);"
-            f" if (hr) y = VADD(y, n >= VL ? VLOAD(rq + {u} * VL) : VLOADM(rq + {u} * VL, n));"
+            f" if (hr) {{ if (n >= VL) y = VADD(y, VLOAD(rq + {u} * VL));"
+            f" else y = VADD(y, VLOADM(rq + {u} * VL, n)); }}"
             f" y = v_act(y, act); if (jm) y = VAND(y, VLOAD(jm + t + {u} * VL));"
             f" if (n >= VL) VSTORE(yp + {u} * VL, y); else VSTOREM(yp + {u} * VL, y, n); }} }}"
             for u in range(v))

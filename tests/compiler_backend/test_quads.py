@@ -14,6 +14,7 @@ from compiler_backend.isa import ISAS
 from compiler_backend.quads import plan_quads, quad_count
 from npas_env.pruning import prune_mask
 
+from .lanes import EIGHT_LANES
 from .test_taps import TapsNet, _pattern_masks, forced_family_source
 
 
@@ -28,11 +29,12 @@ class QuadNet(TapsNet):
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (3, 3), (2, 5)])
-@pytest.mark.parametrize("isa, threads", [(None, 1), (None, 2), ("generic", 1)])
+@pytest.mark.parametrize("isa, threads", [(None, 1), (None, 2), ("generic", 1), (EIGHT_LANES, 1)])
 def test_quad_kernels_match_torch(hw: tuple[int, int], isa: str | None, threads: int,
                                   compiler_cache) -> None:
     """Forced on every layer (those on maps over a vector keep another family): partial quads
-    (unstructured masks on the 1x1 and 2x2 kernels), 1 and 2 threads, the portable prelude."""
+    (unstructured masks on the 1x1 and 2x2 kernels), 1 and 2 threads, the AVX2 and portable
+    preludes."""
     torch.manual_seed(0)
     model = QuadNet().eval()
     masks = _pattern_masks(model, "pattern", 3.0)

@@ -13,18 +13,20 @@ from compiler_backend.sparsity import build_segments
 from compiler_backend.sweep import pattern_count, plan_sweep, tap_offsets
 from npas_env.pruning import prune_mask
 
+from .lanes import EIGHT_LANES
 from .test_quads import _op
 from .test_taps import TapsNet, _pattern_masks, forced_family_source
 
 
 @pytest.mark.parametrize("hw", [(3, 3), (4, 4), (8, 8), (9, 30), (13, 17)])
-@pytest.mark.parametrize("v, threads, isa", [(1, 1, None), (2, 2, None), (2, 1, "generic")])
+@pytest.mark.parametrize("v, threads, isa", [(1, 1, None), (2, 2, None), (2, 1, "generic"),
+                                             (2, 1, EIGHT_LANES)])
 def test_sweep_kernels_match_torch(hw: tuple[int, int], v: int, threads: int, isa: str | None,
                                    compiler_cache) -> None:
     """Forced on every layer: padded sources read in place, per-tap planes (4x4), stride 2,
     a 2x2 kernel, fused residuals into padded and plain outputs, stores by runs of pixels
     into plain and padded outputs, partial last pixel blocks, pruned filters, thread slices of
-    rows, the portable prelude (8 lanes, 12 registers: one vector per block)."""
+    rows, the AVX2 and portable preludes (8 lanes, 12 registers: one vector per block)."""
     torch.manual_seed(0)
     model = TapsNet().eval()
     masks = _pattern_masks(model, "pattern", 3.0)
