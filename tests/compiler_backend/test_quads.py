@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from compiler_backend import KernelConfig
+from compiler_backend import KernelConfig, compile_model
 from compiler_backend.heuristics import default_config
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import ISAS
@@ -15,6 +15,7 @@ from compiler_backend.quads import plan_quads, quad_count
 from npas_env.pruning import prune_mask
 
 from .lanes import EIGHT_LANES
+from .test_kernels import _reference, _rel_err
 from .test_taps import TapsNet, _pattern_masks, forced_family_source
 
 
@@ -77,3 +78,17 @@ def test_untuned_choice_takes_quads_for_pattern_rows_on_2x2_maps() -> None:
               for name, m in masks.items() for hw in (2, 4)}
     assert family[("pattern", 2)] == "quads"
     assert "quads" not in {family[("pattern", 4)], family[("block", 2)], family[("scattered", 2)]}
+
+
+def test_quads_next_to_a_phase_split_buffer_fall_back_to_spatial_tiles(compiler_cache) -> None:
+    """A buffer read only by a stride-2 conv is stored phase-split; neither its producer nor its
+    reader can take quads there, and both still match PyTorch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1)).eval()
+    masks = _pattern_masks(model, "pattern", 3.0)
+    x = torch.randn(1, 8, 4, 4)
+    quads = KernelConfig("quads", 1, 1, 1)
+    cm = compile_model(model, x, masks, configs={"0": quads, "2": quads},
+                       cache_dir=compiler_cache)
+    assert [layer.family for layer in cm.report.layers] == ["spatial", "spatial"]
+    assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
