@@ -23,6 +23,7 @@ from npas_env.errors import BackendError
 from npas_env.pruning import prune_mask
 
 from .lanes import EIGHT_LANES
+from .test_fastpaths import TwoByTwo
 
 
 class Mixed(nn.Module):
@@ -154,27 +155,15 @@ def test_neon_export_runs_under_qemu(threads: int, tmp_path) -> None:
     _check_output(out.directory, model, masks, x)
 
 
-class Tiny(nn.Module):
-    """Pattern-pruned convs on a 2x2 map: a quad kernel, then a sweep with a fused residual."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Conv2d(16, 24, 3, 1, 1), nn.Conv2d(24, 24, 3, 1, 1)
-        self.fc = nn.Linear(96, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.a(x))
-        return self.fc(torch.flatten(torch.relu(self.b(y) + y), 1))
-
-
 @pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
                     reason="needs gcc-aarch64-linux-gnu and qemu-user")
 def test_neon_export_runs_quads_and_sweeps_under_qemu(tmp_path) -> None:
+    """Pattern-pruned convs on a 2x2 map: a quad kernel, then a sweep with a fused residual."""
     torch.manual_seed(0)
-    model = Tiny().eval()
+    model = TwoByTwo().eval()
     masks = {n: prune_mask(getattr(model, n).weight, "pattern", 3.0, (4, 4)) for n in ("a", "b")}
     configs = {"a": KernelConfig("quads", 1, 1, 1), "b": KernelConfig("sweep", 1, 2, 1)}
-    x = torch.randn(1, 16, 2, 2)
+    x = torch.randn(1, 24, 2, 2)
     out = export_c(model, x, tmp_path, masks, isa="neon", configs=configs)
     source = (out.directory / "npas_model.c").read_text()
     assert "void quads_v" in source and "void sw_" in source
