@@ -8,8 +8,10 @@ it in place instead of copying it into a padded scratch buffer.
 
 A buffer is padded only if every reader understands the layout: stride-1 / pad-(1, 1) convs,
 pointwise (1x1 / stride-1) convs and the stride-2 depthwise kernel (any layout) reading it as
-input, and convs with a wide-row output reading it as residual. Graph inputs and outputs,
-aliases, fallbacks, pooling, eltwise and concat readers keep the plain CHW layout. Pointwise
+input, convs with a wide-row output reading it as residual, and max / average pools (which
+also write either layout: VGG-16's conv -> pool -> conv then needs neither a crop nor a pad
+copy). Graph inputs and outputs, aliases, fallbacks, adaptive pooling, eltwise and concat
+readers keep the plain CHW layout. Pointwise
 convs run over the padded rows of a padded input (``conv_geometry(op, padded_src=True)``), so
 a MobileNet chain 1x1 -> depthwise 3x3 -> 1x1 stays padded end to end and no conv in it copies
 its input or crops its output.
@@ -27,7 +29,7 @@ from compiler_backend.heuristics import (
     is_pointwise,
     split2_geometry,
 )
-from compiler_backend.ir import ConvOp, Graph
+from compiler_backend.ir import ConvOp, Graph, PoolOp
 from compiler_backend.lowering import op_inputs
 
 
@@ -55,7 +57,12 @@ def writes_wide_padded(op: ConvOp, src_padded: bool = False, src_split: bool = F
     return geo["wq"] == ow + 2 and geo["T"] == oh * geo["wq"]
 
 
-def _worth_padding(prod: ConvOp, readers: list[tuple[Any, str]], padded: set[int]) -> bool:
+def _strided_pool(op: Any) -> bool:
+    """A max / average pool: it reads and writes either layout (``simple_ops.emit_pool``)."""
+    return isinstance(op, PoolOp) and op.op in ("max", "avg")
+
+
+def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded: set[int]) -> bool:
     """Whether a padded buffer saves more copying than it costs (counted in channels).
 
     A pointwise producer writes it in place only from a padded input. A pointwise reader
@@ -63,6 +70,8 @@ def _worth_padding(prod: ConvOp, readers: list[tuple[Any, str]], padded: set[int
     input is padded: if every reader is such, the buffer stays padded only if the readers'
     crops are smaller than the crop its producer would need to write it plain.
     """
+    if isinstance(prod, PoolOp):
+        return any(role != "src" or not is_pointwise(r) for r, role in readers)
     if is_pointwise(prod) and prod.src not in padded:
         return False
     cropping = [r for r, role in readers if role == "src" and is_pointwise(r)
@@ -104,11 +113,10 @@ def plan_padded(graph: Graph) -> set[int]:
     blocked = _blocked(graph)
     padded: set[int] = set()
     for buf, prod in producers.items():
-        if buf in blocked or not isinstance(prod, ConvOp) or prod.is_linear:
+        if buf in blocked or len(graph.buffers[buf].shape) != 3:
             continue
-        if len(graph.buffers[buf].shape) != 3:
-            continue
-        if conv_geometry(prod)["direct"] and not is_pointwise(prod):
+        if not (_strided_pool(prod) or isinstance(prod, ConvOp) and not prod.is_linear
+                and (not conv_geometry(prod)["direct"] or is_pointwise(prod))):
             continue
         ok = bool(readers.get(buf))
         for reader, role in readers.get(buf, []):
@@ -117,7 +125,7 @@ def plan_padded(graph: Graph) -> set[int]:
             elif role == "res":
                 ok &= is_pointwise(reader) or not conv_geometry(reader)["direct"]
             else:
-                ok = False
+                ok &= _strided_pool(reader)
         if ok:
             padded.add(buf)
     # drop layouts that cost more copies than they save, until none drops out

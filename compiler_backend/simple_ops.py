@@ -13,6 +13,7 @@ import numpy as np
 
 from compiler_backend.ir import AffineOp, ConcatOp, EltwiseOp, PoolOp
 from compiler_backend.kernels import sig as _sig
+from compiler_backend.layout import strides
 
 
 def emit_affine(b: Any, fn: str, op: AffineOp, offs: list[int]) -> tuple[str, int]:
@@ -102,24 +103,27 @@ def emit_pool(b: Any, fn: str, op: PoolOp, offs: list[int]) -> tuple[str, int]:
     if op.op == "adaptive_avg" and b.g.buffers[op.dst].numel == c:  # to [C, 1, 1] or [C]
         return _global_avg(fn, c, h * w, offs[op.src], offs[op.dst]), b._lt(c * h * w)
     oc, oh, ow = b.g.buffers[op.dst].shape
-    head = f"{_sig(fn)} {{\n  const float* X = A + {offs[op.src]}; float* D = A + {offs[op.dst]};\n"
-    head += f"  PART({c * oh})\n"
+    # both sides in their own layouts (plain or padded: ``layout.strides``)
+    xc, xr, xo = strides(b.g, op.src, b.padded)
+    dc, dr, do = strides(b.g, op.dst, b.padded)
+    head = (f"{_sig(fn)} {{\n  const float* X = A + {offs[op.src] + xo}; "
+            f"float* D = A + {offs[op.dst] + do};\n  PART({c * oh})\n")
     loop = f"  for (int q = lo; q < hi; ++q) {{\n    const int c = q / {oh}, oy = q % {oh};\n"
-    loop += f"    const float* x = X + (long)c * {h * w};\n"
+    loop += f"    const float* x = X + (long)c * {xc}; float* d = D + (long)c * {dc} + oy * {dr};\n"
     if op.op == "adaptive_avg":
         body = f"""    const int hs = (oy * {h}) / {oh}, he = ((oy + 1) * {h} + {oh} - 1) / {oh};
 for (int ox = 0; ox < {ow}; ++ox) {{
   const int ws = (ox * {w}) / {ow}, we = ((ox + 1) * {w} + {ow} - 1) / {ow};
   float s = 0.f;  /* a vector reduction: one scalar add chain costs 4 cycles per element */
   if (ws == 0 && we == {w}) {{
-    const float* r = x + hs * {w}; const int n = (he - hs) * {w};
+    const float* r = x + hs * {xr}; const int n = (he - hs) * {xr};  /* borders are zero */
     _Pragma("omp simd reduction(+:s)") for (int i = 0; i < n; ++i) s += r[i];
   }} else {{
     for (int i = hs; i < he; ++i) {{
-      _Pragma("omp simd reduction(+:s)") for (int j = ws; j < we; ++j) s += x[i * {w} + j];
+      _Pragma("omp simd reduction(+:s)") for (int j = ws; j < we; ++j) s += x[i * {xr} + j];
     }}
   }}
-  D[(long)q * {ow} + ox] = s / (float)((he - hs) * (we - ws));
+  d[ox] = s / (float)((he - hs) * (we - ws));
 }}"""
     elif (op.op == "max" and tuple(op.kernel) == tuple(op.stride) == (2, 2)
           and tuple(op.padding) == (0, 0) and 2 * oh <= h and 2 * ow <= w):
@@ -137,8 +141,7 @@ for (int ox = 0; ox < {ow}; ++ox) {{
   const float v = r1[2 * ox] > r1[2 * ox + 1] ? r1[2 * ox] : r1[2 * ox + 1];
   d[ox] = u > v ? u : v;
 }}"""
-        body = f"""    const float* r0 = x + (long)(2 * oy) * {w}; const float* r1 = r0 + {w};
-float* d = D + (long)q * {ow};
+        body = f"""    const float* r0 = x + (long)(2 * oy) * {xr}; const float* r1 = r0 + {xr};
 int ox = 0;
 for (; ox + VL <= {ow}; ox += VL) {{
   const vf a = VMAX(VLOAD(r0 + 2 * ox), VLOAD(r1 + 2 * ox));
@@ -165,9 +168,9 @@ for (int ox = 0; ox < {ow}; ++ox) {{
   const int xs0 = ox * {sw} - {pw}; const int xe0 = xs0 + {kw} < {w + pw} ? xs0 + {kw} : {w + pw};
   const int xs = xs0 > 0 ? xs0 : 0; const int xe = xs0 + {kw} < {w} ? xs0 + {kw} : {w};
   float s = {init};
-  for (int i = ys; i < ye; ++i) for (int j = xs; j < xe; ++j) {{ const float v = x[i * {w} + j]; {upd} }}
+  for (int i = ys; i < ye; ++i) for (int j = xs; j < xe; ++j) {{ const float v = x[i * {xr} + j]; {upd} }}
   (void)ye0; (void)xe0;
-  D[(long)q * {ow} + ox] = {fin};
+  d[ox] = {fin};
 }}"""
     return head + loop + body + "\n  }\n}\n", b._lt(c * h * w)
 

@@ -10,6 +10,7 @@ from torch import nn
 from compiler_backend import compile_model
 from compiler_backend.codegen import generate
 from compiler_backend.compile import lower_model, resolve_isa
+from compiler_backend.layout import plan_padded
 from compiler_backend.toolchain import compile_source
 from npas_env.errors import BackendError
 
@@ -159,3 +160,25 @@ def test_two_by_two_max_pool_matches_torch(hw: tuple[int, int], ceil_mode: bool,
     with torch.no_grad():
         ref = model(x)
     assert torch.allclose(cm.run(x), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, 2, 1), nn.MaxPool2d(2, ceil_mode=True),
+                                  nn.AvgPool2d(2), nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+                                  nn.AvgPool2d(3, 2, 1), nn.AvgPool2d(2, divisor_override=3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pools_read_and_write_padded_layouts(pool: nn.Module, threads: int,
+                                             compiler_cache) -> None:
+    """conv -> pool -> conv -> pool -> conv: each pool reads its producer's padded output in
+    place and writes the next conv's padded input, on odd map sizes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, 1, 1), nn.ReLU(), pool, nn.Conv2d(6, 7, 3, 1, 1),
+                          pool, nn.Conv2d(7, 5, 3, 1, 1)).eval()
+    x = torch.randn(2, 3, 19, 37)
+    graph = lower_model(model, x[:1])
+    cm = compile_model(model, x, threads=threads, cache_dir=compiler_cache)
+    pools = [op for op in cm.graph.ops if op.kind == "pool"]
+    padded = plan_padded(graph)
+    assert all(op.src in padded and op.dst in padded for op in pools)
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(cm.run(x), ref, rtol=1e-4, atol=1e-5)

@@ -22,7 +22,7 @@ def _plan(name: str) -> tuple:
     return graph, padded, split, offsets, size
 
 
-@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "vgg16"])
 def test_live_buffers_never_overlap_and_layouts_never_mix(name: str) -> None:
     graph, padded, split, offsets, size = _plan(name)
     bufs = graph.buffers
