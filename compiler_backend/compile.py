@@ -18,6 +18,7 @@ from compiler_backend.lowering import lower
 from compiler_backend.runtime import CompiledModel
 from compiler_backend.toolchain import compile_source, find_compiler
 from compiler_backend.tuning.base import KernelConfig, TuningConfig
+from compiler_backend.verify import verify_compiled
 from npas_env.errors import BackendError, InvalidConfig
 from npas_env.layers import analyze_model
 
@@ -56,7 +57,7 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
                   tune: bool | TuningConfig = False, cache_dir: Path | None = None,
                   isa: str | None = None,
                   configs: Mapping[str, KernelConfig] | None = None,
-                  adaptive_threads: bool = False) -> CompiledModel:
+                  adaptive_threads: bool = False, verify: bool = True) -> CompiledModel:
     """Compile ``model`` (eval semantics, BN folded) into one C library for this CPU.
 
     Args:
@@ -70,12 +71,15 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
         configs: explicit per-layer kernel configs (override defaults and tuning).
         adaptive_threads: run each call on 1 thread or ``threads``, whichever ran faster
             recently (for hosts that move their vCPUs; see ``compiler_backend.threads``).
+        verify: run the library once on ``example_input`` against the masked model in
+            PyTorch (``compiler_backend.verify``) and refuse a wrong one.
 
     Returns:
         The loaded :class:`CompiledModel`.
 
     Raises:
-        BackendError: no C compiler (install gcc) or a compile failure naming the layer.
+        BackendError: no C compiler (install gcc), a compile failure naming the layer, or
+            (``verify``) a library whose output differs from PyTorch's.
         InvalidModel: the model cannot be traced or the input does not fit.
     """
     if threads < 1:
@@ -93,6 +97,9 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
     program = generate(graph, target, threads, chosen)
     artifact = compile_source(program.source, program.line_map, cache=cache_dir)
     try:
-        return CompiledModel(graph, program, artifact, threads, target.name, adaptive_threads)
+        compiled = CompiledModel(graph, program, artifact, threads, target.name, adaptive_threads)
     except OSError as exc:
         raise BackendError(f"cannot load compiled model {artifact.path}: {exc}") from None
+    if verify:
+        verify_compiled(compiled, model, example_input, masks)
+    return compiled
