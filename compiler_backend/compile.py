@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compiler_backend.codegen import generate
+from compiler_backend.codegen import Program, generate
 from compiler_backend.ir import Graph
 from compiler_backend.isa import ISAS, Isa, detect_isa
 from compiler_backend.lowering import lower
 from compiler_backend.runtime import CompiledModel
-from compiler_backend.toolchain import compile_source, find_compiler
+from compiler_backend.toolchain import SAFETY_FLAGS, compile_source, find_compiler
 from compiler_backend.tuning.base import KernelConfig, TuningConfig
-from compiler_backend.verify import verify_compiled
+from compiler_backend.verify import SafetyRetryWarning, verify_compiled
 from npas_env.errors import BackendError, InvalidConfig
 from npas_env.layers import analyze_model
 
@@ -95,11 +95,23 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
         chosen.update(tune_graph(graph, target, threads, cfg, cache_dir=cache_dir))
     chosen.update(configs or {})
     program = generate(graph, target, threads, chosen)
-    artifact = compile_source(program.source, program.line_map, cache=cache_dir)
+    compiled = _load(graph, program, threads, target.name, adaptive_threads, cache_dir)
+    if verify:
+        try:
+            verify_compiled(compiled, model, example_input, masks)
+        except BackendError as exc:  # a C compiler fault, or ours: once more, safer flags
+            warnings.warn(f"{exc} Rebuilding it with {' '.join(SAFETY_FLAGS)}.",
+                          SafetyRetryWarning, stacklevel=2)
+            compiled = _load(graph, program, threads, target.name, adaptive_threads, cache_dir,
+                             safe=True)
+            verify_compiled(compiled, model, example_input, masks)
+    return compiled
+
+
+def _load(graph: Graph, program: Program, threads: int, isa: str, adaptive_threads: bool,
+          cache_dir: Path | None, safe: bool = False) -> CompiledModel:
+    artifact = compile_source(program.source, program.line_map, cache=cache_dir, safe=safe)
     try:
-        compiled = CompiledModel(graph, program, artifact, threads, target.name, adaptive_threads)
+        return CompiledModel(graph, program, artifact, threads, isa, adaptive_threads)
     except OSError as exc:
         raise BackendError(f"cannot load compiled model {artifact.path}: {exc}") from None
-    if verify:
-        verify_compiled(compiled, model, example_input, masks)
-    return compiled

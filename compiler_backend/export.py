@@ -30,7 +30,6 @@ from compiler_backend.codegen import generate
 from compiler_backend.compile import lower_model, resolve_isa
 from compiler_backend.ir import FallbackOp
 from compiler_backend.isa import CROSS_FLAGS
-from compiler_backend.toolchain import SAFETY_FLAGS
 from compiler_backend.tuning.base import KernelConfig
 from npas_env.errors import BackendError, InvalidConfig
 
@@ -116,7 +115,7 @@ int main(int argc, char** argv) {
 _MAKEFILE = """# Build the exported model. Cross-compile for an AArch64 phone or board with
 #   make CC=aarch64-linux-gnu-gcc LDFLAGS=-static
 CC ?= cc
-CFLAGS ?= -O3 {march} -fopenmp -std=gnu11 {safety}
+CFLAGS ?= -O3 {march} -fopenmp -std=gnu11
 LDFLAGS ?=
 
 npas_model: npas_main.c npas_model.c npas_model.h
@@ -187,8 +186,7 @@ def export_c(model: nn.Module, example_input: torch.Tensor, directory: Path | st
         arena=program.arena_floats, n_in=n_in, n_out=n_out,
         in_shape=list(graph.buffers[graph.input].shape), out_shape=list(graph.output_shape)))
     (out / "npas_main.c").write_text(_MAIN)
-    (out / "Makefile").write_text(_MAKEFILE.format(march=" ".join(CROSS_FLAGS[target.name]),
-                                                       safety=" ".join(SAFETY_FLAGS)))
+    (out / "Makefile").write_text(_MAKEFILE.format(march=" ".join(CROSS_FLAGS[target.name])))
     weights.tofile(out / "weights.bin")
     ints.tofile(out / "ints.bin")
     x.reshape(-1).numpy().astype("<f4").tofile(out / "input.bin")

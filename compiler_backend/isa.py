@@ -72,7 +72,11 @@ _COMMON = r"""
 #include <stdint.h>
 #include <string.h>
 #include <omp.h>
-#define PART(N) const int lo = tid < nt ? (int)((long)(N) * tid / nt) : 0; \
+/* PART: slice tid of nt. Its empty volatile asm marks every step as having side effects: GCC
+   12.2 once judged a pooling step pure (a rewritten address read as a null dereference) and
+   deleted its call (see toolchain.SAFETY_FLAGS). */
+#define PART(N) __asm__ volatile(""); \
+                const int lo = tid < nt ? (int)((long)(N) * tid / nt) : 0; \
                 const int hi = tid < nt ? (int)((long)(N) * (tid + 1) / nt) : 0;
 static inline float s_relu(float x) { return x > 0.f ? x : 0.f; }
 static inline float s_relu6(float x) { return x < 0.f ? 0.f : (x > 6.f ? 6.f : x); }

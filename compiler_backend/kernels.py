@@ -20,6 +20,7 @@ ACT_HELPERS = """static inline vf v_act(vf y, int act) {
 }
 /* e[m] = s[2m], o[m] = s[2m + 1] for m < n (gcc leaves the plain loop scalar) */
 static inline void npas_deinterleave(const float* s, float* e, float* o, int n) {
+  __asm__ volatile("");  /* side effects, as PART marks the steps */
   int m = 0;
   for (; m + VL <= n; m += VL) {
     const vf a = VLOAD(s + 2 * m), b = VLOAD(s + 2 * m + VL);

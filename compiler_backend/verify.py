@@ -4,7 +4,7 @@ A wrong kernel is usually also a faster one, so a latency search would reward it
 runs the masked model in PyTorch (eval mode) and the compiled library on the same input and
 compares them relative to the output's scale. Generated kernels match to about 1e-5; a broken
 one is off by whole units (GCC 12.2 once deleted a pooling call outright, see
-``toolchain.SAFETY_FLAGS``).
+``toolchain.SAFETY_FLAGS``, the flags ``compile_model`` retries with).
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ from torch import nn
 
 from compiler_backend.threads import FixedThreads
 from npas_env.errors import BackendError
+
+
+class SafetyRetryWarning(RuntimeWarning):
+    """A library failed the check and was rebuilt with ``toolchain.SAFETY_FLAGS`` (the test
+    suite makes it an error, so its tests see the library the default flags build)."""
+
 
 #: Largest accepted ``max |compiled - torch| / max |torch|``: ten times the equality tests' bound.
 VERIFY_RTOL = 1e-3

@@ -10,7 +10,12 @@ from torch import nn
 
 import compiler_backend.compile as compile_mod
 from compiler_backend import compile_model
-from compiler_backend.verify import VERIFY_RTOL, masked_reference, output_error
+from compiler_backend.verify import (
+    VERIFY_RTOL,
+    SafetyRetryWarning,
+    masked_reference,
+    output_error,
+)
 from npas_env.errors import BackendError
 
 
@@ -46,7 +51,8 @@ def test_a_right_library_passes_with_masks(compiler_cache) -> None:
 def test_a_wrong_library_is_refused(compiler_cache, monkeypatch) -> None:
     _skew_weights(monkeypatch)
     model, x = _model(), torch.randn(1, 3, 9, 9)
-    with pytest.raises(BackendError, match="differs from PyTorch's by .* verify=False"):
+    with pytest.raises(BackendError, match="differs from PyTorch's by .* verify=False"), \
+            pytest.warns(SafetyRetryWarning):  # the first refusal, before the retry's
         compile_model(model, x, cache_dir=compiler_cache)
     cm = compile_model(model, x, cache_dir=compiler_cache, verify=False)
     assert output_error(cm, model, x) > VERIFY_RTOL
@@ -57,5 +63,30 @@ def test_a_wrong_library_is_a_failed_latency_result(tmp_path, monkeypatch) -> No
 
     _skew_weights(monkeypatch)
     evaluator = make_latency("compiled", warmup=0, repeats=1, anchor=False, cache_dir=tmp_path)
-    result = evaluator.measure_model(_model(), torch.randn(1, 3, 9, 9))
+    with pytest.warns(SafetyRetryWarning):
+        result = evaluator.measure_model(_model(), torch.randn(1, 3, 9, 9))
     assert not result.ok and "differs from PyTorch" in result.error
+
+
+def test_a_failed_check_is_retried_with_the_safety_flags(compiler_cache, monkeypatch) -> None:
+    """A library that fails the check is rebuilt with ``toolchain.SAFETY_FLAGS`` (the flags
+    that cure the GCC 12.2 fault) and kept if that one passes."""
+    calls: list[bool] = []
+    real_compile, real_verify = compile_mod.compile_source, compile_mod.verify_compiled
+
+    def spy(*args: Any, safe: bool = False, **kwargs: Any) -> Any:
+        calls.append(safe)
+        return real_compile(*args, safe=safe, **kwargs)
+
+    def first_fails(compiled: Any, *args: Any, **kwargs: Any) -> float:
+        if len(calls) == 1:
+            raise BackendError("differs")
+        return real_verify(compiled, *args, **kwargs)
+
+    monkeypatch.setattr(compile_mod, "compile_source", spy)
+    monkeypatch.setattr(compile_mod, "verify_compiled", first_fails)
+    model, x = _model(), torch.randn(1, 3, 9, 9)
+    with pytest.warns(SafetyRetryWarning, match="Rebuilding it with -fno-delete-null-pointer"):
+        cm = compile_model(model, x, cache_dir=compiler_cache)
+    assert calls == [False, True]
+    assert output_error(cm, model, x) < 1e-4
