@@ -58,8 +58,9 @@ def emit_eltwise(b: Any, fn: str, op: EltwiseOp, offs: list[int]) -> tuple[str, 
 """, lt
 
 
-def _global_avg(fn: str, c: int, n: int, src: int, dst: int) -> str:
-    """Global average pooling of ``c`` plain planes of ``n`` pixels, ``VL`` channels at a time.
+def _global_avg(fn: str, c: int, n: int, src: int, dst: int, count: int = 0) -> str:
+    """Global average pooling of ``c`` planes of ``n`` floats, ``VL`` channels at a time: plain
+    planes, or padded ones whose zero borders add nothing (``count`` pixels each).
 
     Each channel's pixels are summed into one vector, then the ``VL`` vectors of a block are
     folded pairwise (even + odd lanes) until one vector holds the block's ``VL`` sums in channel
@@ -84,12 +85,12 @@ def _global_avg(fn: str, c: int, n: int, src: int, dst: int) -> str:
       }}
       for (int m = VL / 2; m >= 1; m /= 2)
         for (int j = 0; j < m; ++j) v[j] = VADD(VEVEN(v[2 * j], v[2 * j + 1]), VODD(v[2 * j], v[2 * j + 1]));
-      VSTORE(D + c0, VMUL(v[0], VSET1(1.f / {n})));
+      VSTORE(D + c0, VMUL(v[0], VSET1(1.f / {count or n})));
     }} else {{
       for (int q = c0; q < {c}; ++q) {{
         float s = 0.f;
         for (int i = 0; i < {n}; ++i) s += X[(long)q * {n} + i];
-        D[q] = s * (1.f / {n});
+        D[q] = s * (1.f / {count or n});
       }}
     }}
   }}
@@ -101,7 +102,8 @@ def emit_pool(b: Any, fn: str, op: PoolOp, offs: list[int]) -> tuple[str, int]:
     """Max / average / adaptive-average pooling, one (channel, output row) per item."""
     c, h, w = b.g.buffers[op.src].shape
     if op.op == "adaptive_avg" and b.g.buffers[op.dst].numel == c:  # to [C, 1, 1] or [C]
-        return _global_avg(fn, c, h * w, offs[op.src], offs[op.dst]), b._lt(c * h * w)
+        plane = strides(b.g, op.src, b.padded)[0]
+        return _global_avg(fn, c, plane, offs[op.src], offs[op.dst], h * w), b._lt(c * h * w)
     oc, oh, ow = b.g.buffers[op.dst].shape
     # both sides in their own layouts (plain or padded: ``layout.strides``)
     xc, xr, xo = strides(b.g, op.src, b.padded)

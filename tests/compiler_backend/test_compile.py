@@ -182,3 +182,33 @@ def test_pools_read_and_write_padded_layouts(pool: nn.Module, threads: int,
     with torch.no_grad():
         ref = model(x)
     assert torch.allclose(cm.run(x), ref, rtol=1e-4, atol=1e-5)
+
+
+class _GlobalPoolNet(nn.Module):
+    def __init__(self, mean: bool) -> None:
+        super().__init__()
+        self.mean = mean
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.c1(x))
+        b = F.relu(self.c2(a) + a)
+        return self.fc(b.mean((2, 3)) if self.mean else torch.flatten(F.adaptive_avg_pool2d(b, 1), 1))
+
+
+@pytest.mark.parametrize("mean", [False, True])
+def test_global_average_pool_sums_a_padded_plane(mean: bool, compiler_cache) -> None:
+    """The last conv writes its wide rows straight into a padded plane (no crop); the pool's
+    sum over it counts the zero border for nothing."""
+    torch.manual_seed(0)
+    model = _GlobalPoolNet(mean).eval()
+    x = torch.randn(2, 3, 11, 13)
+    graph = lower_model(model, x[:1])
+    [pool] = [op for op in graph.ops if op.kind == "pool"]
+    assert pool.src in plan_padded(graph)
+    cm = compile_model(model, x, cache_dir=compiler_cache)
+    assert "crop(tid" not in cm.program.source
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(cm.run(x), ref, rtol=1e-4, atol=1e-5)
