@@ -282,9 +282,16 @@ class _Builder:
         sweeps = cfg.family == "sweep" and all(
             self._sweeps(seg, offsets, geo) for seg, offsets in zip(segs, seg_offsets, strict=True)
             if seg.nblk and seg.eptr[-1])
+        # tap-column bands of whole vectors store a phase-split output themselves
+        split_taps = (cfg.family == "taps" and op.dst in self.split and no_fill
+                      and ow % self.isa.lanes == 0 and all(
+                          seg.p == 1 and taps_eligible(op, geo)
+                          and self._taps_chunks(seg, op, geo, cfg.v)[1] == 1
+                          for seg in segs if seg.nblk))
         pieces = (sweeps and not wide and op.dst not in self.split
                   and op.res is None and no_fill and (geo["crop"] or op.dst in self.padded))
-        use_crop = not wide and not placed and not phase_split and not row_store and not pieces and (
+        use_crop = (not wide and not placed and not phase_split and not row_store and not pieces
+                    and not split_taps) and (
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
         ys, yo, dr = T, 0, 0
         eo: tuple[int, int] | None = None
@@ -300,6 +307,9 @@ class _Builder:
         elif phase_split:
             y_off, res_off, act = offs[op.dst], None, op.act
             ys, eo = self._phase_split_table(op, T)
+        elif split_taps:
+            y_off, act = offs[op.dst], op.act
+            res_off = offs[op.res] if op.res is not None else None
         elif wide:
             y_off, act = offs[op.dst], op.act
             res_off = offs[op.res] if op.res is not None else None
@@ -328,7 +338,8 @@ class _Builder:
                 uneven = uneven or _uneven(seg, np.diff(seg.eptr), False, cfg.threads)
             elif cfg.family == "taps" and seg.p == 1 and taps_eligible(op, geo):
                 text, costs, by_pixels = self.taps_kernel(name, seg, op, geo, bias_off, x_off,
-                                                          y_off, res_off, act, cfg.v, ys, yo)
+                                                          y_off, res_off, act, cfg.v, ys, yo,
+                                                          split_taps)
                 parts.append(text)
                 uneven = uneven or _uneven(seg, costs, by_pixels, cfg.threads)
                 row_exact = True
@@ -631,30 +642,41 @@ class _Builder:
 
     def taps_kernel(self, name: str, seg: Segment, op: ConvOp, geo: dict[str, Any],
                     bias_off: int, x_off: int, y_off: int, res_off: int | None, act: str | None,
-                    v: int, ys: int, yo: int) -> tuple[str, np.ndarray, bool]:
+                    v: int, ys: int, yo: int, split: bool = False) -> tuple[str, np.ndarray, bool]:
         """Bands of output rows over column groups (``taps.taps_template``); a last, shorter
         band gets its own instantiation. Also returns the work of the full bands' items in the
-        order threads split them (``_skewed``) and whether they split it by bands."""
-        cin, (_, oh, ow), kh = op.in_shape[0], op.out_shape, geo["kh"]
+        order threads split them (``_skewed``) and whether they split it by bands. ``split``:
+        the output is phase-split (``taps_template(split=True)``)."""
+        (cout, oh, ow), kh = op.out_shape, geo["kh"]
         rows = taps.band_rows(oh, v)
-        ccs = taps.chunk_channels(cin, rows, geo, ow, v, self.isa.lanes,
-                                  int(seg.eptr[-1]) // max(seg.nblk, 1))
-        ncc = -(-cin // ccs)
+        ccs, ncc = self._taps_chunks(seg, op, geo, v)
         cg = taps.column_groups(seg, kh, geo["kw"], geo["hq"] * geo["wq"], ccs, ncc)
         head = [self.add_i(cg.ptr), self.add_i(cg.wstart), self.add_i(cg.offsets),
                 self.add_f(cg.weights), bias_off, x_off, y_off, res_off or 0, seg.nblk,
                 self.add_i(seg.rows.ravel()), self.add_i(cg.spans)]
         tail = [geo["wq"], ow, ys, yo, ncc, ACT_CODES[act or "none"], int(res_off is not None)]
+        if split:
+            hq, dwq = split2_geometry(oh, ow)
+            tail += [hq * dwq, dwq, cout * hq * dwq,
+                     *(strides(self.g, op.res, self.padded) if op.res is not None else (0, 0, 0))]
         full, rest = divmod(oh, rows)
         calls = []
         for r, band0, nb in ((rows, 0, full), (rest, full * rows, 1)):
             if r and nb:
-                key = f"tk_r{r}_v{v}_k{kh}"
-                self._template(key, taps.taps_template(key, r, v, kh))
-                args = ", ".join(map(str, [*head, band0, nb, *tail]))
-                calls.append(f"  {{ static const int k[20] = {{{args}}}; {key}(tid, nt, W, I, A, k); }}")
+                key = f"tk_r{r}_v{v}_k{kh}" + ("_x2" if split else "")
+                self._template(key, taps.taps_template(key, r, v, kh, split))
+                args = [*head, band0, nb, *tail]
+                calls.append(f"  {{ static const int k[{len(args)}] = {{{', '.join(map(str, args))}}}; "
+                             f"{key}(tid, nt, W, I, A, k); }}")
         costs = np.tile(np.diff(seg.eptr), max(full, 1))
         return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n", costs, full >= 2
+
+    def _taps_chunks(self, seg: Segment, op: ConvOp, geo: dict[str, Any], v: int) -> tuple[int, int]:
+        """(input channels per chunk, chunks) of ``taps_kernel`` for ``seg``."""
+        cin, ow = op.in_shape[0], op.out_shape[2]
+        ccs = taps.chunk_channels(cin, taps.band_rows(op.out_shape[1], v), geo, ow, v,
+                                  self.isa.lanes, int(seg.eptr[-1]) // max(seg.nblk, 1))
+        return ccs, -(-cin // ccs)
 
     def dw9_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int, x_off: int,
                    y_off: int, res_off: int | None, act: str | None, T: int, ys: int,

@@ -119,13 +119,18 @@ def _mask_loop(mask: int, rows: int, v: int, nmask: int) -> str:
     return "\n".join("          " + s for s in lines)
 
 
-def taps_template(key: str, rows: int, v: int, kh: int) -> str:
+def taps_template(key: str, rows: int, v: int, kh: int, split: bool = False) -> str:
     """C text of the tap-column kernel for bands of ``rows`` output rows x ``v`` vectors.
 
     Parameter array ``k``: ptr, wstart, offsets (I arena), weights, bias (W arena), x, y, res
     (A arena), nblk, out rows, spans (I arena), first band row, bands, wq (row stride of input
     and output), ow, ys (channel stride of output and residual), yo (store shift), ncc, act,
     has_res. Work items are band-major (band, row block); a thread takes a contiguous range.
+
+    ``split``: the output is stored phase-split (``layout.plan_split2``), as the crop epilogue
+    ``kernels.CROP_SPLIT2_TEMPLATE`` would (rows of whole vectors, one input-channel chunk):
+    ``k[20..25]`` phase plane size, phase row width, phase stride, then the residual's channel
+    stride, row stride and offset. ResNet-20's last blocks of a stage then need no crop pass.
     """
     nmask = (1 << kh) - 1
     tiles = [(r, u) for r in range(rows) for u in range(v)]
@@ -143,6 +148,10 @@ def taps_template(key: str, rows: int, v: int, kh: int) -> str:
         def stmt(r: int, u: int, at: str) -> str:
             res = f"VLOADM(rt + {at}, n{u})" if masked else f"VLOAD(rt + {at})"
             put = f"VSTOREM(yt + {at}, y, n{u});" if masked else f"VSTORE(yt + {at}, y);"
+            if split:  # row r's even / odd columns to the phase planes of its parity
+                res = f"VLOAD(rt + {r} * rr + {u} * VL)"
+                put = (f"{{ float* d = yt + ((y0 + {r} + 1) & 1) * 2 * phase + ((y0 + {r} + 1) >> 1)"
+                       f" * dwq + {u} * VL / 2; VSTORE_EO(d + phase, d + 1, y); }}")
             return f"{{ vf y = a{r}_{u}; if (hr) y = VADD(y, {res}); y = v_act(y, act); {put} }}"
         return each(stmt, masked)
 
@@ -154,6 +163,17 @@ def taps_template(key: str, rows: int, v: int, kh: int) -> str:
     part = each(lambda r, u, at: f"VSTORE(yt + {at}, a{r}_{u});", False)
     part_m = each(lambda r, u, at: f"VSTOREM(yt + {at}, a{r}_{u}, n{u});", True)
     loops = "\n".join(_mask_loop(m, rows, v, nmask) for m in range(1, nmask + 1))
+    split_args = bases = ""
+    if split:
+        split_args = ("\n  const int plane = k[20], dwq = k[21]; const long phase = k[22];"
+                      "\n  const int rp = k[23], rr = k[24], ro = k[25];")
+        bases = (f"        const int y0 = band0 + bd * {rows};\n"
+                 "        float* yb = Y + (long)rows[b] * plane;\n"
+                 "        const float* rb = R + (long)rows[b] * rp + ro + (long)y0 * rr;")
+    else:
+        bases = ("        float* yb = Y + (long)rows[b] * ys + yo + tb;\n"
+                 "        const float* rb = R + (long)rows[b] * ys + yo + tb; (void)rb;")
+    xs = "c0 / 2" if split else "c0"
     return f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* gp = I + k[0]; const int* ws = I + k[1]; const int* goff = I + k[2];
@@ -161,7 +181,7 @@ def taps_template(key: str, rows: int, v: int, kh: int) -> str:
   const float* X = A + k[5]; float* Y = A + k[6]; const float* R = A + k[7]; (void)R;
   const int nblk = k[8]; const int* rows = I + k[9]; const int* fl = I + k[10];
   const int band0 = k[11], nb = k[12], wq = k[13], ow = k[14], ys = k[15], yo = k[16];
-  const int ncc = k[17], act = k[18], hr = k[19];
+  const int ncc = k[17], act = k[18], hr = k[19];{split_args}
   PART(nb * nblk)
   for (int it = lo; it < hi;) {{
     const int bd = it / nblk, b0 = it % nblk;
@@ -175,11 +195,10 @@ def taps_template(key: str, rows: int, v: int, kh: int) -> str:
         if (cc < cf || cc > cl || (q[0] == q[{nmask}] && cc != cf && cc != cl)) continue;
         const int first = cc == cf, last = cc == cl;
         const float* w0 = wt + ws[b * ncc + cc];
-        float* yb = Y + (long)rows[b] * ys + yo + tb;
-        const float* rb = R + (long)rows[b] * ys + yo + tb; (void)rb;
+{bases}
         for (int c0 = 0; c0 < ow; c0 += {v} * VL) {{
           __asm__ volatile("" ::: "memory");  /* keep bias broadcasts out of the hot loop */
-          const float* xt = X + tb + c0; float* yt = yb + c0; const float* rt = rb + c0; (void)rt;
+          const float* xt = X + tb + c0; float* yt = yb + {xs}; const float* rt = rb + c0; (void)rt;
           const int n = ow - c0; {counts}
           {acc}
           if (first) {{ const vf bv = VSET1(bias[rows[b]]); {bias} }}

@@ -27,9 +27,10 @@ from .test_fastpaths import TwoByTwo
 
 
 class Mixed(nn.Module):
-    """One layer per kernel family: pattern taps, block-punched stride 2 with a 1x1 stride-2
-    shortcut (both read a phase-split input), a block-based 1x1 storing its output phase-split
-    for a stride-2 depthwise, depthwise at stride 1, unstructured 1x1, pooling, Linear."""
+    """One layer per kernel family: pattern taps (storing their output phase-split),
+    block-punched stride 2 with a 1x1 stride-2 shortcut (both read a phase-split input), a
+    block-based 1x1 storing its output phase-split for a stride-2 depthwise, depthwise at
+    stride 1, unstructured 1x1, pooling, Linear."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -60,10 +61,10 @@ def _model_and_masks() -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor
     return model, masks, torch.randn(1, 3, 32, 32)
 
 
-#: Kernel templates the Mixed model must use: spatial (one storing phase-split), channel, taps,
-#: banded and per-vector depthwise, and the phase-split crop epilogue.
-_KERNELS = ("void sk_p", "_e(int tid", "void ck_t", "void tk_r", "void dwband(", "void dw9_v",
-            "void crop_split2(")
+#: Kernel templates the Mixed model must use: spatial (one storing phase-split), channel, taps
+#: (storing phase-split too), banded and per-vector depthwise.
+_KERNELS = ("void sk_p", "_e(int tid", "void ck_t", "void tk_r", "_x2(int tid", "void dwband(",
+            "void dw9_v")
 
 
 def _assert_all_families(directory: Path) -> None:

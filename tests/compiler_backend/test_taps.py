@@ -131,3 +131,36 @@ def test_column_groups_hold_every_kept_weight_once() -> None:
                                          (1, 1, 1)])
 def test_band_rows(oh: int, v: int, want: int) -> None:
     assert band_rows(oh, v) == want
+
+
+class SplitNet(nn.Module):
+    """A residual block whose output only stride-2 convs read (a 3x3 and a 1x1 shortcut), so
+    it is stored phase-split: the taps bands of c2 store it themselves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(5, 16, 3, 1, 1)
+        self.c2 = nn.Conv2d(16, 16, 3, 1, 1)
+        self.down = nn.Conv2d(16, 8, 3, 2, 1)
+        self.sc = nn.Conv2d(16, 8, 1, 2, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.c1(x))
+        b = torch.relu(self.c2(a) + a)
+        return self.down(b) + self.sc(b)
+
+
+@pytest.mark.parametrize(("hw", "stores"), [((12, 32), True), ((7, 30), False)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_taps_bands_store_a_phase_split_output(hw: tuple[int, int], stores: bool, threads: int,
+                                               compiler_cache) -> None:
+    """Rows of whole vectors: no crop pass; a 30-wide map keeps the crop epilogue."""
+    torch.manual_seed(0)
+    model = SplitNet().eval()
+    masks = _pattern_masks(model, "pattern", 4.0)
+    x = torch.randn(2, 5, *hw)
+    configs = {n: KernelConfig("taps", 1, 1, threads) for n in ("c1", "c2")}
+    cm = compile_model(model, x, masks, threads=threads, configs=configs, cache_dir=compiler_cache)
+    assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
+    source = cm.program.source
+    assert ("_x2(tid" in source) is stores and ("crop_split2(tid" in source) is not stores
