@@ -735,8 +735,11 @@ class _Builder:
         tb = channel_tile(pos.size, cv, self.isa.max_acc)
         ech, part = channel_chunks(pos.size, tb, seg.p, geo, int(np.diff(seg.eptr).max(initial=0)))
         half = clanes < self.isa.lanes
-        key = f"ck_t{tb}c{cv}p{part}" + ("h" if half else "")
-        text = channel_template(key, tb, cv, part)
+        # 4-pixel tiles of two adjacent pairs (2x2 maps): one full FMA per pair
+        pairs = (half and self.isa.name == "avx512" and tb == 4 and cv == 1 and not part
+                 and pos.size % 4 == 0 and bool(np.all(pos[1::2] == pos[0::2] + 1)))
+        key = f"ck_t{tb}c{cv}p{part}" + ("h" if half else "") + ("x" if pairs else "")
+        text = channel_template(key, tb, cv, part, pairs)
         self._template(key, half_width(text) if half else text)
         args = [self.add_i(seg.rows), self.add_i(seg.eptr), self.add_i(offsets),
                 self.add_f(seg.weights), bias_off, x_off, y_off, res_off or 0, seg.nblk, ydst[0],

@@ -318,18 +318,22 @@ class TwoByTwo(nn.Module):
 
 
 @pytest.mark.skipif(resolve_isa().name != "avx512", reason="half vectors are AVX-512 only")
+@pytest.mark.parametrize(("hw", "pairs"), [(2, True), (3, False)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_half_vector_channel_tiles_match_torch(threads: int, compiler_cache) -> None:
+def test_half_vector_channel_tiles_match_torch(hw: int, pairs: bool, threads: int,
+                                               compiler_cache) -> None:
+    """8-row blocks on half vectors; on a 2x2 map on pixel pairs (``_PAIRS_INNER``)."""
     torch.manual_seed(0)
     model = TwoByTwo().eval()
+    model.fc = nn.Linear(40 * hw * hw, 16)
     gen = torch.Generator().manual_seed(5)
     masks = {n: (torch.rand(m.out_channels // 8 + 1, m.in_channels, 3, 3, generator=gen) < 0.3)
              .repeat_interleave(8, 0)[:m.out_channels] for n, m in (("a", model.a), ("b", model.b))}
     cfg = KernelConfig("channel", 8, 1, threads)
-    x = torch.randn(3, 24, 2, 2)
+    x = torch.randn(3, 24, hw, hw)
     cm = compile_model(model, x, masks, threads=threads, configs={"a": cfg, "b": cfg},
                        cache_dir=compiler_cache)
-    assert re.search(r"ck_t\d+c1p\d+h\(tid", cm.program.source)
+    assert re.search(r"ck_t\d+c1p\d+h" + ("x" if pairs else "") + r"\(tid", cm.program.source)
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
 
