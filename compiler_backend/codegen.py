@@ -269,11 +269,12 @@ class _Builder:
         # tiles storing into a layout of their own need every row to keep entries (no
         # ``fill_rows`` segment, which writes plain wide rows)
         no_fill = all(seg.eptr[-1] for seg in segs if seg.nblk)
-        # spatial tiles of whole output rows store a phase-split output themselves
+        # spatial tiles of whole output rows store a phase-split output themselves (on wide
+        # rows in row mode, one output row per tile), residual rows as wide as theirs
         phase_split = (cfg.family == "spatial" and not taps and op.groups == 1
-                       and op.dst in self.split
-                       and op.res is None and wq == ow and ow % self.isa.lanes == 0
-                       and cin <= _PHASE_SPLIT_MAX_CIN and no_fill)
+                       and op.dst in self.split and ow % self.isa.lanes == 0
+                       and (op.res is None or strides(self.g, op.res, self.padded)[1] == wq)
+                       and cin <= _PHASE_SPLIT_MAX_CIN)
         # per-tap tiles whose rows divide a vector store them straight into a padded output
         row_store = (taps and cfg.family == "spatial" and op.dst in self.padded and op.res is None
                      and self.isa.lanes % ow == 0 and no_fill)
@@ -305,8 +306,9 @@ class _Builder:
             y_off, res_off, act = offs[op.dst], None, op.act
             ys, dr, yo = strides(self.g, op.dst, self.padded)
         elif phase_split:
-            y_off, res_off, act = offs[op.dst], None, op.act
-            ys, eo = self._phase_split_table(op, T)
+            y_off, act = offs[op.dst], op.act
+            res_off = offs[op.res] if op.res is not None else None
+            ys, eo = self._phase_split_table(op)
         elif split_taps:
             y_off, act = offs[op.dst], op.act
             res_off = offs[op.res] if op.res is not None else None
@@ -328,8 +330,10 @@ class _Builder:
         for si, (seg, offsets) in enumerate(zip(segs, seg_offsets, strict=True)):
             name = f"{fn}_s{si}"
             row_exact = False  # the kernel stores only the ow real columns of each row
-            if cfg.family == "spatial" and seg.nblk and not seg.eptr[-1]:  # pruned filters
-                parts.append(self.fill_kernel(name, seg, bias_off, y_off, res_off, act, T, ys, yo))
+            if cfg.family == "spatial" and seg.nblk and not seg.eptr[-1] and not eo:  # pruned filters
+                parts.append(self.fill_kernel(name, seg, bias_off, y_off, res_off, act, T, ys, yo,
+                                              jm))
+                row_exact = jm >= 0
             elif cfg.family == "channel":
                 ydst = self._place(op.dst, op) if placed else (T, wq, 0)
                 rdst = self._place(op.res, op) if op.res is not None and res_off is not None else ydst
@@ -359,7 +363,9 @@ class _Builder:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p, -(-T // self.isa.lanes)))
                 text, costs, by_pixels = self.spatial_kernel(
                     name, seg, offsets, bias_off, x_off, y_off, res_off, act, T, v, cfg.threads,
-                    geo, cin, ys, yo, eo, jm, dr)
+                    geo, cin, ys, yo, eo, jm, dr,
+                    strides(self.g, op.res, self.padded)[::2] if eo and op.res is not None
+                    else (0, 0))
                 parts.append(text)
                 uneven = uneven or _uneven(seg, costs, by_pixels, cfg.threads)
                 row_exact = jm >= 0
@@ -540,16 +546,16 @@ class _Builder:
         return (f"{_sig(name)} {{\n  (void)W;\n  static const int k[{len(args)}] = "
                 f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, I, A, k);\n}}\n")
 
-    def _phase_split_table(self, op: ConvOp, T: int) -> tuple[int, tuple[int, int]]:
+    def _phase_split_table(self, op: ConvOp) -> tuple[int, tuple[int, int]]:
         """(phase plane size, (I offset, odd distance)) for tiles storing ``op``'s output
-        phase-split: output vector ``j`` (pixels ``j * lanes ...``, inside one row ``y``) puts
-        its even columns in phase (``(y + 1) & 1``, 1) and its odd ones in phase (same, 0), as
+        phase-split: output vector ``j`` (vector ``j % (ow / lanes)`` of row ``y``) puts its
+        even columns in phase (``(y + 1) & 1``, 1) and its odd ones in phase (same, 0), as
         ``CROP_SPLIT2_TEMPLATE`` does."""
         cout, oh, ow = op.out_shape
         hq, dwq = split2_geometry(oh, ow)
         plane, phase = hq * dwq, cout * hq * dwq
-        t = np.arange(0, T, self.isa.lanes)
-        y, x = t // ow, t % ow
+        y = np.repeat(np.arange(oh), ow // self.isa.lanes)
+        x = np.tile(np.arange(0, ow, self.isa.lanes), oh)
         even = 2 * ((y + 1) & 1) * phase + ((y + 1) >> 1) * dwq + phase + x // 2
         return plane, (self.add_i(even), 1 - phase)
 
@@ -557,21 +563,27 @@ class _Builder:
                        x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
                        v: int, lt: int, geo: dict[str, Any], cin: int, ys: int,
                        yo: int, eo: tuple[int, int] | None = None, jm: int = -1,
-                       dr: int = 0) -> tuple[str, np.ndarray, bool]:
+                       dr: int = 0, rlay: tuple[int, int] = (0, 0)) -> tuple[str, np.ndarray, bool]:
         """(C text, the work of its items in the order threads split them (``_skewed``),
         whether they split it by pixel chunks rather than row blocks).
 
         ``eo``: (I offset of the per-vector even-half offsets, odd-half distance) when the
         tiles store a phase-split output (``_phase_split_table``); ``jm``: -1 or a
         ``junk_mask``; ``dr`` > 0: the destination's row stride, for tiles storing row by row
-        (``spatial_template(row_store=...)``)."""
+        (``spatial_template(row_store=...)``); ``rlay``: the residual's channel stride and
+        origin under ``eo``."""
         p, lanes = seg.p, self.isa.lanes
         oh, ow = T // geo["wq"], geo["ow"]
         one_chunk = bool(eo) or dr > 0
-        vr = None if one_chunk else row_tiles(p, v, lanes, oh, ow, geo["wq"], T,
-                                              self.isa.max_acc)
+        # row mode: vector u of a tile starts u * vs pixels after it, tiles step by vw
+        if eo and geo["wq"] != ow:  # phase-split from wide rows: a tile is one output row
+            vr = ow // lanes
+            vs, vw = lanes, geo["wq"]
+        else:
+            vr = None if one_chunk else row_tiles(p, v, lanes, oh, ow, geo["wq"], T,
+                                                  self.isa.max_acc)
+            vs, vw = geo["wq"], (vr or v) * (geo["wq"] if vr else lanes)
         v = vr or v
-        vw = v * geo["wq"] if vr else v * lanes  # pixels per tile step
         nch, tch, ccs = chunking(T, vw, geo, 4 * seg.weights.size, seg.nblk, lt, cin,
                                  int(seg.eptr[-1]) // max(seg.nblk, 1))
         if one_chunk:
@@ -592,7 +604,7 @@ class _Builder:
                                              row_store=(ow, lanes) if dr else None))
         args = [ro, 0, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
-                geo["wq"] if vr else lanes, vw, *(eo or (0, 0)), jm, dr]
+                vs if vr else lanes, vw, *(eo or (0, 0)), -1 if eo else jm, dr, *rlay]
         return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n",
                 np.outer(np.minimum(tch, T - tch * np.arange(nch)), np.diff(seg.eptr)).ravel(),
@@ -704,13 +716,15 @@ class _Builder:
                 f"  {fn}(tid, nt, W, I, A, k);\n}}\n")
 
     def fill_kernel(self, name: str, seg: Segment, bias_off: int, y_off: int,
-                    res_off: int | None, act: str | None, T: int, ys: int, yo: int) -> str:
-        """Rows of ``seg`` keep no entries: write ``act(bias [+ residual])`` (``FILL_TEMPLATE``)."""
+                    res_off: int | None, act: str | None, T: int, ys: int, yo: int,
+                    jm: int = -1) -> str:
+        """Rows of ``seg`` keep no entries: write ``act(bias [+ residual])`` (``FILL_TEMPLATE``;
+        ``jm``: -1 or a ``junk_mask``, which keeps a padded destination's border zero)."""
         rows = seg.rows[seg.rows >= 0]
         self._template("fill_rows", FILL_TEMPLATE)
         args = [self.add_i(rows), bias_off, y_off, res_off or 0, rows.size, T, ys, yo,
-                ACT_CODES[act or "none"], int(res_off is not None)]
-        return (f"{_sig(name)} {{\n  static const int k[10] = {{{', '.join(map(str, args))}}};\n"
+                ACT_CODES[act or "none"], int(res_off is not None), jm]
+        return (f"{_sig(name)} {{\n  static const int k[11] = {{{', '.join(map(str, args))}}};\n"
                 f"  fill_rows(tid, nt, W, I, A, k);\n}}\n")
 
     def _place(self, buf: int, op: ConvOp) -> tuple[int, int, int]:

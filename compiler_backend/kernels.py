@@ -260,28 +260,28 @@ FILL_TEMPLATE = f"""static {NOINLINE} void fill_rows(int tid, int nt, const floa
   const int* rows = I + k[0]; const float* bias = W + k[1];
   float* Y = A + k[2]; const float* R = A + k[3];
   const int T = k[5], ys = k[6], yo = k[7], act = k[8], hr = k[9];
+  const float* jm = k[10] >= 0 ? (const float*)(I + k[10]) : 0;  /* junk_mask, or none */
   PART(k[4])
   for (int i = lo; i < hi; ++i) {{
     const int r = rows[i]; const float b = bias[r]; const vf bb = VSET1(b);
     float* y = Y + (long)r * ys + yo; const float* rp = R + (long)r * ys + yo;
     int t = 0;
-    if (hr) {{
-      for (; t + VL <= T; t += VL) VSTORE(y + t, v_act(VADD(bb, VLOAD(rp + t)), act));
-      for (; t < T; ++t) y[t] = s_act(b + rp[t], act);
-    }} else {{
-      const vf c = v_act(bb, act); const float cs = s_act(b, act);
-      for (; t + VL <= T; t += VL) VSTORE(y + t, c);
-      for (; t < T; ++t) y[t] = cs;
+    for (; t + VL <= T; t += VL) {{
+      vf c = v_act(hr ? VADD(bb, VLOAD(rp + t)) : bb, act);
+      if (jm) c = VAND(c, VLOAD(jm + t));
+      VSTORE(y + t, c);
     }}
+    for (; t < T; ++t) y[t] = jm && !((const int*)jm)[t] ? 0.f : s_act(b + (hr ? rp[t] : 0.f), act);
   }}
 }}
 """
 
 #: Zero the two junk columns a wide-row conv leaves in a padded (pad 1) destination: the right
 #: border of row ``y`` and the left border of row ``y + 1`` are adjacent: one 8-byte store.
-#: Only rows of pruned filters (``fill_rows``) still leave them: spatial and ``dw9`` tiles mask
-#: their junk lanes (``codegen._Builder.junk_mask``). These passes took 127 us of MobileNetV2's
-#: 2.0 ms dense (AVX-512 host, 1 thread, 34 of them) when every wide-row conv needed one.
+#: Spatial and ``dw9`` tiles and the rows of pruned filters (``fill_rows``) mask their junk
+#: lanes (``codegen._Builder.junk_mask``); other kernels still leave them. These passes took
+#: 127 us of MobileNetV2's 2.0 ms dense (AVX-512 host, 1 thread, 34 of them) when every
+#: wide-row conv needed one (ResNet-20 block 8x's pruned filters: 1.4 us).
 BORDER_TEMPLATE = f"""static {NOINLINE} void zero_border(int tid, int nt, float* restrict A, const int* k) {{
   float* D = A + k[0]; const int c = k[1], h = k[2], wq = k[3], plane = k[4];
   static const float z2[2] = {{0.f, 0.f}};
@@ -323,9 +323,13 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     ``phase_split``: the output is stored phase-split (``layout.plan_split2``) by the tiles
     themselves, each vector's even and odd lanes to their phase planes (``VSTORE_EO``):
     ``k[21]`` (I arena) holds per output vector the offset of its even half in the channel's
-    planes, ``k[22]`` the odd half's distance from it; ``ys`` is the phase plane size. Needs
-    rows of whole vectors, one input-channel chunk and no residual. MobileNetV2's expand convs
-    before a stride-2 depthwise then need no crop pass (144 x 32 x 32: 37 us).
+    planes, ``k[22]`` the odd half's distance from it; ``ys`` is the phase plane size; the
+    residual's channel stride and origin are ``k[25]``, ``k[26]`` (its rows ``wq`` wide, as
+    the tiles' are). Needs rows of whole vectors and one input-channel chunk. MobileNetV2's
+    expand convs before a stride-2 depthwise then need no crop pass (144 x 32 x 32: 37 us).
+    On wide rows (a 3x3 conv) the tiles run in row mode with ``vs = VL`` and ``ts = wq``: each
+    tile is one output row of whole vectors and its ``eo`` entries are ``(t / ts) * v + u``
+    (ResNet-20's last blocks of a stage at block sparsity).
 
     ``k[23]``: -1, or the I-arena offset of a junk mask (``junk_mask``) that the final stores
     AND into each vector, so that a wide-row output keeps its zero border and needs no
@@ -354,10 +358,14 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
         + " ".join(f"a{q}_{u} = VFMA(w, x{u}, a{q}_{u});" for u in range(v)) + " }"
         for q in range(p))
 
+    # a phase-split output has a layout of its own: the residual then has its own channel
+    # stride and origin (its rows as wide as the tiles' rows)
+    rbase = "rcs_ + rof_" if phase_split else "ys + yo"
+
     def res(q: int, u: int, masked: bool) -> str:
         if masked:
-            return f" if (hr) y = VADD(y, VLOADM(R + (long)rw[{q}] * ys + t + yo + {u} * @VS@, n{u}));"
-        return f" if (hr) y = VADD(y, VLOAD(R + (long)rw[{q}] * ys + t + yo + {u} * @VS@));"
+            return f" if (hr) y = VADD(y, VLOADM(R + (long)rw[{q}] * {rbase} + t + {u} * @VS@, n{u}));"
+        return f" if (hr) y = VADD(y, VLOAD(R + (long)rw[{q}] * {rbase} + t + {u} * @VS@));"
 
     def store(q: int, u: int, masked: bool, final: bool) -> str:
         dst = f"yp + {u} * @VS@"
@@ -376,10 +384,12 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
             return f" if (n{u} > 0) {{ {body} VSTOREM({dst}, y, n{u}); }}"
         return f" {{ {body} VSTORE({dst}, y); }}"
 
+    eo_at = f"(t / ts_) * {v}" if row else "t / VL"  # the first eo entry of tile t
+
     def stores(masked: bool, final: bool) -> str:
         return "\n".join(
             f"          {{ const int r = rw[{q}]; if (r >= 0) {{ "
-            + ("float* yp = Y + (long)r * ys; const int* eo = eot + t / VL;" if phase_split else
+            + (f"float* yp = Y + (long)r * ys; const int* eo = eot + {eo_at};" if phase_split else
                f"float* yp = Y + (long)r * ys + yo + t / {row_store[0]} * dr_;" if row_store else
                "float* yp = Y + (long)r * ys + t + yo;")
             + "".join(store(q, u, masked, final) for u in range(v)) + " } }" for q in range(p))
@@ -407,7 +417,9 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     mode = ("const int vs_ = k[19], ts_ = k[20];" if row else "")
     jmask = "            " + " ".join(
         f"vf m{u} = VZERO(); if (jm) m{u} = VLOAD(jm + t + {u} * @VS@);" for u in range(v))
-    eo_args = "\n  const int* eot = I + k[21]; const int od = k[22];" if phase_split else ""
+    eo_args = ("\n  const int* eot = I + k[21]; const int od = k[22];"
+               "\n  const int rcs_ = k[25], rof_ = k[26]; (void)rcs_; (void)rof_;"
+               if phase_split else "")
     eo_args += "\n  const int dr_ = k[24];" if row_store else ""
     text = f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{

@@ -500,3 +500,32 @@ def test_per_tap_planes_match_torch(structure: str, threads: int, monkeypatch,
     assert src.count("_o4(tid, nt") >= 2
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize(("hw", "split"), [((12, 32), True), ((7, 30), False)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_spatial_tiles_of_wide_rows_store_a_phase_split_output(hw: tuple[int, int], split: bool,
+                                                               threads: int,
+                                                               compiler_cache) -> None:
+    """Block-sparse c2 (residual, one pruned 8-row block) before two stride-2 readers: row-mode
+    tiles of whole vectors store the phases themselves, its pruned rows too (no crop); c1's
+    pruned rows write its padded output under the junk mask (no zero_border pass). A 30-wide
+    map keeps the crop."""
+    from .test_taps import SplitNet
+
+    torch.manual_seed(0)
+    model = SplitNet().eval()
+    gen = torch.Generator().manual_seed(3)
+    masks = {}
+    for name in ("c1", "c2"):
+        keep = torch.rand(2, 16 if name == "c2" else 5, 3, 3, generator=gen) < 0.4
+        keep[1] = False  # the second 8-row block: pruned filters
+        masks[name] = keep.repeat_interleave(8, 0)
+    x = torch.randn(2, 5, *hw)
+    configs = {n: KernelConfig("spatial", 8, 2, threads) for n in ("c1", "c2")}
+    cm = compile_model(model, x, masks, threads=threads, configs=configs, cache_dir=compiler_cache)
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+    source = cm.program.source
+    assert ("_r_e(tid" in source) is split and ("crop_split2(tid" in source) is not split
+    assert "zero_border(tid" not in source
