@@ -576,9 +576,12 @@ class _Builder:
         oh, ow = T // geo["wq"], geo["ow"]
         one_chunk = bool(eo) or dr > 0
         # row mode: vector u of a tile starts u * vs pixels after it, tiles step by vw
-        if eo and geo["wq"] != ow:  # phase-split from wide rows: a tile is one output row
+        if eo and geo["wq"] != ow and ow > lanes:  # phase-split from wide rows: one row per tile
             vr = ow // lanes
             vs, vw = lanes, geo["wq"]
+        elif eo and geo["wq"] != ow:  # ... rows one vector wide: a vector per row, v rows per tile
+            vr = max(1, min(v, self.isa.max_acc // p))
+            vs, vw = geo["wq"], vr * geo["wq"]
         else:
             vr = None if one_chunk else row_tiles(p, v, lanes, oh, ow, geo["wq"], T,
                                                   self.isa.max_acc)

@@ -502,15 +502,15 @@ def test_per_tap_planes_match_torch(structure: str, threads: int, monkeypatch,
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
 
 
-@pytest.mark.parametrize(("hw", "split"), [((12, 32), True), ((7, 30), False)])
+@pytest.mark.parametrize(("hw", "split"), [((12, 32), True), ((9, 16), True), ((7, 30), False)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_spatial_tiles_of_wide_rows_store_a_phase_split_output(hw: tuple[int, int], split: bool,
                                                                threads: int,
                                                                compiler_cache) -> None:
     """Block-sparse c2 (residual, one pruned 8-row block) before two stride-2 readers: row-mode
     tiles of whole vectors store the phases themselves, its pruned rows too (no crop); c1's
-    pruned rows write its padded output under the junk mask (no zero_border pass). A 30-wide
-    map keeps the crop."""
+    pruned rows write its padded output under the junk mask (no zero_border pass). Rows one
+    vector wide (16 on AVX-512) take tiles of several rows. A 30-wide map keeps the crop."""
     from .test_taps import SplitNet
 
     torch.manual_seed(0)
