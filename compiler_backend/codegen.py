@@ -327,6 +327,10 @@ class _Builder:
         # spatial and dw9 tiles writing wide rows into a padded output zero the junk columns
         jm = self.junk_mask(T, wq, ow) if wide else -1
         uneven = False  # an even split of some kernel's items is not (see ``work_items``)
+        rlay = (0, 0)  # phase-split tiles: the residual's channel stride and origin
+        if eo and op.res is not None:
+            rcs, _, rof = strides(self.g, op.res, self.padded)
+            rlay = (rcs, rof)
         for si, (seg, offsets) in enumerate(zip(segs, seg_offsets, strict=True)):
             name = f"{fn}_s{si}"
             row_exact = False  # the kernel stores only the ow real columns of each row
@@ -363,9 +367,7 @@ class _Builder:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p, -(-T // self.isa.lanes)))
                 text, costs, by_pixels = self.spatial_kernel(
                     name, seg, offsets, bias_off, x_off, y_off, res_off, act, T, v, cfg.threads,
-                    geo, cin, ys, yo, eo, jm, dr,
-                    strides(self.g, op.res, self.padded)[::2] if eo and op.res is not None
-                    else (0, 0))
+                    geo, cin, ys, yo, eo, jm, dr, rlay)
                 parts.append(text)
                 uneven = uneven or _uneven(seg, costs, by_pixels, cfg.threads)
                 row_exact = jm >= 0

@@ -10,8 +10,8 @@ A buffer is padded only if every reader understands the layout: stride-1 / pad-(
 pointwise (1x1 / stride-1) convs and the stride-2 depthwise kernel (any layout) reading it as
 input, convs with a wide-row output reading it as residual, and max / average pools (which
 also write either layout: VGG-16's conv -> pool -> conv then needs neither a crop nor a pad
-copy). Graph inputs and outputs, aliases, fallbacks, adaptive pooling, eltwise and concat
-readers keep the plain CHW layout. Pointwise
+copy), and global average pooling. Graph inputs and outputs, aliases, fallbacks, other
+adaptive pooling, eltwise and concat readers keep the plain CHW layout. Pointwise
 convs run over the padded rows of a padded input (``conv_geometry(op, padded_src=True)``), so
 a MobileNet chain 1x1 -> depthwise 3x3 -> 1x1 stays padded end to end and no conv in it copies
 its input or crops its output.
@@ -76,13 +76,13 @@ def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded
     """Whether a padded buffer saves more copying than it costs (counted in channels).
 
     Read by pools only, it pays where its producer writes wide rows and would crop them
-    otherwise (not a pointwise conv: MobileNetV2's last one lost 4 us over 36 instead of
-    16 pixels per channel, and its pool 1.4 us more). A pool
-    producer pays where a reader reads it in place. A pointwise producer writes it in place
-    only from a padded input. A pointwise reader that writes a plain output (and has no
-    padded residual) must crop its output when its input is padded: if every reader is
-    such, the buffer stays padded only if the readers' crops are smaller than the crop its
-    producer would need to write it plain.
+    otherwise (not a pointwise conv: MobileNetV2's last one lost 4 us over 36 instead of 16
+    pixels per channel, and its pool 1.4 us more). A pool producer pays where a reader reads
+    it in place. A pointwise producer writes it in place only from a padded input. A
+    pointwise reader that writes a plain output (and has no padded residual) must crop its
+    output when its input is padded: if every reader is such, the buffer stays padded only
+    if the readers' crops are smaller than the crop its producer would need to write it
+    plain.
     """
     if all(role == "other" for _, role in readers):  # pools only: it can only save a crop
         return (isinstance(prod, ConvOp) and not is_pointwise(prod)
