@@ -163,7 +163,7 @@ def taps_template(key: str, rows: int, v: int, kh: int, split: bool = False) -> 
     part = each(lambda r, u, at: f"VSTORE(yt + {at}, a{r}_{u});", False)
     part_m = each(lambda r, u, at: f"VSTOREM(yt + {at}, a{r}_{u}, n{u});", True)
     loops = "\n".join(_mask_loop(m, rows, v, nmask) for m in range(1, nmask + 1))
-    split_args = bases = ""
+    split_args = ""
     if split:
         split_args = ("\n  const int plane = k[20], dwq = k[21]; const long phase = k[22];"
                       "\n  const int rp = k[23], rr = k[24], ro = k[25];")

@@ -18,6 +18,7 @@ from torch import nn
 
 from compiler_backend.threads import FixedThreads
 from npas_env.errors import BackendError
+from npas_env.pruning import enforce_masks
 
 
 class SafetyRetryWarning(RuntimeWarning):
@@ -30,21 +31,10 @@ VERIFY_RTOL = 1e-3
 
 
 def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor] | None) -> nn.Module:
-    """An eval-mode copy of ``model`` with every masked weight zeroed."""
+    """An eval-mode copy of ``model`` with every masked weight zeroed (``enforce_masks``)."""
     ref = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for name, mask in (masks or {}).items():
-            weight = getattr(_submodule(ref, name), "weight", None)
-            if isinstance(weight, torch.Tensor):  # lowering ignores masks of no layer, too
-                weight.mul_(mask.to(weight.dtype).to(weight.device))
+    enforce_masks(ref, masks or {})
     return ref
-
-
-def _submodule(model: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None
 
 
 def output_error(compiled: Any, model: nn.Module, example_input: torch.Tensor,
