@@ -81,6 +81,7 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
         BackendError: no C compiler (install gcc), a compile failure naming the layer, or
             (``verify``) a library whose output differs from PyTorch's.
         InvalidModel: the model cannot be traced or the input does not fit.
+        InvalidPlan: (``verify``) a mask names no layer of the model.
     """
     if threads < 1:
         raise InvalidConfig(f"threads must be >= 1, got {threads}")
