@@ -8,7 +8,9 @@ are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the 
 ``i`` from ``b[ix[i]]``; ``VBCAST4(p)`` repeats the 4 floats at ``p`` in every group of
 4 lanes; ``VAND(v, m)`` keeps the lanes of ``v`` whose mask ``m`` is all ones
 (bitwise and); ``VSTOREM_AT(p, v, lo, n)`` stores lanes ``lo .. lo + n`` of ``v`` at
-``p + lo``; the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` / ``HLOAD`` / ...
+``p + lo``; ``SMAX(a, b)`` / ``SMIN(a, b)`` are scalar max / min without a branch (the
+scalar epilogues' activations: a data-dependent branch per output cost MobileNetV2's 4x4 1x1
+layers half their time); the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` / ``HLOAD`` / ...
 for ``kernels.half_width``; ``VREG(x)`` keeps a loaded vector in a register
 (gcc otherwise folds the load into every FMA that reads it: the tap-column kernel's row reuse
 then vanished, 570 us became 700).
@@ -78,10 +80,6 @@ _COMMON = r"""
 #define PART(N) __asm__ volatile(""); \
                 const int lo = tid < nt ? (int)((long)(N) * tid / nt) : 0; \
                 const int hi = tid < nt ? (int)((long)(N) * (tid + 1) / nt) : 0;
-static inline float s_relu(float x) { return x > 0.f ? x : 0.f; }
-static inline float s_relu6(float x) { return x < 0.f ? 0.f : (x > 6.f ? 6.f : x); }
-static inline float s_hardswish(float x) { return x * s_relu6(x + 3.f) * (1.f / 6.f); }
-static inline float s_none(float x) { return x; }
 """
 
 _AVX512 = r"""
@@ -103,6 +101,8 @@ typedef __m512 vf;
 #define VMAX(a, b) _mm512_max_ps((a), (b))
 #define VMIN(a, b) _mm512_min_ps((a), (b))
 #define VAND(a, m) _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(m)))
+#define SMAX(a, b) _mm_cvtss_f32(_mm_max_ss(_mm_set_ss(a), _mm_set_ss(b)))
+#define SMIN(a, b) _mm_cvtss_f32(_mm_min_ss(_mm_set_ss(a), _mm_set_ss(b)))
 #define HL 8
 typedef __m256 hf;
 #define HLOAD(p) _mm256_loadu_ps(p)
@@ -159,6 +159,8 @@ static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #define VMAX(a, b) __builtin_ia32_maxps256((a), (b))
 #define VMIN(a, b) __builtin_ia32_minps256((a), (b))
 #define VAND(a, m) ((vf)((vi)(a) & (vi)(m)))
+#define SMAX(a, b) __builtin_ia32_maxss((vf4){(a)}, (vf4){(b)})[0]
+#define SMIN(a, b) __builtin_ia32_minss((vf4){(a)}, (vf4){(b)})[0]
 #define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14)
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15)
 #define VSTORE_EO(e, o, v) do { const vf p_ = __builtin_shufflevector((v), (v), 0, 2, 4, 6, 1, 3, 5, 7); \
@@ -185,6 +187,8 @@ static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[4]; vst1q
 #define VMAX(a, b) vmaxq_f32((a), (b))
 #define VMIN(a, b) vminq_f32((a), (b))
 #define VAND(a, m) vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), vreinterpretq_u32_f32(m)))
+#define SMAX(a, b) fmaxf((a), (b))
+#define SMIN(a, b) fminf((a), (b))
 static inline vf VGATHER(const float* b, const int* ix) { const float t[4] = {b[ix[0]], b[ix[1]], b[ix[2]], b[ix[3]]}; return vld1q_f32(t); }
 #define VBCAST4(p) vld1q_f32(p)
 #define VEVEN(a, b) vuzp1q_f32((a), (b))
@@ -209,6 +213,8 @@ static inline vf VADD(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] += b.v[i
 static inline vf VMUL(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] *= b.v[i]; return a; }
 static inline vf VMAX(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return a; }
 static inline vf VMIN(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }
+#define SMAX(a, b) ((a) > (b) ? (a) : (b))
+#define SMIN(a, b) ((a) < (b) ? (a) : (b))
 static inline vf VAND(vf a, vf m) { uint32_t x[VL], y[VL]; memcpy(x, a.v, sizeof x); memcpy(y, m.v, sizeof y); for (int i = 0; i < VL; ++i) x[i] &= y[i]; memcpy(a.v, x, sizeof x); return a; }
 static inline vf VGATHER(const float* b, const int* ix) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = b[ix[i]]; return r; }
 static inline vf VBCAST4(const float* p) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = p[i & 3]; return r; }
@@ -218,6 +224,10 @@ static inline void VSTORE_EO(float* e, float* o, vf a) { for (int i = 0; i < VL 
 """
 
 _VACT = r"""
+static inline float s_none(float x) { return x; }
+static inline float s_relu(float x) { return SMAX(x, 0.f); }
+static inline float s_relu6(float x) { return SMIN(SMAX(x, 0.f), 6.f); }
+static inline float s_hardswish(float x) { return x * s_relu6(x + 3.f) * (1.f / 6.f); }
 static inline vf v_none(vf x) { return x; }
 static inline vf v_relu(vf x) { return VMAX(x, VZERO()); }
 static inline vf v_relu6(vf x) { return VMIN(VMAX(x, VZERO()), VSET1(6.f)); }
