@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from compiler_backend import quads, sweep, taps
-from compiler_backend.depthwise import PLANE4_TEMPLATE, dwband_template, use_bands, use_plane4
+from compiler_backend.depthwise import (
+    PLANE4_TEMPLATE,
+    dwband_template,
+    plane4_writes_plain,
+    use_bands,
+    use_plane4,
+)
 from compiler_backend.heuristics import (
     channel_chunks,
     channel_tile,
@@ -33,6 +39,7 @@ from compiler_backend.heuristics import (
     gathers_taps,
     half_channel_lanes,
     is_depthwise_s2,
+    is_pointwise,
     quads_eligible,
     row_tiles,
     split2_geometry,
@@ -162,7 +169,7 @@ class _Builder:
         self.layers: list[LayerInfo] = []
         self.extra_bufs: list[int] = []
         self.templates: dict[str, str] = {}
-        self.padded = plan_padded(graph)
+        self.padded = plan_padded(graph, isa.lanes)
         self.split = plan_split2(graph, self.padded)
         self.pad_scratch: dict[tuple[int, ...], int] = {}
         self.crop_off, self.crop_size = -1, 0
@@ -275,9 +282,11 @@ class _Builder:
                        and op.dst in self.split and ow % self.isa.lanes == 0
                        and (op.res is None or strides(self.g, op.res, self.padded)[1] == wq)
                        and cin <= _PHASE_SPLIT_MAX_CIN)
-        # per-tap tiles whose rows divide a vector store them straight into a padded output
-        row_store = (taps and cfg.family == "spatial" and op.dst in self.padded and op.res is None
-                     and self.isa.lanes % ow == 0 and no_fill)
+        # tiles of a plain map (per-tap planes, or a pointwise conv's plain input) whose rows
+        # divide a vector store them straight into a padded output
+        plain_map = taps or (is_pointwise(op) and not src_padded and not src_split)
+        row_store = (plain_map and cfg.family == "spatial" and op.dst in self.padded
+                     and op.res is None and self.isa.lanes % ow == 0)
         # sweeps store the runs of real pixels of each vector where the destination wants them
         seg_offsets = [self._entry_offsets(seg.cols, op, geo) for seg in segs]
         sweeps = cfg.family == "sweep" and all(
@@ -289,10 +298,15 @@ class _Builder:
                           seg.p == 1 and taps_eligible(op, geo)
                           and self._taps_chunks(seg, op, geo, cfg.v)[1] == 1
                           for seg in segs if seg.nblk))
+        # 4x4 depthwise planes store a plain output as they compute it
+        plane_plain = (plane4_writes_plain(op, self.isa.lanes) and src_padded
+                       and cfg.family == "spatial" and all(seg.p == 1 for seg in segs)
+                       and op.dst not in self.padded and op.dst not in self.split
+                       and op.res not in self.padded and op.res not in self.split)
         pieces = (sweeps and not wide and op.dst not in self.split
                   and op.res is None and no_fill and (geo["crop"] or op.dst in self.padded))
         use_crop = (not wide and not placed and not phase_split and not row_store and not pieces
-                    and not split_taps) and (
+                    and not split_taps and not plane_plain) and (
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
         ys, yo, dr = T, 0, 0
         eo: tuple[int, int] | None = None
@@ -305,6 +319,10 @@ class _Builder:
         elif row_store:
             y_off, res_off, act = offs[op.dst], None, op.act
             ys, dr, yo = strides(self.g, op.dst, self.padded)
+        elif plane_plain:
+            y_off, act = offs[op.dst], op.act
+            res_off = offs[op.res] if op.res is not None else None
+            ys = oh * ow
         elif phase_split:
             y_off, act = offs[op.dst], op.act
             res_off = offs[op.res] if op.res is not None else None
@@ -335,9 +353,14 @@ class _Builder:
             name = f"{fn}_s{si}"
             row_exact = False  # the kernel stores only the ow real columns of each row
             if cfg.family == "spatial" and seg.nblk and not seg.eptr[-1] and not eo:  # pruned filters
-                parts.append(self.fill_kernel(name, seg, bias_off, y_off, res_off, act, T, ys, yo,
-                                              jm))
-                row_exact = jm >= 0
+                if row_store:  # their rows of the padded output, junk columns masked
+                    tw = oh * (ow + 2)
+                    parts.append(self.fill_kernel(name, seg, bias_off, y_off, None, act, tw, ys,
+                                                  yo, self.junk_mask(tw, ow + 2, ow)))
+                else:
+                    parts.append(self.fill_kernel(name, seg, bias_off, y_off, res_off, act, T, ys,
+                                                  yo, jm))
+                row_exact = jm >= 0 or row_store
             elif cfg.family == "channel":
                 ydst = self._place(op.dst, op) if placed else (T, wq, 0)
                 rdst = self._place(op.res, op) if op.res is not None and res_off is not None else ydst
@@ -361,7 +384,7 @@ class _Builder:
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
                 bands = use_bands(offsets, geo["wq"], geo["ow"], self.isa.lanes)
                 parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
-                                             act, T, ys, yo, geo, bands, jm))
+                                             act, T, ys, yo, geo, bands, jm, plane_plain))
                 row_exact = bands or jm >= 0
             else:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p, -(-T // self.isa.lanes)))
@@ -697,21 +720,23 @@ class _Builder:
 
     def dw9_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int, x_off: int,
                    y_off: int, res_off: int | None, act: str | None, T: int, ys: int,
-                   yo: int, geo: dict[str, Any], bands: bool, jm: int = -1) -> str:
+                   yo: int, geo: dict[str, Any], bands: bool, jm: int = -1,
+                   plain: bool = False) -> str:
         """One row per block, 9 private entries each (depthwise 3x3): bands of output rows
         (``depthwise.dwband_template``, when ``depthwise.use_bands``), a 4x4 plane per vector
-        (``depthwise.PLANE4_TEMPLATE``, when ``depthwise.use_plane4``), else one vector at a
-        time (``dw9_template``; ``jm``: -1 or a ``junk_mask``)."""
+        (``depthwise.PLANE4_TEMPLATE``, when ``depthwise.use_plane4``; ``plain``: into a plain
+        output), else one vector at a time (``dw9_template``; ``jm``: -1 or a ``junk_mask``)."""
         args = [self.add_i(seg.rows.ravel()), self.add_i(offsets), self.add_f(seg.weights), bias_off,
                 x_off, y_off, res_off or 0, seg.nblk, T, ys, yo, ACT_CODES[act or "none"],
                 int(res_off is not None)]
         if bands:
             self._template("dwband", dwband_template())
             fn, args = "dwband", [*args, geo["wq"], geo["ow"]]
-        elif use_plane4(offsets, T, geo["wq"], geo["ow"], self.isa.name):
+        elif plain or use_plane4(offsets, T, geo["wq"], geo["ow"], self.isa.name):
+            assert use_plane4(offsets, T, geo["wq"], geo["ow"], self.isa.name), "plain: plane4 only"
             self._template("dw9_plane4", PLANE4_TEMPLATE)
             fn = "dw9_plane4"
-            args.append(jm)
+            args += [jm, int(plain)]
         else:
             args.append(jm)
             v = dw9_vectors(T, self.isa.lanes)
@@ -833,7 +858,7 @@ def default_configs(graph: Graph, isa: Isa, threads: int) -> dict[str, KernelCon
     """The untuned kernel choice of every conv / linear layer, given the buffer layouts
     ``generate`` will use (a pointwise conv on a padded input runs over wider rows)."""
     graph = _private_copy(graph)
-    padded = plan_padded(graph)
+    padded = plan_padded(graph, isa.lanes)
     split = plan_split2(graph, padded)
     return {op.name: default_config(op, isa, threads, op.src in padded, op.src in split)
             for op in graph.ops if isinstance(op, ConvOp)}

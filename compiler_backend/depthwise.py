@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler_backend.ir import ConvOp
 from compiler_backend.kernels import NOINLINE, dw9_head
 
 #: Output rows per band: 4 accumulators + 9 weights + 1 pixel vector + bias fit 16 registers.
@@ -36,6 +37,15 @@ def use_bands(offsets: np.ndarray, wq: int, ow: int, lanes: int) -> bool:
     return 2 * ow > lanes and _plane_taps(offsets, wq)
 
 
+def plane4_writes_plain(op: ConvOp, lanes: int) -> bool:
+    """A dense depthwise 3x3 / stride-1 / pad-1 conv on a 4x4 map with 16-lane vectors:
+    ``PLANE4_TEMPLATE`` serves it from a padded source and stores a plain output as it
+    computes it (no crop)."""
+    return (lanes == 16 and op.groups > 1 and op.groups == op.in_shape[0] == op.out_shape[0]
+            and tuple(op.out_shape[1:]) == (4, 4) and tuple(op.weight.shape[2:]) == (3, 3)
+            and op.stride == 1 and tuple(op.padding) == (1, 1) and bool(op.kept.all()))
+
+
 def use_plane4(offsets: np.ndarray, T: int, wq: int, ow: int, isa_name: str) -> bool:
     """``PLANE4_TEMPLATE`` serves this layer: AVX-512, a 4x4 output in wide rows of 6 (a padded
     source), taps reading one plane."""
@@ -47,8 +57,10 @@ def use_plane4(offsets: np.ndarray, T: int, wq: int, ow: int, isa_name: str) -> 
 #: first tap), and tap ``q`` of every pixel is one two-source permute of them (pixel ``(i, j)``
 #: of the tap at plane offset ``d`` is float ``d + 6 i + j``). The sum is spread back to the two
 #: wide-row vectors of the ``dw9`` layout (junk lanes zero) for the residual, activation, junk
-#: mask and stores. ``dw9_v2`` ran each channel as two 9-FMA chains over 24 wide-row pixels from
-#: 18 unaligned loads. Parameter array ``k``: as ``kernels.dw9_template``.
+#: mask and stores, or with ``k[14]`` set stored as it is into a plain output (residual plain
+#: too; a crop pass took 12 us for MobileNetV2's 960 channels). ``dw9_v2`` ran each channel as
+#: two 9-FMA chains over 24 wide-row pixels from 18 unaligned loads. Parameter array ``k``: as
+#: ``kernels.dw9_template``, then the plain flag.
 PLANE4_TEMPLATE = dw9_head("dw9_plane4") + """
   const __m512i p0 = _mm512_setr_epi32(0, 1, 2, 3, 6, 7, 8, 9, 12, 13, 14, 15, 18, 19, 20, 21);
   const __m512i p1 = _mm512_add_epi32(p0, _mm512_set1_epi32(1));
@@ -58,6 +70,7 @@ PLANE4_TEMPLATE = dw9_head("dw9_plane4") + """
   const __m512i p8 = _mm512_add_epi32(p0, _mm512_set1_epi32(8));
   const __m512i wide0 = _mm512_setr_epi32(0, 1, 2, 3, 0, 0, 4, 5, 6, 7, 0, 0, 8, 9, 10, 11);
   const __m512i wide1 = _mm512_setr_epi32(0, 0, 12, 13, 14, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  const int plain = k[14];
   PART(k[7])
   for (int b = lo; b < hi; ++b) {
     const int r = rows[b]; const float* w9 = wt + 9 * b; const float* x = X + offs[9 * b];
@@ -73,6 +86,7 @@ PLANE4_TEMPLATE = dw9_head("dw9_plane4") + """
     a = VFMA(VSET1(w9[8]), _mm512_permutex2var_ps(u2, p2, u3), a);
     a = VADD(VADD(a, c), VSET1(bias[r]));
     float* y = Y + (long)r * ys + yo; const float* rp = R + (long)r * ys + yo;
+    if (plain) { VSTORE(y, v_act(hr ? VADD(a, VLOAD(rp)) : a, act)); continue; }
     vf z0 = _mm512_maskz_permutexvar_ps((__mmask16)0xF3CF, wide0, a);
     vf z1 = _mm512_maskz_permutexvar_ps((__mmask16)0x003C, wide1, a);
     if (hr) { z0 = VADD(z0, VLOAD(rp)); z1 = VADD(z1, VLOADM(rp + 16, 8)); }

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from compiler_backend.depthwise import plane4_writes_plain
 from compiler_backend.heuristics import (
     conv_geometry,
     is_depthwise_s2,
@@ -72,31 +73,63 @@ def _reads_any_layout(op: Any, graph: Graph) -> bool:
     return op.op == "adaptive_avg" and math.prod(out) == out[0] if out else False
 
 
-def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded: set[int]) -> bool:
-    """Whether a padded buffer saves more copying than it costs (counted in channels).
+#: Multiply-adds of a pointwise conv's junk columns that cost about as much as one row of a crop
+#: pass (``_worth_padding``). AVX-512 host, 1 thread: a crop pass takes about 3 ns a row for
+#: rows of 4 to 16 floats (MobileNetV2: 960 x 4 rows of 4 in 12.4 us, 192 x 16 rows of 16 in
+#: 9.0 us), pointwise tiles run about 50 G multiply-adds/s.
+JUNK_MACS_PER_CROP_ROW = 150
+
+
+def _junk_rows(op: ConvOp) -> float:
+    """What a pointwise conv's two junk columns per row cost it on a padded input, in crop
+    rows: its kept weights x ``2 * oh`` junk pixels (an 8x8 map: 25 % more work)."""
+    return float(op.kept.sum()) * 2 * op.out_shape[1] / JUNK_MACS_PER_CROP_ROW
+
+
+def _row_stores(op: ConvOp, lanes: int) -> bool:
+    """A pointwise conv on a plain input can write a padded output: its rows divide a vector
+    (``spatial_template(row_store=...)``) and it has no residual."""
+    return op.res is None and lanes % op.out_shape[2] == 0
+
+
+def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded: set[int],
+                   lanes: int) -> bool:
+    """Whether a padded buffer saves more than it costs (counted in rows of crop passes).
 
     Read by pools only, it pays where its producer writes wide rows and would crop them
     otherwise (not a pointwise conv: MobileNetV2's last one lost 4 us over 36 instead of 16
     pixels per channel, and its pool 1.4 us more). A pool producer pays where a reader reads
-    it in place. A pointwise producer writes it in place only from a padded input. A
-    pointwise reader that writes a plain output (and has no padded residual) must crop its
-    output when its input is padded: if every reader is such, the buffer stays padded only
-    if the readers' crops are smaller than the crop its producer would need to write it
-    plain.
+    it in place. A pointwise producer writes it in place from a padded input, or from a plain
+    one when its rows divide a vector (``spatial_template(row_store=...)``). Where only
+    pointwise convs read it, it stays padded only if what it costs them (their junk columns,
+    ``_junk_rows``, and the crops of those that then write a plain output) is at most what it
+    saves: the crop its producer (a wide-row writer) would need to write it plain, and those of
+    residual readers that write a padded output from wide rows. MobileNetV2's unpruned 8x8 1x1
+    convs did 25 % junk work to spare crops a fifth of its cost.
     """
     if all(role == "other" for _, role in readers):  # pools only: it can only save a crop
         return (isinstance(prod, ConvOp) and not is_pointwise(prod)
                 and writes_wide_padded(prod, prod.src in padded))
     if isinstance(prod, PoolOp):
         return any(role != "src" or not is_pointwise(r) for r, role in readers)
-    if is_pointwise(prod) and prod.src not in padded:
+    _, oh, ow = prod.out_shape
+    if is_pointwise(prod) and prod.src not in padded and not _row_stores(prod, lanes):
         return False
-    cropping = [r for r, role in readers if role == "src" and is_pointwise(r)
-                and r.dst not in padded and (r.res is None or r.res not in padded)]
-    if len(cropping) < len(readers):
-        return True  # some reader reads it in place for free
-    saved = prod.out_shape[0] if writes_wide_padded(prod, prod.src in padded) else 0
-    return sum(r.out_shape[0] for r in cropping) <= saved
+    if any(not is_pointwise(r) or role == "src" and r.dst in padded and not _row_stores(r, lanes)
+           for r, role in readers):
+        return True  # a reader needs the layout, reads a padded residual for free or writes
+        # a padded output only from a padded input
+    src = [r for r, role in readers if role == "src"]
+    res = [r for r, role in readers if role == "res"]
+    cost = sum(_junk_rows(r) for r in src) + oh * sum(
+        r.out_shape[0] for r in src if r.dst not in padded and (r.res is None or r.res not in padded))
+    saved = oh * sum(r.out_shape[0] for r in res if r.src in padded and r.dst in padded)
+    # (a stride-2 reader of phase planes writes wide rows whether or not its input is stored
+    # phase-split: ``plan_split2`` comes later, a copy makes the phases otherwise)
+    wide = writes_wide_padded(prod, prod.src in padded, reads_split2(prod))
+    if wide and not plane4_writes_plain(prod, lanes):
+        saved += oh * prod.out_shape[0]
+    return cost <= saved
 
 
 def _edges(graph: Graph) -> tuple[dict[int, Any], dict[int, list[tuple[Any, str]]]]:
@@ -124,8 +157,9 @@ def _blocked(graph: Graph) -> set[int]:
     return blocked
 
 
-def plan_padded(graph: Graph) -> set[int]:
-    """Ids of the buffers stored padded (see the module docstring); sets their ``numel``."""
+def plan_padded(graph: Graph, lanes: int) -> set[int]:
+    """Ids of the buffers stored padded (see the module docstring) for vectors of ``lanes``
+    floats; sets their ``numel``."""
     producers, readers = _edges(graph)
     blocked = _blocked(graph)
     padded: set[int] = set()
@@ -148,7 +182,7 @@ def plan_padded(graph: Graph) -> set[int]:
     # drop layouts that cost more copies than they save, until none drops out
     changed = True
     while changed:
-        drop = {buf for buf in padded if not _worth_padding(producers[buf], readers[buf], padded)}
+        drop = {buf for buf in padded if not _worth_padding(producers[buf], readers[buf], padded, lanes)}
         padded -= drop
         changed = bool(drop)
     for buf in padded:

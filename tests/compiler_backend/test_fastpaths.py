@@ -72,12 +72,13 @@ def test_padded_layout_chain_matches_torch(structure: str, threads: int, compile
     masks = _masked(model, structure)
     x = torch.randn(3, 3, 13, 10)
     graph = lower_model(model, x, masks)
-    padded = plan_padded(graph)
+    padded = plan_padded(graph, resolve_isa().lanes)
     assert len(padded) >= 3  # stem, c1 and block outputs live padded
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
-    # pw could read a padded input, but would then crop its (plain) output, while the stride-2
-    # conv producing its input crops anyway: plain is cheaper
-    assert convs["pw"].src not in padded and graph.output not in padded
+    # the stride-2 conv writes its wide rows (phase planes ``ow + 2`` wide) into a padded
+    # output in place, and pw reads it there: cropping pw's 12 channels costs less than
+    # cropping down's 24 (and pw's junk columns)
+    assert convs["pw"].src in padded and graph.output not in padded
     cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
     ref = _ref(model, masks, x)
     out = cm.run(x)
@@ -122,7 +123,7 @@ def test_pointwise_convs_keep_the_padded_layout(structure: str, threads: int,
     masks = {n: m for n, m in masks.items() if not n.startswith("dw")}
     x = torch.randn(2, 3, 8, 7)  # dws2 serves stride-2 depthwise convs on maps of <= 8 rows
     graph = lower_model(model, x, masks)
-    padded = plan_padded(graph)
+    padded = plan_padded(graph, resolve_isa().lanes)
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
     assert {convs[n].dst for n in ("stem", "ex1", "dw1", "pr1", "ex2")} <= padded
     assert not {convs[n].dst for n in ("dw2", "pr2")} & padded
@@ -132,6 +133,62 @@ def test_pointwise_convs_keep_the_padded_layout(structure: str, threads: int,
     src = cm.program.source
     assert src.count("_pad(int tid") == 1 and src.count("_crop(int tid") == 0
     assert src.count("_zb(int tid") == 0
+
+
+class WideInverted(nn.Module):
+    """Two MobileNetV2 blocks whose 1x1 convs are wide enough (32 -> 192 -> 32) that junk
+    columns on a padded 8x8 input would cost more than the crops a plain layout needs."""
+
+    def __init__(self, c: int = 32, e: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, 1, 1)
+        self.ex1, self.dw1 = nn.Conv2d(c, e * c, 1), nn.Conv2d(e * c, e * c, 3, 1, 1, groups=e * c)
+        self.pr1 = nn.Conv2d(e * c, c, 1)
+        self.ex2, self.dw2 = nn.Conv2d(c, e * c, 1), nn.Conv2d(e * c, e * c, 3, 1, 1, groups=e * c)
+        self.pr2 = nn.Conv2d(e * c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu6(self.stem(x))
+        b = self.pr1(F.relu6(self.dw1(F.relu6(self.ex1(a))))) + a
+        return self.pr2(F.relu6(self.dw2(F.relu6(self.ex2(b))))) + b
+
+
+@pytest.mark.parametrize("isa_name", [None, EIGHT_LANES])
+@pytest.mark.parametrize("hw", [(8, 8), (4, 4)])
+@pytest.mark.parametrize(("structure", "threads"),
+                         [("dense", 1), ("dense", 2), ("block", 1), ("filter", 1)])
+def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, hw: tuple[int, int],
+                                                         structure: str, threads: int,
+                                                         compiler_cache) -> None:
+    """On an 8x8 map a 1x1 conv over padded rows computes 25 % junk columns: the blocks'
+    outputs stay plain, the expand convs read them as they are and store their rows straight
+    into the padded input of the depthwise conv (``row_store``; pruned filters by
+    ``fill_rows`` with a junk mask), copying nothing. On a 4x4 map (AVX-512) the depthwise
+    planes also store a plain output themselves, so the project convs read plain inputs."""
+    torch.manual_seed(0)
+    model = WideInverted().eval()
+    masks = _masked(model, structure)
+    masks = {n: m for n, m in masks.items() if not n.startswith("dw")}
+    x = torch.randn(2, 3, *hw)
+    isa = resolve_isa(isa_name)
+    graph = lower_model(model, x, masks)
+    padded = plan_padded(graph, isa.lanes)
+    convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
+    if structure == "dense" and isa.lanes % hw[1] == 0:
+        assert not {convs[n].src for n in ("ex1", "ex2")} & padded
+        assert {convs[n].dst for n in ("ex1", "ex2")} <= padded
+        if hw == (4, 4) and isa.lanes == 16:
+            assert not {convs[n].dst for n in ("dw1", "dw2")} & padded
+    cm = compile_model(model, x, masks, threads=threads, isa=isa_name, cache_dir=compiler_cache)
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+    if structure == "dense" and isa.lanes % hw[1] == 0:
+        src = cm.program.source
+        assert src.count("_pad(int tid") == 1  # the stem only
+        if hw == (8, 8):
+            assert "_o8(int tid" in src  # expand tiles storing rows into a padded buffer
+        elif isa.lanes == 16:
+            assert src.count("_crop(int tid") <= 1  # the stem's at most: no depthwise crops
 
 
 class DownBlock(nn.Module):
@@ -161,7 +218,7 @@ def test_phase_split_layout_feeds_stride2_convs(hw: tuple[int, int], structure: 
     x = torch.randn(2, 3, *hw)
     graph = lower_model(model, x, masks)
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
-    assert convs["conv1"].src in plan_split2(graph, plan_padded(graph))
+    assert convs["conv1"].src in plan_split2(graph, plan_padded(graph, ISAS[EIGHT_LANES].lanes))
     cm = compile_model(model, x, masks, threads=threads, isa=EIGHT_LANES,
                        cache_dir=compiler_cache)
     ref = _ref(model, masks, x)

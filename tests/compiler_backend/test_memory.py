@@ -7,7 +7,7 @@ import torch
 
 from compiler_backend import compile_model
 from compiler_backend.codegen import _private_copy
-from compiler_backend.compile import lower_model
+from compiler_backend.compile import lower_model, resolve_isa
 from compiler_backend.layout import plan_padded, plan_split2
 from compiler_backend.memory import op_buffers, plan_arena, region_floats
 from npas_env.zoo import build_model
@@ -16,7 +16,7 @@ from npas_env.zoo import build_model
 def _plan(name: str) -> tuple:
     model = build_model(name).eval()
     graph = _private_copy(lower_model(model, torch.randn(1, 3, 32, 32)))
-    padded = plan_padded(graph)
+    padded = plan_padded(graph, resolve_isa().lanes)
     split = plan_split2(graph, padded)
     offsets, size = plan_arena(graph, padded, split)
     return graph, padded, split, offsets, size
