@@ -169,7 +169,7 @@ class _Builder:
         self.layers: list[LayerInfo] = []
         self.extra_bufs: list[int] = []
         self.templates: dict[str, str] = {}
-        self.padded = plan_padded(graph, isa.lanes)
+        self.padded = plan_padded(graph, isa.lanes, threads)
         self.split = plan_split2(graph, self.padded)
         self.pad_scratch: dict[tuple[int, ...], int] = {}
         self.crop_off, self.crop_size = -1, 0
@@ -858,7 +858,7 @@ def default_configs(graph: Graph, isa: Isa, threads: int) -> dict[str, KernelCon
     """The untuned kernel choice of every conv / linear layer, given the buffer layouts
     ``generate`` will use (a pointwise conv on a padded input runs over wider rows)."""
     graph = _private_copy(graph)
-    padded = plan_padded(graph, isa.lanes)
+    padded = plan_padded(graph, isa.lanes, threads)
     split = plan_split2(graph, padded)
     return {op.name: default_config(op, isa, threads, op.src in padded, op.src in split)
             for op in graph.ops if isinstance(op, ConvOp)}

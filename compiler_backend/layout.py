@@ -78,6 +78,10 @@ def _reads_any_layout(op: Any, graph: Graph) -> bool:
 #: rows of 4 to 16 floats (MobileNetV2: 960 x 4 rows of 4 in 12.4 us, 192 x 16 rows of 16 in
 #: 9.0 us), pointwise tiles run about 50 G multiply-adds/s.
 JUNK_MACS_PER_CROP_ROW = 150
+#: What one more step costs with worker threads, in crop rows: the threads meet after every
+#: step (about 1.2 us; MobileNetV2 block 4x at 2 threads ran 0.737 -> 0.764 ms when seven
+#: blocks each gained a crop step for fewer junk columns).
+STEP_ROWS = 400
 
 
 def _junk_rows(op: ConvOp) -> float:
@@ -93,7 +97,7 @@ def _row_stores(op: ConvOp, lanes: int) -> bool:
 
 
 def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded: set[int],
-                   lanes: int) -> bool:
+                   lanes: int, threads: int) -> bool:
     """Whether a padded buffer saves more than it costs (counted in rows of crop passes).
 
     Read by pools only, it pays where its producer writes wide rows and would crop them
@@ -119,16 +123,21 @@ def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded
            for r, role in readers):
         return True  # a reader needs the layout, reads a padded residual for free or writes
         # a padded output only from a padded input
+    step = STEP_ROWS if threads > 1 else 0
+
+    def crops(convs: list[ConvOp]) -> float:
+        return sum(oh * c.out_shape[0] + step for c in convs)
+
     src = [r for r, role in readers if role == "src"]
     res = [r for r, role in readers if role == "res"]
-    cost = sum(_junk_rows(r) for r in src) + oh * sum(
-        r.out_shape[0] for r in src if r.dst not in padded and (r.res is None or r.res not in padded))
-    saved = oh * sum(r.out_shape[0] for r in res if r.src in padded and r.dst in padded)
+    cost = sum(_junk_rows(r) for r in src) + crops(
+        [r for r in src if r.dst not in padded and (r.res is None or r.res not in padded)])
+    saved = crops([r for r in res if r.src in padded and r.dst in padded])
     # (a stride-2 reader of phase planes writes wide rows whether or not its input is stored
     # phase-split: ``plan_split2`` comes later, a copy makes the phases otherwise)
     wide = writes_wide_padded(prod, prod.src in padded, reads_split2(prod))
     if wide and not plane4_writes_plain(prod, lanes):
-        saved += oh * prod.out_shape[0]
+        saved += crops([prod])
     return cost <= saved
 
 
@@ -157,9 +166,9 @@ def _blocked(graph: Graph) -> set[int]:
     return blocked
 
 
-def plan_padded(graph: Graph, lanes: int) -> set[int]:
+def plan_padded(graph: Graph, lanes: int, threads: int) -> set[int]:
     """Ids of the buffers stored padded (see the module docstring) for vectors of ``lanes``
-    floats; sets their ``numel``."""
+    floats and ``threads`` threads; sets their ``numel``."""
     producers, readers = _edges(graph)
     blocked = _blocked(graph)
     padded: set[int] = set()
@@ -182,7 +191,8 @@ def plan_padded(graph: Graph, lanes: int) -> set[int]:
     # drop layouts that cost more copies than they save, until none drops out
     changed = True
     while changed:
-        drop = {buf for buf in padded if not _worth_padding(producers[buf], readers[buf], padded, lanes)}
+        drop = {buf for buf in padded if not _worth_padding(producers[buf], readers[buf], padded, lanes,
+                                                              threads)}
         padded -= drop
         changed = bool(drop)
     for buf in padded:

@@ -177,7 +177,7 @@ def test_pools_read_and_write_padded_layouts(pool: nn.Module, threads: int,
     graph = lower_model(model, x[:1])
     cm = compile_model(model, x, threads=threads, cache_dir=compiler_cache)
     pools = [op for op in cm.graph.ops if op.kind == "pool"]
-    padded = plan_padded(graph, resolve_isa().lanes)
+    padded = plan_padded(graph, resolve_isa().lanes, threads)
     assert all(op.src in padded and op.dst in padded for op in pools)
     with torch.no_grad():
         ref = model(x)
@@ -206,7 +206,7 @@ def test_global_average_pool_sums_a_padded_plane(mean: bool, compiler_cache) -> 
     x = torch.randn(2, 3, 11, 13)
     graph = lower_model(model, x[:1])
     [pool] = [op for op in graph.ops if op.kind == "pool"]
-    assert pool.src in plan_padded(graph, resolve_isa().lanes)
+    assert pool.src in plan_padded(graph, resolve_isa().lanes, 1)
     cm = compile_model(model, x, cache_dir=compiler_cache)
     assert "crop(tid" not in cm.program.source
     with torch.no_grad():

@@ -72,7 +72,7 @@ def test_padded_layout_chain_matches_torch(structure: str, threads: int, compile
     masks = _masked(model, structure)
     x = torch.randn(3, 3, 13, 10)
     graph = lower_model(model, x, masks)
-    padded = plan_padded(graph, resolve_isa().lanes)
+    padded = plan_padded(graph, resolve_isa().lanes, threads)
     assert len(padded) >= 3  # stem, c1 and block outputs live padded
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
     # the stride-2 conv writes its wide rows (phase planes ``ow + 2`` wide) into a padded
@@ -123,7 +123,7 @@ def test_pointwise_convs_keep_the_padded_layout(structure: str, threads: int,
     masks = {n: m for n, m in masks.items() if not n.startswith("dw")}
     x = torch.randn(2, 3, 8, 7)  # dws2 serves stride-2 depthwise convs on maps of <= 8 rows
     graph = lower_model(model, x, masks)
-    padded = plan_padded(graph, resolve_isa().lanes)
+    padded = plan_padded(graph, resolve_isa().lanes, threads)
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
     assert {convs[n].dst for n in ("stem", "ex1", "dw1", "pr1", "ex2")} <= padded
     assert not {convs[n].dst for n in ("dw2", "pr2")} & padded
@@ -172,9 +172,10 @@ def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, h
     x = torch.randn(2, 3, *hw)
     isa = resolve_isa(isa_name)
     graph = lower_model(model, x, masks)
-    padded = plan_padded(graph, isa.lanes)
+    padded = plan_padded(graph, isa.lanes, threads)
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
-    if structure == "dense" and isa.lanes % hw[1] == 0:
+    laid_out = structure == "dense" and threads == 1 and isa.lanes % hw[1] == 0
+    if laid_out:
         assert not {convs[n].src for n in ("ex1", "ex2")} & padded
         assert {convs[n].dst for n in ("ex1", "ex2")} <= padded
         if hw == (4, 4) and isa.lanes == 16:
@@ -182,7 +183,7 @@ def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, h
     cm = compile_model(model, x, masks, threads=threads, isa=isa_name, cache_dir=compiler_cache)
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
-    if structure == "dense" and isa.lanes % hw[1] == 0:
+    if laid_out:
         src = cm.program.source
         assert src.count("_pad(int tid") == 1  # the stem only
         if hw == (8, 8):
@@ -218,7 +219,8 @@ def test_phase_split_layout_feeds_stride2_convs(hw: tuple[int, int], structure: 
     x = torch.randn(2, 3, *hw)
     graph = lower_model(model, x, masks)
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
-    assert convs["conv1"].src in plan_split2(graph, plan_padded(graph, ISAS[EIGHT_LANES].lanes))
+    padded = plan_padded(graph, ISAS[EIGHT_LANES].lanes, threads)
+    assert convs["conv1"].src in plan_split2(graph, padded)
     cm = compile_model(model, x, masks, threads=threads, isa=EIGHT_LANES,
                        cache_dir=compiler_cache)
     ref = _ref(model, masks, x)

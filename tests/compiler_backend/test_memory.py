@@ -16,7 +16,7 @@ from npas_env.zoo import build_model
 def _plan(name: str) -> tuple:
     model = build_model(name).eval()
     graph = _private_copy(lower_model(model, torch.randn(1, 3, 32, 32)))
-    padded = plan_padded(graph, resolve_isa().lanes)
+    padded = plan_padded(graph, resolve_isa().lanes, 1)
     split = plan_split2(graph, padded)
     offsets, size = plan_arena(graph, padded, split)
     return graph, padded, split, offsets, size
