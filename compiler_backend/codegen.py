@@ -25,10 +25,12 @@ import numpy as np
 from compiler_backend import quads, sweep, taps
 from compiler_backend.depthwise import (
     PLANE4_TEMPLATE,
+    S2_PLANE4_TEMPLATE,
     dwband_template,
     plane4_writes_plain,
     use_bands,
     use_plane4,
+    use_s2_plane4,
 )
 from compiler_backend.heuristics import (
     channel_chunks,
@@ -464,19 +466,22 @@ class _Builder:
               cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
         """Depthwise 3x3 / stride 2 read in place (plain or padded input) and written in the
         destination layout (``DWS2_TEMPLATE``)."""
-        self._template("dws2", DWS2_TEMPLATE)
         _, h, w = op.in_shape
         cout, oh, ow = op.out_shape
         xp, xr, xo = strides(self.g, op.src, self.padded)
         dp, dr, do = strides(self.g, op.dst, self.padded)
         rp, rr, ro = strides(self.g, op.res, self.padded) if op.res is not None else (0, 0, 0)
+        res = (rp, rr, ro) if op.res is not None else None
+        fn_s2 = ("dws2_plane4" if use_s2_plane4(op.in_shape, (xp, xr, xo), (dp, dr, do), res,
+                                                self.isa.name) else "dws2")
+        self._template(fn_s2, S2_PLANE4_TEMPLATE if fn_s2 == "dws2_plane4" else DWS2_TEMPLATE)
         chans = np.arange(cout)
         args = [self.add_i(chans), self.add_i(chans), self.add_f(op.weight.reshape(cout, 9)),
                 self.add_f(op.bias), offs[op.src], offs[op.dst],
                 offs[op.res] if op.res is not None else 0, cout, h, w, oh, ow, dp, dr, do,
                 rp, rr, ro, ACT_CODES[op.act or "none"], int(op.res is not None), xp, xr, xo]
         body = (f"{_sig(fn + '_k')} {{\n  static const int k[23] = {{{', '.join(map(str, args))}}};\n"
-                f"  dws2(tid, nt, W, I, A, k);\n}}\n")
+                f"  {fn_s2}(tid, nt, W, I, A, k);\n}}\n")
         self._record(k, op, cfg, [1])
         return body, [(f"{fn}_k", work_items(cfg.threads))]
 

@@ -161,3 +161,54 @@ def dwband_template() -> str:
   }}
 }}
 """
+
+
+def use_s2_plane4(in_shape: tuple[int, ...], src: tuple[int, int, int],
+                  dst: tuple[int, int, int], res: tuple[int, int, int] | None,
+                  isa_name: str) -> bool:
+    """``S2_PLANE4_TEMPLATE`` serves a stride-2 depthwise layer (``heuristics.is_depthwise_s2``):
+    AVX-512, an 8x8 input in a padded layout (``src``: channel / row stride, offset of pixel
+    (0, 0)), a plain 4x4 output and residual (``dst``, ``res``)."""
+    return (isa_name == "avx512" and tuple(in_shape[1:]) == (8, 8) and src == (100, 10, 11)
+            and dst == (16, 4, 0) and res in (None, (16, 4, 0)))
+
+
+#: Depthwise 3x3 / stride 2 from an 8x8 map in a padded 10x10 plane to a plain 4x4 output,
+#: AVX-512: the 16 output pixels are one vector. Output row ``y`` reads padded rows ``2y + ky``;
+#: per tap row ``ky`` two vector pairs hold rows ``ky, ky + 2`` (output rows 0-1) and ``ky + 4,
+#: ky + 6`` (rows 2-3) at offsets 0 and 20, and tap ``(ky, kx)`` of pixel ``(y, x)`` is float
+#: ``20 (y % 2) + 2x + kx`` of its pair: one two-source permute per half, summed into two
+#: accumulators blended at the end. ``dws2`` split each channel's rows into an on-stack buffer
+#: first and then ran 4 output rows of 4 lanes each (MobileNetV2's 576 channels: 19.5 us).
+#: Parameter array ``k``: as ``kernels.DWS2_TEMPLATE``.
+S2_PLANE4_TEMPLATE = f"""static {NOINLINE} void dws2_plane4(int tid, int nt, const float* restrict W,
+    const int* restrict I, float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const int* chans = I + k[1];
+  const float* wt = W + k[2]; const float* bias = W + k[3];
+  const float* X = A + k[4]; float* Y = A + k[5]; const float* R = A + k[6]; (void)R;
+  const int dp = k[12], rp = k[15], act = k[18], hr = k[19], xcs = k[20];
+  const __m512i i0 = _mm512_setr_epi32(0, 2, 4, 6, 20, 22, 24, 26, 0, 2, 4, 6, 20, 22, 24, 26);
+  const __m512i i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(1));
+  const __m512i i2 = _mm512_add_epi32(i0, _mm512_set1_epi32(2));
+  PART(k[7])
+  for (int b = lo; b < hi; ++b) {{
+    const int r = rows[b]; const float* w9 = wt + 9 * b;
+    const float* p = X + (long)chans[b] * xcs;  /* the padded plane, border included */
+    vf top = VZERO(), bot = VZERO();
+    for (int ky = 0; ky < 3; ++ky) {{
+      const float* q = p + 10 * ky;
+      const vf a0 = VLOAD(q), a1 = VLOAD(q + 16), b0 = VLOAD(q + 40), b1 = VLOAD(q + 56);
+      const vf w0 = VSET1(w9[3 * ky]), w1 = VSET1(w9[3 * ky + 1]), w2 = VSET1(w9[3 * ky + 2]);
+      top = VFMA(w0, _mm512_permutex2var_ps(a0, i0, a1), top);
+      bot = VFMA(w0, _mm512_permutex2var_ps(b0, i0, b1), bot);
+      top = VFMA(w1, _mm512_permutex2var_ps(a0, i1, a1), top);
+      bot = VFMA(w1, _mm512_permutex2var_ps(b0, i1, b1), bot);
+      top = VFMA(w2, _mm512_permutex2var_ps(a0, i2, a1), top);
+      bot = VFMA(w2, _mm512_permutex2var_ps(b0, i2, b1), bot);
+    }}
+    vf z = VADD(_mm512_mask_blend_ps((__mmask16)0xFF00, top, bot), VSET1(bias[r]));
+    if (hr) z = VADD(z, VLOAD(R + (long)r * rp));
+    VSTORE(Y + (long)r * dp, v_act(z, act));
+  }}
+}}
+"""

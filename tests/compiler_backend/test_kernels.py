@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from compiler_backend import compile_model
+from compiler_backend.compile import resolve_isa
+from compiler_backend.isa import detect_isa
 
 from .lanes import EIGHT_LANES
 
@@ -262,7 +264,36 @@ def test_stride2_depthwise_kernel_matches_torch(hw: tuple[int, int], isa: str,
     x = torch.randn(2, 10, *hw)
     cm = compile_model(model, x, None, isa=None if isa == "native" else isa,
                        cache_dir=compiler_cache)
-    assert cm.program.source.count("dws2(tid, nt, W, I, A, k)") == 3
+    src = cm.program.source
+    plane = resolve_isa(None if isa == "native" else isa).name == "avx512" and hw == (8, 8)
+    assert src.count("dws2_plane4(tid, nt, W, I, A, k)") == int(plane)  # dw3: padded 8x8 input
+    assert src.count("dws2(tid, nt, W, I, A, k)") == 3 - int(plane)
+    assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
+
+
+class PlaneS2(nn.Module):
+    """A stride-2 depthwise conv on a padded 8x8 input with a plain residual (a 1x1 stride-2
+    branch of the graph input, which a concat also reads) and ReLU6, into a plain output."""
+
+    def __init__(self, c: int = 24) -> None:
+        super().__init__()
+        self.c0, self.dw = nn.Conv2d(c, c, 3, 1, 1), nn.Conv2d(c, c, 3, 2, 1, groups=c)
+        self.sc = nn.Conv2d(c, c, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.sc(x)
+        return torch.cat([nn.functional.relu6(self.dw(torch.relu(self.c0(x))) + s), s], 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stride2_depthwise_plane_kernel_with_residual(threads: int, compiler_cache) -> None:
+    """AVX-512: one vector per 4x4 output plane (``depthwise.S2_PLANE4_TEMPLATE``)."""
+    torch.manual_seed(0)
+    model = PlaneS2().eval()
+    x = torch.randn(2, 24, 8, 8)
+    cm = compile_model(model, x, None, threads=threads, cache_dir=compiler_cache)
+    if detect_isa().name == "avx512":
+        assert "dws2_plane4(tid, nt, W, I, A, k)" in cm.program.source
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
 
 
