@@ -93,19 +93,21 @@ def test_padded_layout_chain_matches_torch(structure: str, threads: int, compile
 class InvertedChain(nn.Module):
     """MobileNetV2-style blocks: 1x1 expand -> depthwise 3x3 -> 1x1 project (+ residual)."""
 
-    def __init__(self, c: int = 8, e: int = 3) -> None:
+    def __init__(self, c: int = 8, e: int = 3, down: bool = True) -> None:
         super().__init__()
+        s = 2 if down else 1  # the second block: stride 2 and twice the channels, or neither
         self.stem = nn.Conv2d(3, c, 3, 1, 1)
         self.ex1, self.dw1 = nn.Conv2d(c, e * c, 1), nn.Conv2d(e * c, e * c, 3, 1, 1, groups=e * c)
         self.pr1 = nn.Conv2d(e * c, c, 1)
-        self.ex2, self.dw2 = nn.Conv2d(c, e * c, 1), nn.Conv2d(e * c, e * c, 3, 2, 1, groups=e * c)
-        self.pr2 = nn.Conv2d(e * c, 2 * c, 1)
-        self.head = nn.Conv2d(2 * c, 4 * c, 1)
+        self.ex2, self.dw2 = nn.Conv2d(c, e * c, 1), nn.Conv2d(e * c, e * c, 3, s, 1, groups=e * c)
+        self.pr2 = nn.Conv2d(e * c, s * c, 1)
+        self.head = nn.Conv2d(2 * c, 4 * c, 1) if down else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = F.relu6(self.stem(x))
         b = self.pr1(F.relu6(self.dw1(F.relu6(self.ex1(a))))) + a
         c = self.pr2(F.relu6(self.dw2(F.relu6(self.ex2(b)))))
+        assert self.head is not None
         return F.relu(self.head(c))
 
 
@@ -135,17 +137,13 @@ def test_pointwise_convs_keep_the_padded_layout(structure: str, threads: int,
     assert src.count("_zb(int tid") == 0
 
 
-class WideInverted(nn.Module):
-    """Two MobileNetV2 blocks whose 1x1 convs are wide enough (32 -> 192 -> 32) that junk
-    columns on a padded 8x8 input would cost more than the crops a plain layout needs."""
+class WideInverted(InvertedChain):
+    """Two MobileNetV2 blocks with residuals whose 1x1 convs are wide enough (32 -> 192 -> 32)
+    that junk columns on a padded 8x8 input would cost more than the crops a plain layout
+    needs."""
 
-    def __init__(self, c: int = 32, e: int = 6) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, c, 3, 1, 1)
-        self.ex1, self.dw1 = nn.Conv2d(c, e * c, 1), nn.Conv2d(e * c, e * c, 3, 1, 1, groups=e * c)
-        self.pr1 = nn.Conv2d(e * c, c, 1)
-        self.ex2, self.dw2 = nn.Conv2d(c, e * c, 1), nn.Conv2d(e * c, e * c, 3, 1, 1, groups=e * c)
-        self.pr2 = nn.Conv2d(e * c, c, 1)
+    def __init__(self) -> None:
+        super().__init__(32, 6, down=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = F.relu6(self.stem(x))
