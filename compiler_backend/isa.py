@@ -10,8 +10,8 @@ are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the 
 (bitwise and); ``VSTOREM_AT(p, v, lo, n)`` stores lanes ``lo .. lo + n`` of ``v`` at
 ``p + lo``; ``SMAX(a, b)`` / ``SMIN(a, b)`` are scalar max / min without a branch (the
 scalar epilogues' activations: a data-dependent branch per output cost MobileNetV2's 4x4 1x1
-layers half their time); the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` / ``HLOAD`` / ...
-for ``kernels.half_width``; ``VREG(x)`` keeps a loaded vector in a register
+layers half their time); the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` /
+``HLOAD`` / ... for ``kernels.half_width``; ``VREG(x)`` keeps a loaded vector in a register
 (gcc otherwise folds the load into every FMA that reads it: the tap-column kernel's row reuse
 then vanished, 570 us became 700).
 """

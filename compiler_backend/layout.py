@@ -12,9 +12,11 @@ input, convs with a wide-row output reading it as residual, and max / average po
 also write either layout: VGG-16's conv -> pool -> conv then needs neither a crop nor a pad
 copy), and global average pooling. Graph inputs and outputs, aliases, fallbacks, other
 adaptive pooling, eltwise and concat readers keep the plain CHW layout. Pointwise
-convs run over the padded rows of a padded input (``conv_geometry(op, padded_src=True)``), so
-a MobileNet chain 1x1 -> depthwise 3x3 -> 1x1 stays padded end to end and no conv in it copies
-its input or crops its output.
+convs run over the padded rows of a padded input (``conv_geometry(op, padded_src=True)``),
+junk columns included, so a MobileNet chain 1x1 -> depthwise 3x3 -> 1x1 can stay padded end
+to end with no copy or crop; on small maps, where the junk columns cost more (8x8: 25 %), the
+buffers only pointwise convs read stay plain and the expand convs store their rows straight
+into the depthwise conv's padded input (``_worth_padding``).
 
 A third layout, *phase-split* (``plan_split2``), serves buffers read only by stride-2 convs.
 """
