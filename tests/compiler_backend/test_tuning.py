@@ -45,6 +45,19 @@ def test_tuner_starts_from_the_layout_aware_defaults(tmp_path) -> None:
     assert expected["2"].family == "spatial"
 
 
+def test_tuner_profiles_candidates_on_a_real_input(tmp_path) -> None:
+    """Candidate builds hold a random input, not the arena's zeros (on zeros every
+    data-dependent branch predicts, and a profile flatters branchy code)."""
+    from compiler_backend import resolve_isa
+    from compiler_backend.compile import lower_model
+    from compiler_backend.tuning.ga import _build
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6()).eval()
+    graph = lower_model(model, torch.randn(1, 3, 6, 6), None)
+    cm = _build(graph, resolve_isa(), 1, {}, tmp_path)
+    assert float(cm.view(graph.input).abs().min()) > 0
+
+
 @pytest.mark.parametrize(("tuned_ms", "keep"), [(1.0, True), (1.47, False), (2.0, False)])
 def test_tuned_configs_are_kept_only_if_the_whole_model_is_faster(
         tmp_path, monkeypatch, tuned_ms: float, keep: bool) -> None:
