@@ -355,10 +355,9 @@ class _Builder:
             name = f"{fn}_s{si}"
             row_exact = False  # the kernel stores only the ow real columns of each row
             if cfg.family == "spatial" and seg.nblk and not seg.eptr[-1] and not eo:  # pruned filters
-                if row_store:  # their rows of the padded output, junk columns masked
-                    tw = oh * (ow + 2)
-                    parts.append(self.fill_kernel(name, seg, bias_off, y_off, None, act, tw, ys,
-                                                  yo, self.junk_mask(tw, ow + 2, ow)))
+                if row_store:  # the padded output's rows (``dr`` wide), junk columns masked
+                    parts.append(self.fill_kernel(name, seg, bias_off, y_off, None, act, oh * dr,
+                                                  ys, yo, self.junk_mask(oh * dr, dr, ow)))
                 else:
                     parts.append(self.fill_kernel(name, seg, bias_off, y_off, res_off, act, T, ys,
                                                   yo, jm))
