@@ -310,6 +310,11 @@ class _Builder:
         use_crop = (not wide and not placed and not phase_split and not row_store and not pieces
                     and not split_taps and not plane_plain) and (
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
+        # wide-row tiles pack their real pixels into a plain output (AVX-512 compress stores)
+        pack = (use_crop and self.isa.name == "avx512" and cfg.family == "spatial" and not taps
+                and op.groups == 1 and geo["crop"] and not self._laid_out(op.dst)
+                and (op.res is None or not self._laid_out(op.res)))
+        use_crop = use_crop and not pack
         ys, yo, dr = T, 0, 0
         eo: tuple[int, int] | None = None
         pc, npieces = -1, 0  # I offset and width of the sweep's piece table (``sweep.store_pieces``)
@@ -338,6 +343,9 @@ class _Builder:
             ys, _, yo = strides(self.g, op.dst, self.padded)  # the plane of the output
         elif use_crop:
             y_off, res_off, act = self._crop_scratch(cout * T), None, None
+        elif pack:  # partial sums in the wide scratch, final stores packed into the output
+            y_off, act = self._crop_scratch(cout * T), op.act
+            res_off = offs[op.res] if op.res is not None else None
         else:
             y_off = offs[op.dst]
             res_off = offs[op.res] if op.res is not None else None
@@ -358,10 +366,13 @@ class _Builder:
                 if row_store:  # the padded output's rows (``dr`` wide), junk columns masked
                     parts.append(self.fill_kernel(name, seg, bias_off, y_off, None, act, oh * dr,
                                                   ys, yo, self.junk_mask(oh * dr, dr, ow)))
+                elif pack:  # the plain output's rows
+                    parts.append(self.fill_kernel(name, seg, bias_off, offs[op.dst], res_off, act,
+                                                  oh * ow, oh * ow, 0))
                 else:
                     parts.append(self.fill_kernel(name, seg, bias_off, y_off, res_off, act, T, ys,
                                                   yo, jm))
-                row_exact = jm >= 0 or row_store
+                row_exact = jm >= 0 or row_store or pack
             elif cfg.family == "channel":
                 ydst = self._place(op.dst, op) if placed else (T, wq, 0)
                 rdst = self._place(op.res, op) if op.res is not None and res_off is not None else ydst
@@ -391,10 +402,11 @@ class _Builder:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p, -(-T // self.isa.lanes)))
                 text, costs, by_pixels = self.spatial_kernel(
                     name, seg, offsets, bias_off, x_off, y_off, res_off, act, T, v, cfg.threads,
-                    geo, cin, ys, yo, eo, jm, dr, rlay)
+                    geo, cin, ys, yo, eo, jm, dr, rlay,
+                    (offs[op.dst], oh * ow) if pack else None)
                 parts.append(text)
                 uneven = uneven or _uneven(seg, costs, by_pixels, cfg.threads)
-                row_exact = jm >= 0
+                row_exact = jm >= 0 or pack
             calls.append(f"{name}(tid, nt, W, I, A);")
             junk = junk or not row_exact
         g = work_items(cfg.threads, uneven)
@@ -502,6 +514,10 @@ class _Builder:
         phase = np.array([pidx[(a, b)] for a, b in zip(i % s, j % s, strict=False)], np.int64)
         return phase * cin * plane + ci * plane + (i // s) * geo["wq"] + (j // s)
 
+    def _laid_out(self, buf: int) -> bool:
+        """``buf`` has a layout of its own (padded or phase-split), not the plain one."""
+        return buf in self.padded or buf in self.split
+
     def junk_mask(self, T: int, wq: int, ow: int) -> int:
         """I offset of the lane mask of ``T`` wide-row pixels (rows of ``wq``, the first ``ow``
         real): all ones on real pixels, zero on the junk columns and past ``T``. Tiles AND it
@@ -592,7 +608,8 @@ class _Builder:
                        x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
                        v: int, lt: int, geo: dict[str, Any], cin: int, ys: int,
                        yo: int, eo: tuple[int, int] | None = None, jm: int = -1,
-                       dr: int = 0, rlay: tuple[int, int] = (0, 0)) -> tuple[str, np.ndarray, bool]:
+                       dr: int = 0, rlay: tuple[int, int] = (0, 0),
+                       pack: tuple[int, int] | None = None) -> tuple[str, np.ndarray, bool]:
         """(C text, the work of its items in the order threads split them (``_skewed``),
         whether they split it by pixel chunks rather than row blocks).
 
@@ -600,7 +617,8 @@ class _Builder:
         tiles store a phase-split output (``_phase_split_table``); ``jm``: -1 or a
         ``junk_mask``; ``dr`` > 0: the destination's row stride, for tiles storing row by row
         (``spatial_template(row_store=...)``); ``rlay``: the residual's channel stride and
-        origin under ``eo``."""
+        origin under ``eo``; ``pack``: (A offset, channel stride) of a plain output the final
+        stores pack wide rows into (``spatial_template(pack=...)``)."""
         p, lanes = seg.p, self.isa.lanes
         oh, ow = T // geo["wq"], geo["ow"]
         one_chunk = bool(eo) or dr > 0
@@ -630,13 +648,18 @@ class _Builder:
         flo = self.add_i(np.stack([first, last], 1) if seg.nblk else np.zeros(2))
         split = _SPLIT_ACC if p == 1 and v * _SPLIT_ACC <= self.isa.max_acc else 1
         key = (f"sk_p{p}_v{v}" + ("_r" if vr else "") + (f"_s{split}" if split > 1 else "")
-               + ("_e" if eo else "") + (f"_o{ow}" if dr else ""))
+               + ("_e" if eo else "") + (f"_o{ow}" if dr else "")
+               + (f"_c{geo['wq']}x{ow}" if pack else ""))
         self._template(key, spatial_template(key, p, v, row=bool(vr), split=split,
                                              phase_split=bool(eo),
-                                             row_store=(ow, lanes) if dr else None))
+                                             row_store=(ow, lanes) if dr else None,
+                                             pack=(geo["wq"], ow) if pack else None))
+        if pack:
+            jm = self.junk_mask(T, geo["wq"], ow)
         args = [ro, 0, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
-                vs if vr else lanes, vw, *(eo or (0, 0)), -1 if eo else jm, dr, *rlay]
+                vs if vr else lanes, vw, *(eo or (0, 0)), -1 if eo else jm, dr, *rlay,
+                *(pack or ())]
         return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n",
                 np.outer(np.minimum(tch, T - tch * np.arange(nch)), np.diff(seg.eptr)).ravel(),

@@ -11,9 +11,11 @@ are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the 
 ``p + lo``; ``SMAX(a, b)`` / ``SMIN(a, b)`` are scalar max / min without a branch (the
 scalar epilogues' activations: a data-dependent branch per output cost MobileNetV2's 4x4 1x1
 layers half their time); the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` /
-``HLOAD`` / ... for ``kernels.half_width``; ``VREG(x)`` keeps a loaded vector in a register
-(gcc otherwise folds the load into every FMA that reads it: the tap-column kernel's row reuse
-then vanished, 570 us became 700).
+``HLOAD`` / ... for ``kernels.half_width``, and lane masks ``vm``: ``VKEEP(p)`` (the lanes
+whose int at ``p`` is non-zero), ``VSTOREC(p, v, m)`` (lanes ``m`` of ``v`` stored packed
+from ``p`` on), ``VLOADX(p, m)`` (consecutive floats from ``p`` into lanes ``m``); ``VREG(x)`` keeps a
+loaded vector in a register (gcc otherwise folds the load into every FMA that reads it: the
+tap-column kernel's row reuse then vanished, 570 us became 700).
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ _COMMON = r"""
 #define PART(N) __asm__ volatile(""); \
                 const int lo = tid < nt ? (int)((long)(N) * tid / nt) : 0; \
                 const int hi = tid < nt ? (int)((long)(N) * (tid + 1) / nt) : 0;
+/* NPAS_PLAIN: the plain index of wide-row pixel P (rows of wq, the first ow real) or, on a
+   junk column, of the next row's first pixel */
+#define NPAS_PLAIN(P, wq, ow) ((P) / (wq) * (ow) + ((P) % (wq) < (ow) ? (P) % (wq) : (ow)))
 """
 
 _AVX512 = r"""
@@ -92,6 +97,10 @@ typedef __m512 vf;
 #define VSTORE(p, v) _mm512_storeu_ps((p), (v))
 #define VSTOREM(p, v, n) _mm512_mask_storeu_ps((p), VMASK(n), (v))
 #define VSTOREM_AT(p, v, lo, n) _mm512_mask_storeu_ps((p), (__mmask16)(VMASK(n) << (lo)), (v))
+typedef __mmask16 vm;
+#define VKEEP(p) _mm512_test_epi32_mask(_mm512_loadu_si512((const void*)(p)), _mm512_set1_epi32(-1))
+#define VSTOREC(p, v, m) _mm512_mask_storeu_ps((p), VMASK(__builtin_popcount(m)), _mm512_maskz_compress_ps((m), (v)))
+#define VLOADX(p, m) _mm512_maskz_expandloadu_ps((m), (p))
 #define VSET1(x) _mm512_set1_ps(x)
 #define VZERO() _mm512_setzero_ps()
 #define VREG(x) __asm__("" : "+v"(x))

@@ -303,7 +303,8 @@ def _vsum(terms: list[str]) -> str:
 
 
 def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1,
-                     phase_split: bool = False, row_store: tuple[int, int] | None = None) -> str:
+                     phase_split: bool = False, row_store: tuple[int, int] | None = None,
+                     pack: tuple[int, int] | None = None) -> str:
     """The register-tiled spatial kernel: ``p`` rows x ``v`` vectors of output pixels.
 
     ``split`` > 1 (one-row tiles only) spreads consecutive entries over that many sets of
@@ -341,6 +342,13 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     ``VSTOREM_AT``: a padded destination then needs no crop pass (MobileNetV2's 960-channel
     4x4 expand convs: 13 us each). Needs one input-channel chunk, like ``phase_split``.
 
+    ``pack = (wq, ow)`` (AVX-512): the tiles compute wide rows (``wq`` pixels, the first ``ow``
+    real) and their final stores pack each vector's real pixels into a plain output
+    (``VSTOREC``: a compress, then one masked store), at ``Z = A + k[27]``, channel stride
+    ``zs = k[28]``; a residual is read from the same plain layout (``VLOADX``). ``k[23]`` is
+    the ``junk_mask`` naming the real lanes; partial sums still go through ``Y``. The plain
+    output then needs no crop pass (64@56 filter-pruned: 24 us of 840).
+
     Work items are chunk-major (pixel chunk, row block); a thread takes a contiguous range.
     Inside one pixel chunk the kernel walks input-channel chunks outermost so that the input
     slice they touch stays in L1 while every row block consumes it; partial sums go through
@@ -369,6 +377,9 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
 
     def store(q: int, u: int, masked: bool, final: bool) -> str:
         dst = f"yp + {u} * @VS@"
+        if pack and final:  # the real lanes km{u}, packed from plain pixel s{u} on
+            rx = f" if (hr) y = VADD(y, VLOADX(R + (long)r * zs + s{u}, km{u}));"
+            return f" {{ vf y = a{q}_{u};{rx} y = v_act(y, act); VSTOREC(zp + s{u}, y, km{u}); }}"
         body = f"vf y = a{q}_{u};{res(q, u, masked)} y = v_act(y, act); if (jm) y = VAND(y, m{u});" \
             if final else f"vf y = a{q}_{u};"
         if phase_split:  # whole vectors only: n{u} is VL or nothing
@@ -389,6 +400,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     def stores(masked: bool, final: bool) -> str:
         return "\n".join(
             f"          {{ const int r = rw[{q}]; if (r >= 0) {{ "
+            + ("float* zp = Z + (long)r * zs;" if pack and final else "")
             + (f"float* yp = Y + (long)r * ys; const int* eo = eot + {eo_at};" if phase_split else
                f"float* yp = Y + (long)r * ys + yo + t / {row_store[0]} * dr_;" if row_store else
                "float* yp = Y + (long)r * ys + t + yo;")
@@ -417,10 +429,20 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     mode = ("const int vs_ = k[19], ts_ = k[20];" if row else "")
     jmask = "            " + " ".join(
         f"vf m{u} = VZERO(); if (jm) m{u} = VLOAD(jm + t + {u} * @VS@);" for u in range(v))
+    jmask_n = jmask
+    if pack:  # per vector: its real lanes (within the tile's n{u}) and their first plain pixel
+        wq, ow = pack
+        jmask = "            " + " ".join(
+            f"const vm km{u} = VKEEP(jm + t + {u} * @VS@); "
+            f"const int s{u} = NPAS_PLAIN(t + {u} * @VS@, {wq}, {ow});" for u in range(v))
+        jmask_n = "            " + " ".join(
+            f"const vm km{u} = n{u} > 0 ? VKEEP(jm + t + {u} * @VS@) & VMASK(n{u}) : 0; "
+            f"const int s{u} = NPAS_PLAIN(t + {u} * @VS@, {wq}, {ow});" for u in range(v))
     eo_args = ("\n  const int* eot = I + k[21]; const int od = k[22];"
                "\n  const int rcs_ = k[25], rof_ = k[26]; (void)rcs_; (void)rof_;"
                if phase_split else "")
     eo_args += "\n  const int dr_ = k[24];" if row_store else ""
+    eo_args += "\n  float* Z = A + k[27]; const int zs = k[28];" if pack else ""
     text = f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* rows = I + k[0]; const int* off = I + k[2]; const int* cp = I + k[14];
@@ -466,7 +488,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
           }} else {{
             {counts}
             if (last) {{
-{jmask}
+{jmask_n}
 {stores(True, True)}
             }} else {{
 {stores(True, False)}

@@ -586,3 +586,44 @@ def test_spatial_tiles_of_wide_rows_store_a_phase_split_output(hw: tuple[int, in
     source = cm.program.source
     assert ("_r_e(tid" in source) is split and ("crop_split2(tid" in source) is not split
     assert "zero_border(tid" not in source
+
+
+class ResidualConv(nn.Module):
+    """One 3x3 stride-1 conv with the input as its residual: a plain output and residual."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.c1(x) + x)
+
+
+@pytest.mark.skipif(resolve_isa().name != "avx512", reason="compress stores are AVX-512's")
+@pytest.mark.parametrize("hw", [(9, 9), (6, 15)])
+@pytest.mark.parametrize(("structure", "threads", "chunks"),
+                         [("dense", 1, False), ("block", 1, True), ("filter", 1, False),
+                          ("filter", 2, True), ("block", 2, False)])
+def test_wide_row_tiles_pack_a_plain_output(hw: tuple[int, int], structure: str, threads: int,
+                                            chunks: bool, monkeypatch, compiler_cache) -> None:
+    """A conv computing wide rows into a plain output packs each vector's real pixels into
+    it (and reads a plain residual the same way): no crop pass. ``chunks``: a few input
+    channels per chunk, so partial sums go through the wide scratch first; (6, 15) runs
+    row-mode tiles (a vector per output row)."""
+    import compiler_backend.codegen as codegen
+
+    if chunks:
+        real = codegen.chunking
+        monkeypatch.setattr(codegen, "chunking", lambda *a: (*real(*a)[:2], 5))
+    torch.manual_seed(0)
+    model = ResidualConv(16).eval()
+    masks = _masked(model, structure)
+    x = torch.randn(2, 16, *hw)
+    cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
+    src = cm.program.source
+    assert f"_c{hw[1] + 2}x{hw[1]}(tid" in src and "_crop(int tid" not in src
+    assert ("_r_c" in src) == (hw == (6, 15))
+    packed = re.findall(r"k\[29\] = \{([^}]*)\};\n  sk_\w+_c\d+x\d+\(tid", src)
+    assert packed and (not chunks or any(int(k.split(",")[15]) > 1 for k in packed))  # k[15]
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
