@@ -26,6 +26,7 @@ from compiler_backend import quads, sweep, taps
 from compiler_backend.depthwise import (
     PLANE4_TEMPLATE,
     S2_PLANE4_TEMPLATE,
+    dw9_packs,
     dwband_template,
     plane4_writes_plain,
     use_bands,
@@ -310,10 +311,12 @@ class _Builder:
         use_crop = (not wide and not placed and not phase_split and not row_store and not pieces
                     and not split_taps and not plane_plain) and (
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
-        # wide-row tiles pack their real pixels into a plain output (AVX-512 compress stores)
+        # wide-row tiles pack their real pixels into a plain output (AVX-512 compress stores):
+        # spatial tiles, and depthwise rows stepping a vector at a time (``dw9_template``)
         pack = (use_crop and self.isa.name == "avx512" and cfg.family == "spatial" and not taps
-                and op.groups == 1 and geo["crop"] and not self._laid_out(op.dst)
-                and (op.res is None or not self._laid_out(op.res)))
+                and geo["crop"] and not self._laid_out(op.dst)
+                and (op.res is None or not self._laid_out(op.res))
+                and (op.groups == 1 or dw9_packs(geo, self.isa.lanes)))
         use_crop = use_crop and not pack
         ys, yo, dr = T, 0, 0
         eo: tuple[int, int] | None = None
@@ -395,8 +398,9 @@ class _Builder:
                 row_exact = jm >= 0
             elif op.groups > 1 and seg.p == 1 and seg.nblk and bool(np.all(np.diff(seg.eptr) == 9)):
                 bands = use_bands(offsets, geo["wq"], geo["ow"], self.isa.lanes)
-                parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off, y_off, res_off,
-                                             act, T, ys, yo, geo, bands, jm, plane_plain))
+                parts.append(self.dw9_kernel(name, seg, offsets, bias_off, x_off,
+                                             offs[op.dst] if pack else y_off, res_off, act, T,
+                                             ys, yo, geo, bands, jm, plane_plain, pack))
                 row_exact = bands or jm >= 0
             else:
                 v = max(1, min(cfg.v, self.isa.max_acc // seg.p, -(-T // self.isa.lanes)))
@@ -748,11 +752,12 @@ class _Builder:
     def dw9_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int, x_off: int,
                    y_off: int, res_off: int | None, act: str | None, T: int, ys: int,
                    yo: int, geo: dict[str, Any], bands: bool, jm: int = -1,
-                   plain: bool = False) -> str:
+                   plain: bool = False, pack: bool = False) -> str:
         """One row per block, 9 private entries each (depthwise 3x3): bands of output rows
         (``depthwise.dwband_template``, when ``depthwise.use_bands``), a 4x4 plane per vector
         (``depthwise.PLANE4_TEMPLATE``, when ``depthwise.use_plane4``; ``plain``: into a plain
-        output), else one vector at a time (``dw9_template``; ``jm``: -1 or a ``junk_mask``)."""
+        output), else one vector at a time (``dw9_template``; ``jm``: -1 or a ``junk_mask``;
+        ``pack``: into the plain output at ``y_off``, ``ys`` its plane)."""
         args = [self.add_i(seg.rows.ravel()), self.add_i(offsets), self.add_f(seg.weights), bias_off,
                 x_off, y_off, res_off or 0, seg.nblk, T, ys, yo, ACT_CODES[act or "none"],
                 int(res_off is not None)]
@@ -764,6 +769,13 @@ class _Builder:
             self._template("dw9_plane4", PLANE4_TEMPLATE)
             fn = "dw9_plane4"
             args += [jm, int(plain)]
+        elif pack:
+            assert not bands, "pack: dw9_v only"
+            args[9:11] = [geo["T"] // geo["wq"] * geo["ow"], 0]  # ys, yo: the plain plane
+            args.append(self.junk_mask(T, geo["wq"], geo["ow"]))
+            v = dw9_vectors(T, self.isa.lanes)
+            fn = f"dw9_v{v}_c{geo['wq']}x{geo['ow']}"
+            self._template(fn, dw9_template(v, (geo["wq"], geo["ow"])))
         else:
             args.append(jm)
             v = dw9_vectors(T, self.isa.lanes)

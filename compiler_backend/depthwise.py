@@ -14,6 +14,8 @@ Kernel step, MobileNetV2's 144-channel 32x32 depthwise layer after a 1x1 conv, 1
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from compiler_backend.ir import ConvOp
@@ -35,6 +37,13 @@ def use_bands(offsets: np.ndarray, wq: int, ow: int, lanes: int) -> bool:
     a vector: MobileNetV2's 4x4 maps (960 channels) ran 30-31 us in bands against 28-29 us
     with ``dw9``, whose wide-row vectors span rows."""
     return 2 * ow > lanes and _plane_taps(offsets, wq)
+
+
+def dw9_packs(geo: dict[str, Any], lanes: int) -> bool:
+    """A depthwise layer on this geometry steps its rows a vector at a time (``dw9_template``:
+    not bands, not the 4x4 plane kernel), which can pack a plain output
+    (``dw9_template(pack=...)``)."""
+    return 2 * geo["ow"] <= lanes and (geo["T"], geo["wq"], geo["ow"]) != (24, 6, 4)
 
 
 def plane4_writes_plain(op: ConvOp, lanes: int) -> bool:

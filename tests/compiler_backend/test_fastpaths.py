@@ -627,3 +627,33 @@ def test_wide_row_tiles_pack_a_plain_output(hw: tuple[int, int], structure: str,
     assert packed and (not chunks or any(int(k.split(",")[15]) > 1 for k in packed))  # k[15]
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+class ResidualDepthwise(nn.Module):
+    """A depthwise 3x3 conv on the (plain) input, optionally with it as residual."""
+
+    def __init__(self, c: int, res: bool) -> None:
+        super().__init__()
+        self.dw, self.res = nn.Conv2d(c, c, 3, 1, 1, groups=c), res
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self.dw(x) + x if self.res else self.dw(x))
+
+
+@pytest.mark.skipif(resolve_isa().name != "avx512", reason="compress stores are AVX-512's")
+@pytest.mark.parametrize("hw", [(8, 8), (7, 7)])
+@pytest.mark.parametrize(("res", "threads"), [(True, 1), (False, 1), (True, 2)])
+def test_depthwise_rows_pack_a_plain_output(hw: tuple[int, int], res: bool, threads: int,
+                                            compiler_cache) -> None:
+    """Depthwise rows stepping wide-row vectors (``dw9``) pack their real pixels into a plain
+    output: no crop pass. On 8x8 a vector starts on a junk column (48 = 4 x 10 + 8), on 7x7
+    the last one is partial (63 = 3 x 16 + 15)."""
+    torch.manual_seed(0)
+    model = ResidualDepthwise(24, res).eval()
+    x = torch.randn(2, 24, *hw)
+    cm = compile_model(model, x, {}, threads=threads, cache_dir=compiler_cache)
+    src = cm.program.source
+    assert f"dw9_v{-(-hw[0] * (hw[1] + 2) // 16)}_c{hw[1] + 2}x{hw[1]}(tid" in src
+    assert "_crop(int tid" not in src
+    ref = _ref(model, {}, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
