@@ -313,9 +313,14 @@ class _Builder:
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
         # wide-row tiles pack their real pixels into a plain output (AVX-512 compress stores):
         # spatial tiles, and depthwise rows stepping a vector at a time (``dw9_template``)
+        # (a padded residual of the tiles' row width is read at the wide rows' positions, where
+        # no pruned filter's rows need ``fill_rows``, which reads it plain)
+        res_wide = (op.res in self.padded and strides(self.g, op.res, self.padded)[1] == wq
+                    and no_fill)
         pack = (use_crop and self.isa.name == "avx512" and cfg.family == "spatial" and not taps
                 and geo["crop"] and not self._laid_out(op.dst)
-                and (op.res is None or not self._laid_out(op.res))
+                and (op.res is None or not self._laid_out(op.res)
+                     or res_wide and op.groups == 1)
                 and (op.groups == 1 or dw9_packs(geo, self.isa.lanes)))
         use_crop = use_crop and not pack
         ys, yo, dr = T, 0, 0
@@ -359,7 +364,7 @@ class _Builder:
         jm = self.junk_mask(T, wq, ow) if wide else -1
         uneven = False  # an even split of some kernel's items is not (see ``work_items``)
         rlay = (0, 0)  # phase-split tiles: the residual's channel stride and origin
-        if eo and op.res is not None:
+        if (eo or pack) and op.res in self.padded:
             rcs, _, rof = strides(self.g, op.res, self.padded)
             rlay = (rcs, rof)
         for si, (seg, offsets) in enumerate(zip(segs, seg_offsets, strict=True)):
@@ -407,7 +412,7 @@ class _Builder:
                 text, costs, by_pixels = self.spatial_kernel(
                     name, seg, offsets, bias_off, x_off, y_off, res_off, act, T, v, cfg.threads,
                     geo, cin, ys, yo, eo, jm, dr, rlay,
-                    (offs[op.dst], oh * ow) if pack else None)
+                    (offs[op.dst], oh * ow, int(op.res in self.padded)) if pack else None)
                 parts.append(text)
                 uneven = uneven or _uneven(seg, costs, by_pixels, cfg.threads)
                 row_exact = jm >= 0 or pack
@@ -613,7 +618,7 @@ class _Builder:
                        v: int, lt: int, geo: dict[str, Any], cin: int, ys: int,
                        yo: int, eo: tuple[int, int] | None = None, jm: int = -1,
                        dr: int = 0, rlay: tuple[int, int] = (0, 0),
-                       pack: tuple[int, int] | None = None) -> tuple[str, np.ndarray, bool]:
+                       pack: tuple[int, int, int] | None = None) -> tuple[str, np.ndarray, bool]:
         """(C text, the work of its items in the order threads split them (``_skewed``),
         whether they split it by pixel chunks rather than row blocks).
 
@@ -621,8 +626,9 @@ class _Builder:
         tiles store a phase-split output (``_phase_split_table``); ``jm``: -1 or a
         ``junk_mask``; ``dr`` > 0: the destination's row stride, for tiles storing row by row
         (``spatial_template(row_store=...)``); ``rlay``: the residual's channel stride and
-        origin under ``eo``; ``pack``: (A offset, channel stride) of a plain output the final
-        stores pack wide rows into (``spatial_template(pack=...)``)."""
+        origin under ``eo`` or ``pack``; ``pack``: (A offset, channel stride) of a plain output
+        the final stores pack wide rows into (``spatial_template(pack=...)``), and whether the
+        residual is padded (read at the wide rows' positions, ``rlay``) rather than plain."""
         p, lanes = seg.p, self.isa.lanes
         oh, ow = T // geo["wq"], geo["ow"]
         one_chunk = bool(eo) or dr > 0
@@ -653,17 +659,18 @@ class _Builder:
         split = _SPLIT_ACC if p == 1 and v * _SPLIT_ACC <= self.isa.max_acc else 1
         key = (f"sk_p{p}_v{v}" + ("_r" if vr else "") + (f"_s{split}" if split > 1 else "")
                + ("_e" if eo else "") + (f"_o{ow}" if dr else "")
-               + (f"_c{geo['wq']}x{ow}" if pack else ""))
+               + (f"_c{geo['wq']}x{ow}" + ("w" if pack[2] else "") if pack else ""))
         self._template(key, spatial_template(key, p, v, row=bool(vr), split=split,
                                              phase_split=bool(eo),
                                              row_store=(ow, lanes) if dr else None,
-                                             pack=(geo["wq"], ow) if pack else None))
+                                             pack=(geo["wq"], ow) if pack else None,
+                                             res_wide=bool(pack and pack[2])))
         if pack:
             jm = self.junk_mask(T, geo["wq"], ow)
         args = [ro, 0, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
                 vs if vr else lanes, vw, *(eo or (0, 0)), -1 if eo else jm, dr, *rlay,
-                *(pack or ())]
+                *(pack[:2] if pack else ())]
         return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
                 f"  {key}(tid, nt, W, I, A, k);\n}}\n",
                 np.outer(np.minimum(tch, T - tch * np.arange(nch)), np.diff(seg.eptr)).ravel(),

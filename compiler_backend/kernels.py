@@ -304,7 +304,7 @@ def _vsum(terms: list[str]) -> str:
 
 def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1,
                      phase_split: bool = False, row_store: tuple[int, int] | None = None,
-                     pack: tuple[int, int] | None = None) -> str:
+                     pack: tuple[int, int] | None = None, res_wide: bool = False) -> str:
     """The register-tiled spatial kernel: ``p`` rows x ``v`` vectors of output pixels.
 
     ``split`` > 1 (one-row tiles only) spreads consecutive entries over that many sets of
@@ -345,7 +345,9 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     ``pack = (wq, ow)`` (AVX-512): the tiles compute wide rows (``wq`` pixels, the first ``ow``
     real) and their final stores pack each vector's real pixels into a plain output
     (``VSTOREC``: a compress, then one masked store), at ``Z = A + k[27]``, channel stride
-    ``zs = k[28]``; a residual is read from the same plain layout (``VLOADX``). ``k[23]`` is
+    ``zs = k[28]``; a residual is read from the same plain layout (``VLOADX``), or with
+    ``res_wide`` from a padded one at the wide rows' positions (its channel stride and origin
+    ``k[25]``, ``k[26]``, as for ``phase_split``). ``k[23]`` is
     the ``junk_mask`` naming the real lanes; partial sums still go through ``Y``. The plain
     output then needs no crop pass (64@56 filter-pruned: 24 us of 840).
 
@@ -378,7 +380,8 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     def store(q: int, u: int, masked: bool, final: bool) -> str:
         dst = f"yp + {u} * @VS@"
         if pack and final:  # the real lanes km{u}, packed from plain pixel s{u} on
-            rx = f" if (hr) y = VADD(y, VLOADX(R + (long)r * zs + s{u}, km{u}));"
+            rx = (f" if (hr) y = VADD(y, VLOAD(R + (long)r * rcs_ + rof_ + t + {u} * @VS@));"
+                  if res_wide else f" if (hr) y = VADD(y, VLOADX(R + (long)r * zs + s{u}, km{u}));")
             return f" {{ vf y = a{q}_{u};{rx} y = v_act(y, act); VSTOREC(zp + s{u}, y, km{u}); }}"
         body = f"vf y = a{q}_{u};{res(q, u, masked)} y = v_act(y, act); if (jm) y = VAND(y, m{u});" \
             if final else f"vf y = a{q}_{u};"
@@ -443,6 +446,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
                if phase_split else "")
     eo_args += "\n  const int dr_ = k[24];" if row_store else ""
     eo_args += "\n  float* Z = A + k[27]; const int zs = k[28];" if pack else ""
+    eo_args += "\n  const int rcs_ = k[25], rof_ = k[26];" if res_wide else ""
     text = f"""static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* rows = I + k[0]; const int* off = I + k[2]; const int* cp = I + k[14];

@@ -657,3 +657,37 @@ def test_depthwise_rows_pack_a_plain_output(hw: tuple[int, int], res: bool, thre
     assert "_crop(int tid" not in src
     ref = _ref(model, {}, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+class PaddedResidual(nn.Module):
+    """A conv whose input (padded: it is read in place) is also its residual, into the plain
+    graph output."""
+
+    def __init__(self, c: int, k: int) -> None:
+        super().__init__()
+        self.stem, self.c1 = nn.Conv2d(3, c, 3, 1, 1), nn.Conv2d(c, c, k, 1, k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.stem(x))
+        return F.relu(self.c1(a) + a)
+
+
+@pytest.mark.skipif(resolve_isa().name != "avx512", reason="compress stores are AVX-512's")
+@pytest.mark.parametrize("k", [3, 1])
+@pytest.mark.parametrize(("structure", "threads"), [("dense", 1), ("filter", 1), ("block", 2)])
+def test_packed_stores_read_a_padded_residual(k: int, structure: str, threads: int,
+                                              compiler_cache) -> None:
+    """Packing tiles read a padded residual at their wide rows' positions (``res_wide``)."""
+    torch.manual_seed(0)
+    model = PaddedResidual(16, k).eval()
+    masks = _masked(model, structure)
+    x = torch.randn(2, 3, 9, 9)
+    graph = lower_model(model, x, masks)
+    convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
+    assert convs["c1"].res in plan_padded(graph, 16, threads)
+    cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
+    src = cm.program.source
+    # (pruned filters' rows are filled plain: those layers keep their crop pass)
+    assert ("_c11x9w(tid" in src) == ("_crop(int tid" not in src) == (structure != "filter")
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
