@@ -312,9 +312,9 @@ class _Builder:
                     and not split_taps and not plane_plain) and (
             geo["crop"] or op.dst in self.padded or op.res in self.padded or op.dst in self.split)
         # wide-row tiles pack their real pixels into a plain output (AVX-512 compress stores):
-        # spatial tiles, and depthwise rows stepping a vector at a time (``dw9_template``)
-        # (a padded residual of the tiles' row width is read at the wide rows' positions, where
-        # no pruned filter's rows need ``fill_rows``, which reads it plain)
+        # spatial tiles, and depthwise rows stepping a vector at a time (``dw9_template``). A
+        # padded residual of the tiles' row width is read at the wide rows' positions, unless
+        # pruned filters' rows need ``fill_rows``, which reads it plain.
         res_wide = (op.res in self.padded and strides(self.g, op.res, self.padded)[1] == wq
                     and no_fill)
         pack = (use_crop and self.isa.name == "avx512" and cfg.family == "spatial" and not taps
@@ -363,7 +363,7 @@ class _Builder:
         # spatial and dw9 tiles writing wide rows into a padded output zero the junk columns
         jm = self.junk_mask(T, wq, ow) if wide else -1
         uneven = False  # an even split of some kernel's items is not (see ``work_items``)
-        rlay = (0, 0)  # phase-split tiles: the residual's channel stride and origin
+        rlay = (0, 0)  # phase-split or packing tiles: a padded residual's channel stride, origin
         if (eo or pack) and op.res in self.padded:
             rcs, _, rof = strides(self.g, op.res, self.padded)
             rlay = (rcs, rof)

@@ -13,9 +13,9 @@ scalar epilogues' activations: a data-dependent branch per output cost MobileNet
 layers half their time); the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` /
 ``HLOAD`` / ... for ``kernels.half_width``, and lane masks ``vm``: ``VKEEP(p)`` (the lanes
 whose int at ``p`` is non-zero), ``VSTOREC(p, v, m)`` (lanes ``m`` of ``v`` stored packed
-from ``p`` on), ``VLOADX(p, m)`` (consecutive floats from ``p`` into lanes ``m``); ``VREG(x)`` keeps a
-loaded vector in a register (gcc otherwise folds the load into every FMA that reads it: the
-tap-column kernel's row reuse then vanished, 570 us became 700).
+from ``p`` on), ``VLOADX(p, m)`` (consecutive floats from ``p`` into lanes ``m``);
+``VREG(x)`` keeps a loaded vector in a register (gcc otherwise folds the load into every FMA
+that reads it: the tap-column kernel's row reuse then vanished, 570 us became 700).
 """
 
 from __future__ import annotations

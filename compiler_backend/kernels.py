@@ -345,11 +345,11 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     ``pack = (wq, ow)`` (AVX-512): the tiles compute wide rows (``wq`` pixels, the first ``ow``
     real) and their final stores pack each vector's real pixels into a plain output
     (``VSTOREC``: a compress, then one masked store), at ``Z = A + k[27]``, channel stride
-    ``zs = k[28]``; a residual is read from the same plain layout (``VLOADX``), or with
+    ``zs = k[28]``. A residual is read from the same plain layout (``VLOADX``), or with
     ``res_wide`` from a padded one at the wide rows' positions (its channel stride and origin
-    ``k[25]``, ``k[26]``, as for ``phase_split``). ``k[23]`` is
-    the ``junk_mask`` naming the real lanes; partial sums still go through ``Y``. The plain
-    output then needs no crop pass (64@56 filter-pruned: 24 us of 840).
+    ``k[25]``, ``k[26]``, as for ``phase_split``). ``k[23]`` is the ``junk_mask`` naming the
+    real lanes; partial sums still go through ``Y``. The plain output then needs no crop pass
+    (3x3 64@56 filter-pruned 2x: 24 us of 840).
 
     Work items are chunk-major (pixel chunk, row block); a thread takes a contiguous range.
     Inside one pixel chunk the kernel walks input-channel chunks outermost so that the input
