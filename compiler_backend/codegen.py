@@ -364,7 +364,7 @@ class _Builder:
         jm = self.junk_mask(T, wq, ow) if wide else -1
         uneven = False  # an even split of some kernel's items is not (see ``work_items``)
         rlay = (0, 0)  # phase-split or packing tiles: a padded residual's channel stride, origin
-        if (eo or pack) and op.res in self.padded:
+        if op.res is not None and (eo or pack and op.res in self.padded):
             rcs, _, rof = strides(self.g, op.res, self.padded)
             rlay = (rcs, rof)
         for si, (seg, offsets) in enumerate(zip(segs, seg_offsets, strict=True)):

@@ -691,3 +691,33 @@ def test_packed_stores_read_a_padded_residual(k: int, structure: str, threads: i
     assert ("_c11x9w(tid" in src) == ("_crop(int tid" not in src) == (structure != "filter")
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+class PointwiseSplit(nn.Module):
+    """A 1x1 conv with its (plain) input as residual, read only by a stride-2 conv."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.pw, self.down = nn.Conv2d(c, c, 1), nn.Conv2d(c, 2 * c, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.relu(self.pw(x) + x))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_phase_split_tiles_read_a_plain_residual(threads: int, compiler_cache) -> None:
+    """Tiles storing a phase-split output read a residual in its own layout, plain here (a
+    regression: they once took the strides of a padded residual only, read a plain one as if
+    its channels all sat at offset zero, and two of the demo search's plans failed
+    verification)."""
+    torch.manual_seed(0)
+    model = PointwiseSplit(16).eval()
+    x = torch.randn(2, 16, 16, 16)
+    graph = lower_model(model, x, {})
+    padded = plan_padded(graph, resolve_isa().lanes, threads)
+    pw = next(op for op in graph.ops if isinstance(op, ConvOp) and op.name == "pw")
+    assert pw.dst in plan_split2(graph, padded) and pw.res not in padded
+    cm = compile_model(model, x, {}, threads=threads, cache_dir=compiler_cache)
+    assert "_e(tid" in cm.program.source  # the tiles store the phases themselves
+    ref = _ref(model, {}, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
