@@ -1,7 +1,10 @@
 """Every zoo model, unpruned and block-pruned, runs through the compiler with outputs equal to
-the masked PyTorch model (max abs error <= 1e-4 of the output's max magnitude)."""
+the masked PyTorch model (max abs error <= 1e-4 of the output's max magnitude); so do random
+plans of the search space (filter types included) on ResNet-20 and MobileNetV2."""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
@@ -104,22 +107,24 @@ def _out_sizes(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     return sizes
 
 
-@pytest.fixture(scope="module")
-def resnet20_layers() -> tuple[nn.Module, list]:
+@functools.cache
+def _zoo_layers(name: str) -> tuple[nn.Module, list]:
+    """A zoo model (``apply_plan`` copies it) and its prunable layers, built once."""
     from npas_env.layers import extract_layers
 
     torch.manual_seed(0)
-    model = build_model("resnet20").eval()
+    model = build_model(name).eval()
     return model, list(extract_layers(model, torch.randn(1, 3, 32, 32)))
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_random_search_plans_match_torch(seed: int, resnet20_layers, compiler_cache) -> None:
-    """Random plans of the NPAS search space on ResNet-20 (every scheme, rate, block size and
-    filter type: 1x1 and depthwise-separable replacements, skipped layers), applied as a search
-    applies them and compiled on 1 or 2 threads. A mismatch fails here even where the
-    safer-flags rebuild would hide it. Before plain residuals of phase-split tiles were fixed,
-    3 of these 8 plans failed (the demo's search lost two plans to it)."""
+@pytest.mark.parametrize(("name", "seed"),
+                         [("resnet20", s) for s in range(8)] + [("mobilenetv2", s) for s in range(3)])
+def test_random_search_plans_match_torch(name: str, seed: int, compiler_cache) -> None:
+    """Random plans of the NPAS search space (every scheme, rate, block size and filter type:
+    1x1 and depthwise-separable replacements, skipped layers), applied as a search applies
+    them and compiled on 1 or 2 threads. A mismatch fails here even where the safer-flags
+    rebuild would hide it. Before plain residuals of phase-split tiles were fixed, 3 of the 8
+    ResNet-20 plans failed (the demo's search lost two plans to it)."""
     import warnings
 
     import numpy as np
@@ -129,7 +134,7 @@ def test_random_search_plans_match_torch(seed: int, resnet20_layers, compiler_ca
     from npas_env.pruning import apply_plan
     from npas_env.search_space import SearchSpace, sample_masked_action
 
-    model, layers = resnet20_layers
+    model, layers = _zoo_layers(name)
     space, rng, decided = SearchSpace(), np.random.default_rng(seed), []
     for spec in layers:
         vec = sample_masked_action(space.nvec, space.action_mask(spec, decided), rng)
@@ -145,4 +150,4 @@ def test_random_search_plans_match_torch(seed: int, resnet20_layers, compiler_ca
         compiled = compile_model(net, x[:1], pruned.masks, threads=1 + seed % 2,
                                  cache_dir=compiler_cache)
     err = float((compiled.run(x) - ref).abs().max() / ref.abs().max())
-    assert err <= 1e-4, f"plan {seed}: relative error {err:.2e}"
+    assert err <= 1e-4, f"{name} plan {seed}: relative error {err:.2e}"
