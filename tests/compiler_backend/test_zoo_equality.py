@@ -139,7 +139,8 @@ def test_random_search_plans_match_torch(name: str, seed: int, compiler_cache) -
     for spec in layers:
         vec = sample_masked_action(space.nvec, space.action_mask(spec, decided), rng)
         decided.append((spec, space.decode(spec, vec, decided)))
-    plan = PruningPlan([space.canonical(s, a) for s, a in decided], [s.name for s in layers])
+    plan = PruningPlan(tuple(space.canonical(s, a) for s, a in decided),
+                       tuple(s.name for s in layers))
     pruned = apply_plan(model, plan, layers)
     net = _calibrated(pruned.model)
     x = torch.randn(2, 3, 32, 32)
