@@ -259,6 +259,14 @@ def test_avx2_tiles_respect_register_budget() -> None:
     assert default_config(_conv_op(64, 64, 56, 3), ISAS["avx512"], 1).p_max == 8
 
 
+def test_short_dense_rows_take_sixteen_accumulator_tiles_on_avx512() -> None:
+    avx512 = ISAS["avx512"]
+    stem = default_config(_conv_op(3, 16, 32, 3), avx512, 1)  # 27 entries per row
+    assert stem.family == "spatial" and stem.p_max * stem.v <= 16
+    wide = default_config(_conv_op(16, 16, 32, 3), avx512, 1)  # 144 entries: the full budget
+    assert wide.p_max * wide.v > 16
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_channel_tiles_only_for_dense_rows_on_maps_under_a_vector_wide(k: int) -> None:
     avx2 = ISAS["avx2"]
