@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler_backend import quads, sweep, taps
+from compiler_backend import masked, quads, sweep, taps
 from compiler_backend.depthwise import (
     PLANE4_TEMPLATE,
     S2_PLANE4_TEMPLATE,
@@ -81,14 +81,20 @@ from compiler_backend.kernels import (
 from compiler_backend.kernels import (
     sig as _sig,
 )
-from compiler_backend.layout import plan_padded, plan_split2, strides, writes_wide_padded
+from compiler_backend.layout import (
+    plan_masked,
+    plan_padded,
+    plan_split2,
+    strides,
+    writes_wide_padded,
+)
 from compiler_backend.memory import plan_arena, region_floats
 from compiler_backend.segments import BATCH_TEMPLATE, segment_source, work_items
 from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, emit_pool
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "25"
+GENERATOR_VERSION = "26"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -173,6 +179,7 @@ class _Builder:
         self.extra_bufs: list[int] = []
         self.templates: dict[str, str] = {}
         self.padded = plan_padded(graph, isa.lanes, threads)
+        self.masked = plan_masked(graph, isa.lanes)
         self.split = plan_split2(graph, self.padded)
         self.pad_scratch: dict[tuple[int, ...], int] = {}
         self.crop_off, self.crop_size = -1, 0
@@ -233,13 +240,18 @@ class _Builder:
     def conv(self, fn: str, k: int, op: ConvOp, offs: list[int]) -> tuple[str, list[tuple[str, int]]]:
         src_padded, src_split = op.src in self.padded, op.src in self.split
         cfg = self.configs.get(op.name) or default_config(op, self.isa, self.threads, src_padded,
-                                                          src_split)
+                                                          src_split, op.name in self.masked)
         if is_depthwise_s2(op):
             return self.dw_s2(fn, k, op, offs, cfg)
         if cfg.family == "quads":
             if quads_eligible(op, self.isa) and not {op.src, op.dst, op.res} & self.split:
                 return self.quads_conv(fn, k, op, offs, cfg)
             cfg = KernelConfig("spatial", 1, 2, cfg.threads)  # a phase-split layout is involved
+        if cfg.family == "masked":
+            if (masked.masked_eligible(op, self.isa.lanes)
+                    and not any(self._laid_out(b) for b in (op.src, op.dst, op.res) if b is not None)):
+                return self.masked_conv(fn, k, op, offs, cfg)
+            cfg = KernelConfig("spatial", cfg.p_max, cfg.v, cfg.threads)  # a layout of its own
         taps = ((cfg.family == "spatial" and cfg.p_max > 1 or cfg.family == "sweep")
                 and gathers_taps(op, self.isa, src_padded, src_split))
         geo = tap_geometry(op) if taps else _conv_geometry(op, padded_src=src_padded,
@@ -474,6 +486,36 @@ class _Builder:
         uneven = _skewed(np.diff(plan.row_ptr), cfg.threads)
         return body, [(f"{fn}_pad", work_items(cfg.threads)),
                       (f"{fn}_k", work_items(cfg.threads, uneven))]
+
+    def masked_conv(self, fn: str, k: int, op: ConvOp, offs: list[int],
+                    cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
+        """Tiles over the real pixels of a plain 8-wide map, the padding read as masked-off
+        lanes (``compiler_backend.masked``): no pad copy, no junk columns, no crop."""
+        cout, oh, ow = op.out_shape
+        lanes, nv = self.isa.lanes, oh * ow // self.isa.lanes
+        segs = [seg for seg in build_segments(op.weight, op.kept, 1, family="spatial",
+                                              p_max=cfg.p_max, lanes=lanes) if seg.nblk]
+        masks, bias_off = self.add_i(masked.lane_masks(op, lanes)), self.add_f(op.bias)
+        parts, calls, costs = [], [], []
+        for si, seg in enumerate(segs):
+            top = max(1, min(cfg.v, self.isa.max_acc // seg.p, nv))
+            v = max(d for d in range(1, top + 1) if nv % d == 0)
+            off, tap = masked.entry_offsets(seg.cols, op)
+            key = f"mk_p{seg.p}_v{v}"
+            self._template(key, masked.masked_template(key, seg.p, v))
+            args = [self.add_i(seg.rows), self.add_i(seg.eptr), self.add_i(off),
+                    self.add_i(tap * nv), self.add_f(seg.weights), bias_off, offs[op.src],
+                    offs[op.dst], offs[op.res] if op.res is not None else 0, seg.nblk, oh * ow,
+                    ACT_CODES[op.act or "none"], int(op.res is not None), masks, nv]
+            name = f"{fn}_s{si}"
+            parts.append(f"{_sig(name)} {{\n  static const int k[{len(args)}] = "
+                         f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, W, I, A, k);\n}}\n")
+            calls.append(f"{name}(tid, nt, W, I, A);")
+            costs.append(np.repeat(np.diff(seg.eptr) + 1, nv // v))
+        parts.append(f"{_sig(fn + '_k')} {{\n  " + "\n  ".join(calls) + "\n}\n")
+        self._record(k, op, cfg, sorted({s.p for s in segs}))
+        uneven = any(_skewed(c, cfg.threads) for c in costs)
+        return "\n".join(parts), [(f"{fn}_k", work_items(cfg.threads, uneven))]
 
     def _record(self, k: int, op: ConvOp, cfg: KernelConfig, block_sizes: list[int]) -> None:
         cout, oh, ow = op.out_shape
@@ -906,7 +948,9 @@ def default_configs(graph: Graph, isa: Isa, threads: int) -> dict[str, KernelCon
     graph = _private_copy(graph)
     padded = plan_padded(graph, isa.lanes, threads)
     split = plan_split2(graph, padded)
-    return {op.name: default_config(op, isa, threads, op.src in padded, op.src in split)
+    masked = plan_masked(graph, isa.lanes)
+    return {op.name: default_config(op, isa, threads, op.src in padded, op.src in split,
+                                    op.name in masked)
             for op in graph.ops if isinstance(op, ConvOp)}
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import Isa
+from compiler_backend.masked import masked_eligible
 from compiler_backend.quads import QUAD, quad_count
 from compiler_backend.sparsity import full_matrices, plan_channel_blocks
 from compiler_backend.sweep import MAX_PATTERNS, pattern_count
@@ -257,14 +258,27 @@ def _row_group(op: ConvOp) -> int:
     return int(np.median(runs))
 
 
+def suits_masked(op: ConvOp, lanes: int) -> bool:
+    """The masked family (``compiler_backend.masked``) can run ``op`` and its rows share kept
+    entries (dense, or blocks of several rows), so its tiles are several rows tall. Whether
+    it takes it depends on its neighbours' layouts too (``layout.plan_masked``)."""
+    return masked_eligible(op, lanes) and (bool(op.kept.all()) or _row_group(op) > 1)
+
+
 def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
-                   split_src: bool = False) -> KernelConfig:
-    """The untuned choice: channel family for tiny maps, the taps family for one-row blocks
+                   split_src: bool = False, masked: bool = False) -> KernelConfig:
+    """The untuned choice: the masked family where the layout planner keeps the maps plain
+    for it (``masked``), the channel family for tiny maps, the taps family for one-row blocks
     with pattern-like kernels, else the cost model's tile."""
     geo = conv_geometry(op, padded_src, split_src)
     t = geo["T"]
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
+    if masked and suits_masked(op, isa.lanes) and not (padded_src or split_src):
+        group = op.out_shape[0] if op.kept.all() else _row_group(op)
+        p, v = best_tile(isa, op.out_shape[1] * op.out_shape[2],
+                         min(group, 8) if group < 8 else 8 * (group // 8))
+        return KernelConfig("masked", p, v, lt)
     if _quads_pay(op, isa):
         return KernelConfig("quads", 1, 1, lt)
     if _sweep_pays(op, isa):

@@ -13,7 +13,8 @@ scalar epilogues' activations: a data-dependent branch per output cost MobileNet
 layers half their time); the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` /
 ``HLOAD`` / ... for ``kernels.half_width``, and lane masks ``vm``: ``VKEEP(p)`` (the lanes
 whose int at ``p`` is non-zero), ``VSTOREC(p, v, m)`` (lanes ``m`` of ``v`` stored packed
-from ``p`` on), ``VLOADX(p, m)`` (consecutive floats from ``p`` into lanes ``m``);
+from ``p`` on), ``VLOADX(p, m)`` (consecutive floats from ``p`` into lanes ``m``),
+``VLOADZ(p, m)`` (lanes ``m`` of the vector at ``p``, the others zero, unread);
 ``VREG(x)`` keeps a loaded vector in a register (gcc otherwise folds the load into every FMA
 that reads it: the tap-column kernel's row reuse then vanished, 570 us became 700).
 """
@@ -101,6 +102,7 @@ typedef __mmask16 vm;
 #define VKEEP(p) _mm512_test_epi32_mask(_mm512_loadu_si512((const void*)(p)), _mm512_set1_epi32(-1))
 #define VSTOREC(p, v, m) _mm512_mask_storeu_ps((p), VMASK(__builtin_popcount(m)), _mm512_maskz_compress_ps((m), (v)))
 #define VLOADX(p, m) _mm512_maskz_expandloadu_ps((m), (p))
+#define VLOADZ(p, m) _mm512_maskz_loadu_ps((__mmask16)(m), (p))
 #define VSET1(x) _mm512_set1_ps(x)
 #define VZERO() _mm512_setzero_ps()
 #define VREG(x) __asm__("" : "+v"(x))

@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass
 
 from npas_env.errors import InvalidConfig
 
+#: Kernel families a ``KernelConfig`` can name.
+FAMILIES = ("spatial", "channel", "taps", "quads", "sweep", "masked")
+
 
 @dataclass(frozen=True)
 class KernelConfig:
@@ -17,9 +20,12 @@ class KernelConfig:
             ``taps`` (one-row blocks in bands of output rows over kernel-column groups, for
             pattern-like sparsity at stride 1: ``compiler_backend.taps``) or ``quads`` (rows
             over quads of kept taps, for pattern-like sparsity on maps of at most a vector of
-            pixels: ``compiler_backend.quads``).
-        p_max: largest row-block height P for the spatial family (8, 4, 2 or 1).
-        v: vectors per tile: along pixels for the spatial family (tile width = v * lanes),
+            pixels: ``compiler_backend.quads``), ``sweep`` (input-stationary one-row blocks:
+            ``compiler_backend.sweep``) or ``masked`` (spatial tiles over the real pixels of
+            a plain 8-wide map, padding by masked loads: ``compiler_backend.masked``).
+        p_max: largest row-block height P for the spatial and masked families (8, 4, 2 or 1).
+        v: vectors per tile: along pixels for the spatial and masked families (tile width =
+            v * lanes),
             along output channels for the channel family (blocks of v * lanes rows), per
             band row for the taps family, per quad for the quad family.
         threads: threads this layer uses (1 or the model's thread count).
@@ -31,8 +37,8 @@ class KernelConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.family not in ("spatial", "channel", "taps", "quads", "sweep"):
-            raise InvalidConfig("family must be 'spatial', 'channel', 'taps', 'quads' or 'sweep', got "
+        if self.family not in FAMILIES:
+            raise InvalidConfig(f"family must be one of {', '.join(map(repr, FAMILIES))}, got "
                                 f"{self.family!r}")
         if (self.p_max not in (1, 2, 4, 8) or not 1 <= self.v <= 8 or self.threads < 1
                 or (self.family in ("taps", "quads", "sweep") and self.p_max != 1)):

@@ -25,6 +25,7 @@ from compiler_backend.codegen import default_configs, generate
 from compiler_backend.heuristics import (
     _MAX_SWEEP_ROWS,
     quads_eligible,
+    suits_masked,
     sweep_eligible,
     taps_eligible,
 )
@@ -81,6 +82,8 @@ def _space(op: ConvOp, isa: Isa, threads: int) -> list[KernelConfig]:
             out.append(KernelConfig("quads", 1, quad_vectors(npx, isa.lanes), th))
         if sweep_eligible(op) and op.out_shape[0] <= _MAX_SWEEP_ROWS:
             out += [KernelConfig("sweep", 1, v, th) for v in (1, 2)]
+        if suits_masked(op, isa.lanes):
+            out += [KernelConfig("masked", p, v, th) for p, v in ((8, 1), (8, 2), (4, 2), (4, 4))]
         for p in (8, 4, 2, 1):
             for v in range(1, min(8, isa.max_acc // p) + 1):
                 if (v - 1) * isa.lanes < T:

@@ -1,0 +1,115 @@
+"""Masked-row kernels: block-sparse 3x3 convs on 8-wide maps, real pixels only (AVX-512).
+
+A spatial tile on a padded 8x8 map computes wide rows of 10 pixels, two of them junk: a
+fifth of its FMAs and stores are thrown away. Here the map stays plain (``C x 8 x 8``) and a
+vector holds two whole rows, 16 real pixels. Each kept entry (input channel, tap) loads its
+pixel vectors at the tap's offset with a *zero-masking* load: the lanes whose input pixel
+falls outside the map (the padding) read nothing and hold zero, so no padded copy and no junk
+column is needed. The mask depends only on the tap and on which rows the vector holds, so one
+16-bit mask per (tap, vector) is precomputed (``lane_masks``); on AVX-512 a masked load is
+one load micro-op, like a plain one.
+
+Tiles are ``P`` rows of a row block x ``V`` vectors, as in the spatial family: per entry
+``V`` masked pixel loads, ``P`` broadcast weights and ``P * V`` FMAs. The output and the
+residual are plain, so stores need no mask either.
+
+Measured (kernel alone, AVX-512 host, 1 thread, block 8x16 at 8x, 64 channels, residual and
+ReLU fused): 4.4 us as 8 rows x 2 vectors against 5.0 us for the spatial kernel's 4 x 5 on the
+padded map. On 16-wide maps (no lanes wasted by a row of one vector, junk 11 %) it did not
+pay: 4.6 against 4.4 us, so only maps of half a vector's width take it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler_backend.ir import ConvOp
+from compiler_backend.kernels import NOINLINE
+
+#: Vector width (lanes) the family needs: zero-masking loads by a 16-bit mask (AVX-512).
+MASKED_LANES = 16
+#: Largest input (floats x 4 bytes) a tile re-reads for every block: it should stay in L1
+#: (48 KB here). ResNet-20's 64-channel 8x8 maps take 16 KB; VGG-16's 256 / 512-channel ones,
+#: 64 / 128 KB, keep the spatial kernel's input-channel chunks.
+MAX_INPUT_BYTES = 32 * 1024
+
+
+def masked_eligible(op: ConvOp, lanes: int) -> bool:
+    """The family can run ``op``: a 3x3 / stride-1 / pad-1 conv of one group keeping its map
+    size, on a map whose rows are half a vector wide and whose input fits in L1."""
+    if op.is_linear or len(op.in_shape) != 3 or op.groups != 1 or op.stride != 1:
+        return False
+    cin, h, w = op.in_shape
+    _, oh, ow = op.out_shape
+    return (lanes == MASKED_LANES and tuple(op.weight.shape[2:]) == (3, 3)
+            and tuple(op.padding) == (1, 1) and (h, w) == (oh, ow) and 2 * ow == lanes
+            and oh % 2 == 0 and 4 * cin * h * w <= MAX_INPUT_BYTES)
+
+
+def lane_masks(op: ConvOp, lanes: int) -> np.ndarray:
+    """[9 taps, vectors] bit ``l`` set where lane ``l`` of the vector reads a pixel of the map
+    (not the padding) for that tap."""
+    _, oh, ow = op.out_shape
+    nv = oh * ow // lanes
+    p = np.arange(nv * lanes).reshape(nv, lanes)
+    y, x = np.divmod(p, ow)
+    bits = 1 << np.arange(lanes)
+    out = np.zeros((9, nv), np.int64)
+    for tap in range(9):
+        dy, dx = divmod(tap, 3)
+        inside = (y + dy - 1 >= 0) & (y + dy - 1 < oh) & (x + dx - 1 >= 0) & (x + dx - 1 < ow)
+        out[tap] = (inside * bits).sum(1)
+    return out
+
+
+def entry_offsets(cols: np.ndarray, op: ConvOp) -> tuple[np.ndarray, np.ndarray]:
+    """(input offset relative to the output pixel, tap) of each entry ``ci * 9 + tap``."""
+    _, h, w = op.in_shape
+    ci, tap = np.divmod(cols, 9)
+    dy, dx = np.divmod(tap, 3)
+    return ci * h * w + (dy - 1) * w + (dx - 1), tap
+
+
+def masked_template(key: str, p: int, v: int) -> str:
+    """The kernel ``key``: tiles of ``p`` rows x ``v`` vectors over a plain map.
+
+    Parameter array ``k`` (I arena unless noted): rows, eptr, offsets, taps x vectors of each
+    entry (``tap * nv``), weights (W), bias (W), x, y, res (A), nblk, npx, act, has_res, lane
+    masks, vectors per map.
+    """
+    acc = [f"a{r}_{u}" for r in range(p) for u in range(v)]
+    init = " ".join(f"{{ const vf b = VSET1(bias[rw[{r}]]); "
+                    + " ".join(f"a{r}_{u} = b;" for u in range(v)) + " }" for r in range(p))
+    loads = " ".join(f"const vf x{u} = VLOADZ(xp + {u} * VL, m[{u}]);" for u in range(v))
+    fmas = "\n".join(f"        {{ const vf w = VSET1(wp[{r}]); "
+                     + " ".join(f"a{r}_{u} = VFMA(w, x{u}, a{r}_{u});" for u in range(v)) + " }"
+                     for r in range(p))
+    stores = "\n".join(
+        f"      {{ float* yp = Y + (long)rw[{r}] * npx + t; const float* rp = R + (long)rw[{r}] * npx + t; "
+        + " ".join(f"{{ vf y = a{r}_{u}; if (hr) y = VADD(y, VLOAD(rp + {u} * VL)); "
+                   f"VSTORE(yp + {u} * VL, v_act(y, act)); }}" for u in range(v)) + " }"
+        for r in range(p))
+    return f"""
+static {NOINLINE} void {key}(int tid, int nt, const float* restrict W,
+    const int* restrict I, float* restrict A, const int* k) {{
+  const int* rows = I + k[0]; const int* eptr = I + k[1]; const int* off = I + k[2];
+  const int* mo = I + k[3]; const float* wt = W + k[4]; const float* bias = W + k[5];
+  const float* X = A + k[6]; float* Y = A + k[7]; const float* R = A + k[8]; (void)R;
+  const int nblk = k[9], npx = k[10], act = k[11], hr = k[12]; const int* masks = I + k[13];
+  const int ntile = k[14] / {v};
+  PART(nblk * ntile)
+  for (int it = lo; it < hi; ++it) {{
+    const int b = it / ntile, j0 = it % ntile * {v}, t = j0 * VL;
+    const int* rw = rows + b * {p};
+    {' '.join(f'vf {a};' for a in acc)}
+    {init}
+    const float* wp = wt + (long)eptr[b] * {p};
+    _Pragma("GCC unroll 4") for (int e = eptr[b]; e < eptr[b + 1]; ++e, wp += {p}) {{
+      const float* xp = X + off[e] + t; const int* m = masks + mo[e] + j0;
+      {loads}
+{fmas}
+    }}
+{stores}
+  }}
+}}
+"""

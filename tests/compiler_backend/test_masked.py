@@ -1,0 +1,92 @@
+"""Masked-row kernels (``compiler_backend.masked``): plain 8-wide maps, the padding read as
+masked-off lanes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compiler_backend import KernelConfig, compile_model
+from compiler_backend.compile import lower_model, resolve_isa
+from compiler_backend.ir import ConvOp
+from compiler_backend.layout import plan_masked
+from compiler_backend.masked import lane_masks
+
+from .test_fastpaths import _masked, _ref
+
+AVX512 = resolve_isa().name == "avx512"
+
+
+class Block(nn.Module):
+    """A ResNet basic block without downsampling: two 3x3 convs, the input as residual;
+    ``down`` adds a stride-2 conv reading the block's output."""
+
+    def __init__(self, c: int, down: bool = False) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(c, c, 3, 1, 1), nn.Conv2d(c, c, 3, 1, 1)
+        self.down = nn.Conv2d(c, c, 3, 2, 1) if down else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.c2(F.relu(self.c1(x))) + x)
+        return self.down(y) if self.down is not None else y
+
+
+def test_lane_masks_drop_the_padding() -> None:
+    """Bit ``l`` of (tap, vector) is set where lane ``l`` reads a pixel of the map."""
+    model = Block(4).eval()
+    op = next(o for o in lower_model(model, torch.randn(1, 4, 8, 8)).ops if isinstance(o, ConvOp))
+    masks = lane_masks(op, 16)
+    assert masks.shape == (9, 4)
+    assert (masks[4] == 0xFFFF).all()  # the centre tap reads inside the map everywhere
+    # tap (-1, -1), vector 0 holds rows 0 and 1: row 0 reads above the map, column 0 left of it
+    assert masks[0, 0] == 0xFE00 and masks[0, 1] == 0xFEFE
+    assert masks[8, 3] == 0x007F  # tap (+1, +1), rows 6 and 7: row 7 reads below the map
+
+
+def test_plan_masked_keeps_neighbours_layouts() -> None:
+    """Convs take the masked family only together with every conv sharing one of their maps:
+    a stride-2 reader of the block's output wants it phase-split, so neither conv takes it."""
+    x = torch.randn(1, 16, 8, 8)
+    assert plan_masked(lower_model(Block(16).eval(), x), 16) == {"c1", "c2"}
+    assert plan_masked(lower_model(Block(16, down=True).eval(), x), 16) == set()
+    assert plan_masked(lower_model(Block(16).eval(), torch.randn(1, 16, 16, 16)), 16) == set()
+    assert plan_masked(lower_model(Block(16).eval(), x), 8) == set()  # AVX2 has no such loads
+
+
+@pytest.mark.skipif(not AVX512, reason="the masked family needs AVX-512's masked loads")
+@pytest.mark.parametrize("h", [8, 6, 2])
+@pytest.mark.parametrize(("structure", "c", "threads"),
+                         [("dense", 16, 1), ("block", 20, 1), ("block", 20, 2),
+                          ("filter", 24, 1), ("dense", 16, 2)])
+def test_masked_tiles_match_torch(h: int, structure: str, c: int, threads: int,
+                                  compiler_cache) -> None:
+    """Both convs of the block run masked tiles on the plain map (no pad copy, no crop):
+    dense rows, 4-row blocks over 20 rows (8- and 4-row segments), pruned filters (blocks
+    with no entries), a residual, batches of 2, 1 and 2 threads."""
+    torch.manual_seed(0)
+    model = Block(c).eval()
+    masks = _masked(model, structure)
+    x = torch.randn(2, c, h, 8)
+    cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
+    assert {layer.family for layer in cm.report.layers} == {"masked"}
+    src = cm.program.source
+    assert "mk_p" in src and "_pad(int tid" not in src and "_crop(int tid" not in src
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (9, 9)])
+def test_masked_config_falls_back_where_it_cannot_run(hw: tuple[int, int], compiler_cache) -> None:
+    """A masked config for a conv the family cannot run (a 9-wide map, or no AVX-512), or whose
+    maps have a layout of their own, compiles as spatial tiles and still matches PyTorch."""
+    torch.manual_seed(0)
+    model = Block(8, down=True).eval()
+    x = torch.randn(1, 8, *hw)
+    configs = {n: KernelConfig("masked", 8, 2) for n in ("c1", "c2", "down")}
+    cm = compile_model(model, x, {}, configs=configs, cache_dir=compiler_cache)
+    assert {layer.family for layer in cm.report.layers} == {"spatial"}
+    ref = _ref(model, {}, x)
+    assert np.allclose(cm.run(x).numpy(), ref.numpy(), rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
