@@ -176,8 +176,8 @@ def plan_masked(graph: Graph, lanes: int) -> set[str]:
 
     A conv suited to it (``heuristics.suits_masked``) takes it only if every other conv
     reading one of its maps takes it too: a conv needing one of them padded or phase-split
-    would otherwise pay a copy (VGG-16 block 4x: its first 8x8 layer ran 83 -> 73 us masked,
-    but the next one, with 256 input channels, 162 -> 179 us behind a pad copy).
+    would otherwise pay a copy (VGG-16 block 4x, when only its first 8x8 layer could take it:
+    83 -> 73 us for that layer, 162 -> 179 us for the next one behind a pad copy).
     """
     _, readers = _edges(graph)
     convs = [op for op in graph.ops if isinstance(op, ConvOp)]

@@ -28,15 +28,17 @@ from compiler_backend.kernels import NOINLINE
 
 #: Vector width (lanes) the family needs: zero-masking loads by a 16-bit mask (AVX-512).
 MASKED_LANES = 16
-#: Largest input (floats x 4 bytes) a tile re-reads for every block: it should stay in L1
-#: (48 KB here). ResNet-20's 64-channel 8x8 maps take 16 KB; VGG-16's 256 / 512-channel ones,
-#: 64 / 128 KB, keep the spatial kernel's input-channel chunks.
-MAX_INPUT_BYTES = 32 * 1024
+#: Largest input (bytes) a tile sweeps whole for every row block (the family has no
+#: input-channel chunks): ResNet-20's 64-channel 8x8 maps take 16 KB, VGG-16's 256-channel
+#: ones 64 KB (from L2, and still faster: block 8x, 1 thread, its three 8x8 layers ran 45 /
+#: 92 / 92 -> 38 / 74 / 74 us; dense 287 / 573 / 572 -> 286 / 569 / 569 us).
+MAX_INPUT_BYTES = 64 * 1024
 
 
 def masked_eligible(op: ConvOp, lanes: int) -> bool:
     """The family can run ``op``: a 3x3 / stride-1 / pad-1 conv of one group keeping its map
-    size, on a map whose rows are half a vector wide and whose input fits in L1."""
+    size, on a map whose rows are half a vector wide and whose input is at most
+    ``MAX_INPUT_BYTES``."""
     if op.is_linear or len(op.in_shape) != 3 or op.groups != 1 or op.stride != 1:
         return False
     cin, h, w = op.in_shape
