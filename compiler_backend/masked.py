@@ -13,10 +13,10 @@ Tiles are ``P`` rows of a row block x ``V`` vectors, as in the spatial family: p
 ``V`` masked pixel loads, ``P`` broadcast weights and ``P * V`` FMAs. The output and the
 residual are plain, so stores need no mask either.
 
-Measured (kernel alone, AVX-512 host, 1 thread, block 8x16 at 8x, 64 channels, residual and
-ReLU fused): 4.4 us as 8 rows x 2 vectors against 5.0 us for the spatial kernel's 4 x 5 on the
-padded map. On 16-wide maps (no lanes wasted by a row of one vector, junk 11 %) it did not
-pay: 4.6 against 4.4 us, so only maps of half a vector's width take it.
+Measured (kernel alone, AVX-512 host, 1 thread, block 8x16 at 8x, 64 channels): 4.4 us as
+8 rows x 2 vectors with a residual and ReLU fused, against 5.0 us for the spatial kernel's
+4 x 5 on the padded map without them. On 16-wide maps (junk 11 %) it did not pay (4.6 against
+4.4 us), so only maps of half a vector's width take it.
 """
 
 from __future__ import annotations
