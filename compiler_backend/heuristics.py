@@ -258,6 +258,11 @@ def _row_group(op: ConvOp) -> int:
     return int(np.median(runs))
 
 
+def _tile_rows(group: int) -> int:
+    """Rows per row group the cost model tiles: ``group`` below 8, else whole 8-row blocks."""
+    return min(group, 8) if group < 8 else 8 * (group // 8)
+
+
 def suits_masked(op: ConvOp, lanes: int) -> bool:
     """The masked family (``compiler_backend.masked``) can run ``op`` and its rows share kept
     entries (dense, or blocks of several rows), so its tiles are several rows tall. Whether
@@ -276,8 +281,7 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
     lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
     if masked and suits_masked(op, isa.lanes) and not (padded_src or split_src):
         group = op.out_shape[0] if op.kept.all() else _row_group(op)
-        p, v = best_tile(isa, op.out_shape[1] * op.out_shape[2],
-                         min(group, 8) if group < 8 else 8 * (group // 8))
+        p, v = best_tile(isa, op.out_shape[1] * op.out_shape[2], _tile_rows(group))
         return KernelConfig("masked", p, v, lt)
     if _quads_pay(op, isa):
         return KernelConfig("quads", 1, 1, lt)
@@ -304,8 +308,7 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
             return KernelConfig("taps", 1, 1, lt)
     short = (isa.lanes >= _WIDE_LANES and bool(op.kept.all())
              and op.kept[0].size <= _SHORT_ROW_ENTRIES)
-    p, v = best_tile(isa, t, min(group, 8) if group < 8 else 8 * (group // 8),
-                     _SHORT_ROW_ACC if short else None)
+    p, v = best_tile(isa, t, _tile_rows(group), _SHORT_ROW_ACC if short else None)
     return KernelConfig("spatial", p, v, lt)
 
 

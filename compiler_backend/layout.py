@@ -19,6 +19,8 @@ buffers only pointwise convs read stay plain and the expand convs store their ro
 into the depthwise conv's padded input (``_worth_padding``).
 
 A third layout, *phase-split* (``plan_split2``), serves buffers read only by stride-2 convs.
+The maps of convs taking the masked family (``plan_masked``) stay plain: their tiles read the
+padding as masked-off lanes.
 """
 
 from __future__ import annotations
