@@ -178,8 +178,8 @@ class _Builder:
         self.layers: list[LayerInfo] = []
         self.extra_bufs: list[int] = []
         self.templates: dict[str, str] = {}
-        self.padded = plan_padded(graph, isa.lanes, threads)
         self.masked = plan_masked(graph, isa.lanes)
+        self.padded = plan_padded(graph, isa.lanes, threads, self.masked)
         self.split = plan_split2(graph, self.padded)
         self.pad_scratch: dict[tuple[int, ...], int] = {}
         self.crop_off, self.crop_size = -1, 0
@@ -946,9 +946,9 @@ def default_configs(graph: Graph, isa: Isa, threads: int) -> dict[str, KernelCon
     """The untuned kernel choice of every conv / linear layer, given the buffer layouts
     ``generate`` will use (a pointwise conv on a padded input runs over wider rows)."""
     graph = _private_copy(graph)
-    padded = plan_padded(graph, isa.lanes, threads)
-    split = plan_split2(graph, padded)
     masked = plan_masked(graph, isa.lanes)
+    padded = plan_padded(graph, isa.lanes, threads, masked)
+    split = plan_split2(graph, padded)
     return {op.name: default_config(op, isa, threads, op.src in padded, op.src in split,
                                     op.name in masked)
             for op in graph.ops if isinstance(op, ConvOp)}

@@ -279,7 +279,7 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
     t = geo["T"]
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
-    if masked and suits_masked(op, isa.lanes) and not (padded_src or split_src):
+    if masked and masked_eligible(op, isa.lanes) and not (padded_src or split_src):
         group = op.out_shape[0] if op.kept.all() else _row_group(op)
         p, v = best_tile(isa, op.out_shape[1] * op.out_shape[2], _tile_rows(group))
         return KernelConfig("masked", p, v, lt)

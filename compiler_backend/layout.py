@@ -195,13 +195,14 @@ def plan_masked(graph: Graph, lanes: int) -> set[str]:
     return chosen
 
 
-def plan_padded(graph: Graph, lanes: int, threads: int) -> set[int]:
+def plan_padded(graph: Graph, lanes: int, threads: int,
+                masked: set[str] | None = None) -> set[int]:
     """Ids of the buffers stored padded (see the module docstring) for vectors of ``lanes``
     floats and ``threads`` threads; sets their ``numel``. Maps of convs taking the masked
-    family (``plan_masked``) stay plain."""
+    family (``masked``, else ``plan_masked``) stay plain."""
     producers, readers = _edges(graph)
     blocked = _blocked(graph)
-    masked = plan_masked(graph, lanes)
+    masked = plan_masked(graph, lanes) if masked is None else masked
     padded: set[int] = set()
     for buf, prod in producers.items():
         if buf in blocked or len(graph.buffers[buf].shape) != 3:
