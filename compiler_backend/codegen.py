@@ -94,7 +94,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "26"
+GENERATOR_VERSION = "27"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -490,27 +490,40 @@ class _Builder:
     def masked_conv(self, fn: str, k: int, op: ConvOp, offs: list[int],
                     cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
         """Tiles over the real pixels of a plain 8-wide map, the padding read as masked-off
-        lanes (``compiler_backend.masked``): no pad copy, no junk columns, no crop."""
-        cout, oh, ow = op.out_shape
+        lanes (``compiler_backend.masked``): no pad copy, no junk columns, no crop. One-row
+        tiles (``p_max`` 1) over pattern-like kernels become masked sweeps instead."""
+        cin, (_, oh, ow) = op.in_shape[0], op.out_shape
         lanes, nv = self.isa.lanes, oh * ow // self.isa.lanes
         segs = [seg for seg in build_segments(op.weight, op.kept, 1, family="spatial",
                                               p_max=cfg.p_max, lanes=lanes) if seg.nblk]
         masks, bias_off = self.add_i(masked.lane_masks(op, lanes)), self.add_f(op.bias)
+        res_off = offs[op.res] if op.res is not None else None
+        geo = {"kh": 3, "kw": 3, "hq": oh, "wq": ow}
+        offsets = [masked.entry_offsets(seg.cols, op)[0] for seg in segs]
+        sweeps = cfg.p_max == 1 and all(self._sweeps(seg, o, geo) for seg, o in zip(
+            segs, offsets, strict=True) if seg.eptr[-1])
         parts, calls, costs = [], [], []
-        for si, seg in enumerate(segs):
+        for si, (seg, off) in enumerate(zip(segs, offsets, strict=True)):
+            name = f"{fn}_s{si}"
+            calls.append(f"{name}(tid, nt, W, I, A);")
+            if sweeps:
+                text, cost = self.sweep_kernel(name, seg, off, bias_off, offs[op.src], offs[op.dst],
+                                               res_off, op.act, oh * ow, cfg.v, cfg.threads, geo,
+                                               cin, oh * ow, 0, -1, None, (masks, nv))
+                parts.append(text)
+                costs.append(cost)
+                continue
             top = max(1, min(cfg.v, self.isa.max_acc // seg.p, nv))
             v = max(d for d in range(1, top + 1) if nv % d == 0)
-            off, tap = masked.entry_offsets(seg.cols, op)
+            tap = masked.entry_offsets(seg.cols, op)[1]
             key = f"mk_p{seg.p}_v{v}"
             self._template(key, masked.masked_template(key, seg.p, v))
             args = [self.add_i(seg.rows), self.add_i(seg.eptr), self.add_i(off),
                     self.add_i(tap * nv), self.add_f(seg.weights), bias_off, offs[op.src],
-                    offs[op.dst], offs[op.res] if op.res is not None else 0, seg.nblk, oh * ow,
-                    ACT_CODES[op.act or "none"], int(op.res is not None), masks, nv]
-            name = f"{fn}_s{si}"
+                    offs[op.dst], res_off or 0, seg.nblk, oh * ow,
+                    ACT_CODES[op.act or "none"], int(res_off is not None), masks, nv]
             parts.append(f"{_sig(name)} {{\n  static const int k[{len(args)}] = "
                          f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, W, I, A, k);\n}}\n")
-            calls.append(f"{name}(tid, nt, W, I, A);")
             costs.append(np.repeat(np.diff(seg.eptr) + 1, nv // v))
         parts.append(f"{_sig(fn + '_k')} {{\n  " + "\n  ".join(calls) + "\n}\n")
         self._record(k, op, cfg, sorted({s.p for s in segs}))
@@ -730,10 +743,13 @@ class _Builder:
     def sweep_kernel(self, name: str, seg: Segment, offsets: np.ndarray, bias_off: int,
                      x_off: int, y_off: int, res_off: int | None, act: str | None, T: int,
                      v: int, lt: int, geo: dict[str, Any], cin: int, ys: int, yo: int,
-                     jm: int, pieces: tuple[int, int] | None) -> tuple[str, np.ndarray]:
+                     jm: int, pieces: tuple[int, int] | None,
+                     masks: tuple[int, int] | None = None) -> tuple[str, np.ndarray]:
         """Input-stationary sweeps over kernels grouped by pattern (``sweep.sweep_template``);
         also returns the work of its items in the order threads split them. ``pieces``: (I
-        offset, width) of a ``sweep.store_pieces`` table the stores follow, or None."""
+        offset, width) of a ``sweep.store_pieces`` table the stores follow, or None.
+        ``masks``: (I offset, vectors per map) of the lane masks of a plain input read by
+        zero-masking loads (``masked_conv``), or None."""
         ntaps, cs, lanes = geo["kh"] * geo["kw"], geo["hq"] * geo["wq"], self.isa.lanes
         toff = sweep.tap_offsets(seg.cols, offsets, ntaps, cs)
         assert toff is not None
@@ -752,11 +768,12 @@ class _Builder:
         for vb, nb, t0 in ((v, full, 0), (-(-rest // lanes), 1, full * v * lanes)):
             if vb and nb:
                 text = sweep.sweep_template("@KEY@", vb, plan.patterns, toff, max_rows,
-                                            pieces[1] if pieces else 0)
+                                            pieces[1] if pieces else 0, masks is not None)
                 key = "sw_" + hashlib.sha256(text.encode()).hexdigest()[:12]
                 self._template(key, text.replace("@KEY@", key))
-                args = ", ".join(map(str, [*head, nb, *tail, t0, pieces[0] if pieces else 0]))
-                calls.append(f"  {{ static const int k[22] = {{{args}}}; {key}(tid, nt, W, I, A, k); }}")
+                args = ", ".join(map(str, [*head, nb, *tail, t0, pieces[0] if pieces else 0,
+                                           *(masks or (0, 0))]))
+                calls.append(f"  {{ static const int k[24] = {{{args}}}; {key}(tid, nt, W, I, A, k); }}")
         entries = np.diff(seg.eptr[plan.row_ptr])
         return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n", np.repeat(entries, max(full, 1))
 

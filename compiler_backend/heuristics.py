@@ -265,9 +265,11 @@ def _tile_rows(group: int) -> int:
 
 def suits_masked(op: ConvOp, lanes: int) -> bool:
     """The masked family (``compiler_backend.masked``) can run ``op`` and its rows share kept
-    entries (dense, or blocks of several rows), so its tiles are several rows tall. Whether
-    it takes it depends on its neighbours' layouts too (``layout.plan_masked``)."""
-    return masked_eligible(op, lanes) and (bool(op.kept.all()) or _row_group(op) > 1)
+    entries (dense, or blocks of several rows), so its tiles are several rows tall, or its
+    kernels are pattern-like (``_pattern_like``: masked sweeps). Whether it takes it depends
+    on its neighbours' layouts too (``layout.plan_masked``)."""
+    return masked_eligible(op, lanes) and (bool(op.kept.all()) or _row_group(op) > 1
+                                           or _pattern_like(op))
 
 
 def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
@@ -280,6 +282,8 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
     if masked and masked_eligible(op, isa.lanes) and not (padded_src or split_src):
+        if _pattern_like(op):
+            return KernelConfig("masked", 1, 2, lt)  # masked sweeps
         group = op.out_shape[0] if op.kept.all() else _row_group(op)
         p, v = best_tile(isa, op.out_shape[1] * op.out_shape[2], _tile_rows(group))
         return KernelConfig("masked", p, v, lt)
@@ -339,18 +343,23 @@ def sweep_eligible(op: ConvOp) -> bool:
 
 
 def _sweep_pays(op: ConvOp, isa: Isa) -> bool:
-    """The untuned choice of the sweep family: rows that share no kept entries, at least
-    ``_MIN_SWEEP_TAPS`` kept taps per non-empty kernel (pattern pruning: 4) but not all of them
-    (whole kernels pruned alone are unmeasured), at least
-    ``_MIN_SWEEP_KERNELS`` kernels per input channel where the taps family could take the layer
-    (stride 1; else one-row spatial tiles would, which lose to sweeps at fewer: ResNet-20's
-    stride-2 16 -> 32 conv, 9 kernels per channel, 7.7 -> 5.4 us), every tap of two vectors in
-    a register and at most ``_MAX_SWEEP_ROWS`` rows; measured with 16 lanes only."""
+    """The untuned choice of the sweep family: pattern-like kernels (``_pattern_like``), every
+    tap of two vectors in a register; measured with 16 lanes only."""
+    kh, kw = op.kept.shape[2:]
+    return isa.lanes >= _WIDE_LANES and 2 * kh * kw <= isa.max_acc and _pattern_like(op)
+
+
+def _pattern_like(op: ConvOp) -> bool:
+    """Rows that share no kept entries, at least ``_MIN_SWEEP_TAPS`` kept taps per non-empty
+    kernel (pattern pruning: 4) but not all of them (whole kernels pruned alone are
+    unmeasured), at least ``_MIN_SWEEP_KERNELS`` kernels per input channel where the taps
+    family could take the layer (stride 1; else one-row spatial tiles would, which lose to
+    sweeps at fewer: ResNet-20's stride-2 16 -> 32 conv, 9 kernels per channel, 7.7 -> 5.4
+    us), at most ``_MAX_SWEEP_ROWS`` rows."""
     cout, cin, kh, kw = op.kept.shape
     nk = int(op.kept.reshape(cout, cin, -1).any(2).sum())
     per_channel = _MIN_SWEEP_KERNELS if op.stride == 1 else 0
-    if (isa.lanes < _WIDE_LANES or cout > _MAX_SWEEP_ROWS or 2 * kh * kw > isa.max_acc
-            or nk == 0 or nk < per_channel * cin):
+    if cout > _MAX_SWEEP_ROWS or nk == 0 or nk < per_channel * cin:
         return False
     kept = int(op.kept.sum())
     return (_MIN_SWEEP_TAPS * nk <= kept < kh * kw * nk and not _dense_rows(op)

@@ -103,22 +103,33 @@ def plan_sweep(seg: Segment, ntaps: int, cin: int, toff: np.ndarray, slices: int
 
 
 def sweep_template(key: str, v: int, patterns: list[tuple[int, ...]], toff: np.ndarray,
-                   max_rows: int, pieces: int = 0) -> str:
+                   max_rows: int, pieces: int = 0, masked: bool = False) -> str:
     """C text of the sweep kernel for blocks of ``v`` vectors of output pixels.
 
     Parameter array ``k``: group_ptr, weight_ptr, acc_row (I arena), weights, bias (W arena),
     x, y, res (A arena), rows, row_ptr (I arena), slices, pixel blocks, T, cin, channel stride
     of x, ys (channel stride of y and res), yo (store shift), act, has_res, junk mask (-1 or
-    an I offset), first pixel, piece table (I offset).
+    an I offset), first pixel, piece table (I offset), lane masks (I offset), vectors per map.
 
     ``pieces`` > 0: each output vector is stored as up to that many runs of lanes, each at an
     offset of its own in the output channel (``store_pieces``): rows of a plain or padded
     output, with no crop pass. Work items are (slice, pixel block); a thread takes a contiguous range.
+
+    ``masked``: the input is a plain map and each tap's vectors are zero-masking loads
+    (``VLOADZ``) by a [taps, vectors] table of lane masks (``masked.lane_masks``) at I offset
+    ``k[22]``, ``k[23]`` vectors per map: the padding reads as masked-off lanes.
     """
     npat = len(patterns)
     used = sorted({t for p in patterns for t in p})
-    loads = " ".join(f"vf x{t}_{u} = VLOAD(xc + {int(toff[t])} + {u} * VL); VREG(x{t}_{u});"
-                     for t in used for u in range(v))
+    if masked:
+        loads = " ".join(f"vf x{t}_{u} = VLOADZ(xc + {int(toff[t])} + {u} * VL, m{t}_{u}); "
+                         f"VREG(x{t}_{u});" for t in used for u in range(v))
+        lane_masks = " ".join(f"const int m{t}_{u} = mj[{t} * nvm + {u}];"
+                              for t in used for u in range(v))
+    else:
+        loads = " ".join(f"vf x{t}_{u} = VLOAD(xc + {int(toff[t])} + {u} * VL); VREG(x{t}_{u});"
+                         for t in used for u in range(v))
+        lane_masks = ""
     loops = []
     for p, taps in enumerate(patterns):
         body = [f"vf s{u} = VLOAD(a + {u} * VL);" for u in range(v)]
@@ -155,11 +166,13 @@ def sweep_template(key: str, v: int, patterns: list[tuple[int, ...]], toff: np.n
   const int act = k[17], hr = k[18];
   const float* jm = k[19] >= 0 ? (const float*)(I + k[19]) : 0;
   const int* pt = I + k[21]; (void)pt;
+  const int* mk = I + k[22]; const int nvm = k[23]; (void)mk; (void)nvm;
   float acc[{max_rows} * {v} * VL] __attribute__((aligned(64)));
   PART(k[10] * nb)
   for (int it = lo; it < hi; ++it) {{
     const int s = it / nb, t = k[20] + (it % nb) * {v} * VL;
     const int r0 = rp[s], nr = rp[s + 1] - r0;
+    const int* mj = mk + t / VL; (void)mj; {lane_masks}
     for (int r = 0; r < nr; ++r) {{
       float* a = acc + r * {v} * VL; const vf b = VSET1(bias[rows[r0 + r]]); {init}
     }}

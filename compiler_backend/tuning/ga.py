@@ -83,7 +83,8 @@ def _space(op: ConvOp, isa: Isa, threads: int) -> list[KernelConfig]:
         if sweep_eligible(op) and op.out_shape[0] <= _MAX_SWEEP_ROWS:
             out += [KernelConfig("sweep", 1, v, th) for v in (1, 2)]
         if suits_masked(op, isa.lanes):
-            out += [KernelConfig("masked", p, v, th) for p, v in ((8, 1), (8, 2), (4, 2), (4, 4))]
+            out += [KernelConfig("masked", p, v, th)  # p 1: masked sweeps where they serve
+                    for p, v in ((8, 1), (8, 2), (4, 2), (4, 4), (1, 2))]
         for p in (8, 4, 2, 1):
             for v in range(1, min(8, isa.max_acc // p) + 1):
                 if (v - 1) * isa.lanes < T:

@@ -17,6 +17,7 @@ from compiler_backend.ir import ConvOp
 from compiler_backend.layout import plan_masked
 from compiler_backend.masked import lane_masks
 from compiler_backend.toolchain import find_compiler
+from npas_env.pruning import prune_mask
 
 from .test_export import _build_and_run, _check_output
 from .test_fastpaths import _masked, _ref
@@ -78,6 +79,37 @@ def test_masked_tiles_match_torch(h: int, structure: str, c: int, threads: int,
     assert {layer.family for layer in cm.report.layers} == {"masked"}
     src = cm.program.source
     assert "mk_p" in src and "_pad(int tid" not in src and "_crop(int tid" not in src
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+def _pattern_masks(model: nn.Module, idle_filter: bool) -> dict[str, torch.Tensor]:
+    """Pattern + connectivity at 8x on every conv; ``idle_filter`` prunes filter 5 whole."""
+    masks = {n: prune_mask(m.weight, "pattern", 8.0) for n, m in model.named_modules()
+             if isinstance(m, nn.Conv2d)}
+    if idle_filter:
+        for mask in masks.values():
+            mask[5] = False
+    return masks
+
+
+@pytest.mark.skipif(not AVX512, reason="the masked family needs AVX-512's masked loads")
+@pytest.mark.parametrize(("h", "threads", "idle_filter"),
+                         [(8, 1, False), (8, 2, False), (6, 1, True), (2, 2, True)])
+def test_masked_sweeps_match_torch(h: int, threads: int, idle_filter: bool,
+                                   compiler_cache) -> None:
+    """Pattern-pruned convs on a plain 8-wide map take masked sweeps (kernels grouped by
+    pattern, each tap's vectors loaded with the padding masked off): no pad copy, no crop, no
+    piece stores; a residual, a pruned filter, batches of 2, 1 and 2 threads."""
+    torch.manual_seed(0)
+    model = Block(64).eval()  # ResNet-20's layer3: enough kernels per input channel to sweep
+    masks = _pattern_masks(model, idle_filter)
+    x = torch.randn(2, 64, h, 8)
+    cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
+    assert [(layer.family, layer.config["p_max"]) for layer in cm.report.layers] == [("masked", 1)] * 2
+    src = cm.program.source
+    assert "VLOADZ(xc" in src and "mk_p" not in src and "_pad(int tid" not in src
+    assert "_crop(int tid" not in src
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
 
