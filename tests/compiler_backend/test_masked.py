@@ -129,16 +129,19 @@ def test_masked_config_falls_back_where_it_cannot_run(hw: tuple[int, int], compi
 
 
 @pytest.mark.parametrize("isa", ["avx512", "generic"])
-def test_exported_block_builds_with_masked_tiles_where_the_isa_has_them(isa: str, tmp_path) -> None:
-    """An exported package for AVX-512 carries masked tiles and builds on any host (and runs
-    and matches PyTorch on an AVX-512 one); for portable C the same block takes spatial tiles
-    and matches."""
+@pytest.mark.parametrize(("structure", "kernel"), [("block", "void mk_p"), ("pattern", "VLOADZ(xc")])
+def test_exported_block_builds_with_masked_tiles_where_the_isa_has_them(
+        isa: str, structure: str, kernel: str, tmp_path) -> None:
+    """An exported package for AVX-512 carries masked tiles (block-sparse) or masked sweeps
+    (pattern-pruned) and builds on any host (and runs and matches PyTorch on an AVX-512 one);
+    for portable C the same block takes other kernels and matches."""
     torch.manual_seed(0)
-    model = Block(16).eval()
-    masks = _masked(model, "block")
-    x = torch.randn(1, 16, 8, 8)
+    c = 16 if structure == "block" else 64
+    model = Block(c).eval()
+    masks = _masked(model, "block") if structure == "block" else _pattern_masks(model, False)
+    x = torch.randn(1, c, 8, 8)
     out = export_c(model, x, tmp_path, masks, isa=isa)
-    assert ("void mk_p" in (out.directory / "npas_model.c").read_text()) is (isa == "avx512")
+    assert (kernel in (out.directory / "npas_model.c").read_text()) is (isa == "avx512")
     if isa == "avx512" and not AVX512:
         make = subprocess.run(["make", "-s", "-C", str(out.directory), f"CC={find_compiler()}"],
                               capture_output=True, text=True, timeout=300)
