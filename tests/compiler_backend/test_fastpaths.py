@@ -281,7 +281,9 @@ def test_channel_tiles_only_for_dense_rows_on_maps_under_a_vector_wide(k: int) -
 
 def test_avx512_channel_tiles_fill_the_accumulators_on_dense_rows() -> None:
     """16-lane vectors: 7x7 dense maps take 2-vector channel tiles like AVX2; tiny dense maps
-    take 3 vectors (24 accumulators), sparse rows 1 (a block runs its rows' union)."""
+    take 3 vectors (24 accumulators), sparse rows 1 (a block runs its rows' union), except
+    dense 1x1 convs on maps that fill whole vectors (4x4), which take 8-row spatial tiles
+    reading each weight once."""
     avx512, avx2 = ISAS["avx512"], ISAS["avx2"]
 
     def choice(op: ConvOp, isa=avx512) -> tuple[str, int]:
@@ -290,8 +292,11 @@ def test_avx512_channel_tiles_fill_the_accumulators_on_dense_rows() -> None:
 
     assert choice(_conv_op(512, 512, 7, 1)) == ("channel", 2)
     assert choice(_conv_op(64, 64, 8, 3))[0] == "spatial"
-    tiny = _conv_op(320, 1280, 4, 1)
+    assert choice(_conv_op(320, 1280, 4, 1)) == ("spatial", 1)
+    assert default_config(_conv_op(320, 1280, 4, 1), avx512, 1).p_max == 8
+    tiny = _conv_op(512, 512, 4, 3)
     assert choice(tiny) == ("channel", 3)
+    assert choice(_conv_op(320, 1280, 2, 1)) == ("channel", 3)  # 4 of 16 lanes: not whole
     assert choice(_conv_op(16, 32, 2, 3), avx2)[1] == 1
     # no more vectors than the output channels fill: a 10-class head stores 16 weight rows
     # per column, not 48 (MobileNetV2's 1280 -> 10 streamed 245 KB for 51 KB of weights)
@@ -361,7 +366,7 @@ def test_block_sparse_rows_on_tiny_maps_take_spatial_tiles_of_their_block_height
         assert cfg.p_max * cfg.v <= avx512.max_acc
     assert default_config(blocky(512, 512, 2, 3), avx512, 1).family == "channel"
     assert default_config(blocky(64, 64, 2, 3), avx2, 1).family == "channel"
-    tiny = _conv_op(320, 1280, 4, 1)  # dense rows keep their channel tiles
+    tiny = _conv_op(512, 512, 4, 3)  # dense 3x3 rows keep their channel tiles
     assert default_config(tiny, avx512, 1).family == "channel"
     # ... and there the 16-lane channel tiles run on half vectors: 8-row blocks, no union
     assert half_channel_lanes(blocky(512, 512, 2, 3), avx512)
