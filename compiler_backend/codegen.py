@@ -499,11 +499,11 @@ class _Builder:
         masks, bias_off = self.add_i(masked.lane_masks(op, lanes)), self.add_f(op.bias)
         res_off = offs[op.res] if op.res is not None else None
         geo = {"kh": 3, "kw": 3, "hq": oh, "wq": ow}
-        offsets = [masked.entry_offsets(seg.cols, op)[0] for seg in segs]
-        sweeps = cfg.p_max == 1 and all(self._sweeps(seg, o, geo) for seg, o in zip(
-            segs, offsets, strict=True) if seg.eptr[-1])
+        entries = [masked.entry_offsets(seg.cols, op) for seg in segs]  # (offset, tap) each
+        sweeps = cfg.p_max == 1 and all(self._sweeps(seg, off, geo) for seg, (off, _) in zip(
+            segs, entries, strict=True) if seg.eptr[-1])
         parts, calls, costs = [], [], []
-        for si, (seg, off) in enumerate(zip(segs, offsets, strict=True)):
+        for si, (seg, (off, tap)) in enumerate(zip(segs, entries, strict=True)):
             name = f"{fn}_s{si}"
             calls.append(f"{name}(tid, nt, W, I, A);")
             if sweeps:
@@ -515,7 +515,6 @@ class _Builder:
                 continue
             top = max(1, min(cfg.v, self.isa.max_acc // seg.p, nv))
             v = max(d for d in range(1, top + 1) if nv % d == 0)
-            tap = masked.entry_offsets(seg.cols, op)[1]
             key = f"mk_p{seg.p}_v{v}"
             self._template(key, masked.masked_template(key, seg.p, v))
             args = [self.add_i(seg.rows), self.add_i(seg.eptr), self.add_i(off),

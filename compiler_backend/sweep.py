@@ -121,15 +121,11 @@ def sweep_template(key: str, v: int, patterns: list[tuple[int, ...]], toff: np.n
     """
     npat = len(patterns)
     used = sorted({t for p in patterns for t in p})
-    if masked:
-        loads = " ".join(f"vf x{t}_{u} = VLOADZ(xc + {int(toff[t])} + {u} * VL, m{t}_{u}); "
-                         f"VREG(x{t}_{u});" for t in used for u in range(v))
-        lane_masks = " ".join(f"const int m{t}_{u} = mj[{t} * nvm + {u}];"
-                              for t in used for u in range(v))
-    else:
-        loads = " ".join(f"vf x{t}_{u} = VLOAD(xc + {int(toff[t])} + {u} * VL); VREG(x{t}_{u});"
-                         for t in used for u in range(v))
-        lane_masks = ""
+    load = "VLOADZ(xc + {o} + {u} * VL, m{t}_{u})" if masked else "VLOAD(xc + {o} + {u} * VL)"
+    loads = " ".join(f"vf x{t}_{u} = {load.format(o=int(toff[t]), u=u, t=t)}; VREG(x{t}_{u});"
+                     for t in used for u in range(v))
+    lane_masks = " ".join(f"const int m{t}_{u} = mj[{t} * nvm + {u}];"
+                          for t in used for u in range(v)) if masked else ""
     loops = []
     for p, taps in enumerate(patterns):
         body = [f"vf s{u} = VLOAD(a + {u} * VL);" for u in range(v)]
