@@ -28,6 +28,8 @@ from compiler_backend.depthwise import (
     S2_PLANE4_TEMPLATE,
     dw9_packs,
     dwband_template,
+    masked_dw_eligible,
+    masked_dw_template,
     plane4_writes_plain,
     use_bands,
     use_plane4,
@@ -248,8 +250,10 @@ class _Builder:
                 return self.quads_conv(fn, k, op, offs, cfg)
             cfg = KernelConfig("spatial", 1, 2, cfg.threads)  # a phase-split layout is involved
         if cfg.family == "masked":
-            if (masked.masked_eligible(op, self.isa.lanes)
-                    and not any(self._laid_out(b) for b in (op.src, op.dst, op.res) if b is not None)):
+            plain = not any(self._laid_out(b) for b in (op.src, op.dst, op.res) if b is not None)
+            if plain and masked_dw_eligible(op, self.isa.lanes):
+                return self.masked_dw(fn, k, op, offs, cfg)
+            if plain and masked.masked_eligible(op, self.isa.lanes):
                 return self.masked_conv(fn, k, op, offs, cfg)
             cfg = KernelConfig("spatial", cfg.p_max, cfg.v, cfg.threads)  # a layout of its own
         taps = ((cfg.family == "spatial" and cfg.p_max > 1 or cfg.family == "sweep")
@@ -528,6 +532,22 @@ class _Builder:
         self._record(k, op, cfg, sorted({s.p for s in segs}))
         uneven = any(_skewed(c, cfg.threads) for c in costs)
         return "\n".join(parts), [(f"{fn}_k", work_items(cfg.threads, uneven))]
+
+    def masked_dw(self, fn: str, k: int, op: ConvOp, offs: list[int],
+                  cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
+        """Depthwise 3x3 over a plain 8-wide map, the padding read as masked-off lanes
+        (``depthwise.masked_dw_template``)."""
+        cout, oh, ow = op.out_shape
+        nv = oh * ow // self.isa.lanes
+        key = f"mdw_v{nv}"
+        self._template(key, masked_dw_template(nv))
+        args = [self.add_f(op.weight.reshape(cout, 9)), self.add_f(op.bias), offs[op.src],
+                offs[op.dst], offs[op.res] if op.res is not None else 0, cout,
+                ACT_CODES[op.act or "none"], int(op.res is not None)]
+        self._record(k, op, cfg, [1])
+        return (f"{_sig(fn + '_k')} {{\n  static const int k[{len(args)}] = "
+                f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, W, I, A, k);\n}}\n",
+                [(f"{fn}_k", work_items(cfg.threads))])
 
     def _record(self, k: int, op: ConvOp, cfg: KernelConfig, block_sizes: list[int]) -> None:
         cout, oh, ow = op.out_shape

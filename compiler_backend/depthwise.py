@@ -10,6 +10,10 @@ needs no re-zeroing pass (``BORDER_TEMPLATE``) after this kernel.
 
 Kernel step, MobileNetV2's 144-channel 32x32 depthwise layer after a 1x1 conv, 1 thread:
 65 us with ``dw9``, 37 us with bands of 4 rows.
+
+On maps whose rows are half a vector wide (8x8 with 16 lanes) the map stays plain and
+``masked_dw_template`` loads each pair of input rows once per kernel column with the padding
+masked off, as the masked family does (``compiler_backend.masked``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from compiler_backend.ir import ConvOp
 from compiler_backend.kernels import NOINLINE, dw9_head
+from compiler_backend.masked import MASKED_LANES
 
 #: Output rows per band: 4 accumulators + 9 weights + 1 pixel vector + bias fit 16 registers.
 BAND = 4
@@ -104,6 +109,70 @@ PLANE4_TEMPLATE = dw9_head("dw9_plane4") + """
     VSTORE(y, z0); VSTOREM(y + 16, z1, 8);
   }
 }
+"""
+
+
+def masked_dw_eligible(op: ConvOp, lanes: int) -> bool:
+    """``masked_dw_template`` can run ``op``: a dense depthwise 3x3 / stride-1 / pad-1 conv
+    (one channel per group) on a map of an even number of rows, each half a vector wide."""
+    if op.is_linear or len(op.in_shape) != 3:
+        return False
+    cin, h, w = op.in_shape
+    cout, oh, ow = op.out_shape
+    return (lanes == MASKED_LANES and op.groups == cin == cout
+            and tuple(op.weight.shape[2:]) == (3, 3) and op.stride == 1
+            and tuple(op.padding) == (1, 1) and (h, w) == (oh, ow) and 2 * ow == lanes
+            and oh % 2 == 0 and bool(op.kept.all()))
+
+
+def masked_dw_template(nv: int) -> str:
+    """C text of ``mdw_v{nv}``: depthwise 3x3 over a plain map of ``nv`` vectors, two 8-pixel
+    rows per vector (AVX-512).
+
+    Output vector ``v`` holds rows ``2v, 2v + 1``; its tap ``(i, j)`` reads the 16 floats at
+    plain offset ``8 (2v + i - 1) + j - 1``, lanes off the map masked to zero (column
+    ``j - 1 + x`` outside the row, or row -1 / ``2 nv``). The vector of input rows ``r, r + 1``
+    at kernel column ``j`` is loaded once and feeds every output vector that reads it (two for
+    odd ``r``): ``3 (2 nv + 1)`` masked loads and ``9 nv`` FMAs per channel, against ``dw9``'s
+    ``9 (nv + nv / 4)`` loads and FMAs on a padded map's wide rows. The nine weights stay in
+    registers per channel. MobileNetV2's 384-channel 8x8 layer, kernel alone, AMD Zen 4,
+    1 thread: 6.4 us against 12.8 us (``dw9`` on wide rows of 10).
+
+    Parameter array ``k``: weights (9 per channel), bias (W arena), x, y, res (A arena),
+    channels, act, has_res.
+    """
+    lanes, ow = MASKED_LANES, MASKED_LANES // 2
+    cols = [sum(1 << lane for lane in range(lanes) if 0 <= lane % ow + j - 1 < ow)
+            for j in range(3)]
+    top, bottom = (1 << lanes) - (1 << ow), (1 << ow) - 1
+    loads = []
+    for r in range(-1, 2 * nv):
+        rows = top if r == -1 else bottom if r == 2 * nv - 1 else (1 << lanes) - 1
+        hits = [(i, v) for i in range(3) for v in range(nv) if 2 * v + i - 1 == r]
+        for j in range(3):
+            loads.append(f"{{ const vf l = VLOADZ(x + {ow * r + j - 1}, {cols[j] & rows:#06x}); "
+                         + " ".join(f"a{v} = VFMA(w{3 * i + j}, l, a{v});" for i, v in hits) + " }")
+    weights = " ".join(f"const vf w{q} = VSET1(w9[{q}]);" for q in range(9))
+    accs = ", ".join(f"a{v} = b" for v in range(nv))
+    stores = " ".join(f"{{ vf z = a{v}; if (hr) z = VADD(z, VLOAD(rp + {v} * VL)); "
+                      f"VSTORE(y + {v} * VL, v_act(z, act)); }}" for v in range(nv))
+    body = "\n    ".join(loads)
+    return f"""static {NOINLINE} void mdw_v{nv}(int tid, int nt, const float* restrict W,
+    const int* restrict I, float* restrict A, const int* k) {{
+  (void)I;
+  const float* wt = W + k[0]; const float* bias = W + k[1];
+  const float* X = A + k[2]; float* Y = A + k[3]; const float* R = A + k[4]; (void)R;
+  const int act = k[6], hr = k[7];
+  PART(k[5])
+  for (int c = lo; c < hi; ++c) {{
+    const float* w9 = wt + 9L * c; const float* x = X + (long)c * {nv * lanes};
+    float* y = Y + (long)c * {nv * lanes}; const float* rp = R + (long)c * {nv * lanes}; (void)rp;
+    {weights}
+    const vf b = VSET1(bias[c]); vf {accs};
+    {body}
+    {stores}
+  }}
+}}
 """
 
 

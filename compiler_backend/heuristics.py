@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler_backend.depthwise import masked_dw_eligible
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import Isa
 from compiler_backend.masked import masked_eligible
@@ -266,10 +267,11 @@ def _tile_rows(group: int) -> int:
 def suits_masked(op: ConvOp, lanes: int) -> bool:
     """The masked family (``compiler_backend.masked``) can run ``op`` and its rows share kept
     entries (dense, or blocks of several rows), so its tiles are several rows tall, or its
-    kernels are pattern-like (``_pattern_like``: masked sweeps). Whether it takes it depends
+    kernels are pattern-like (``_pattern_like``: masked sweeps); or ``op`` is a depthwise conv
+    its plain-map kernel runs (``depthwise.masked_dw_eligible``). Whether it takes it depends
     on its neighbours' layouts too (``layout.plan_masked``)."""
-    return masked_eligible(op, lanes) and (bool(op.kept.all()) or _row_group(op) > 1
-                                           or _pattern_like(op))
+    return masked_dw_eligible(op, lanes) or masked_eligible(op, lanes) and (
+        bool(op.kept.all()) or _row_group(op) > 1 or _pattern_like(op))
 
 
 def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
@@ -281,6 +283,8 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
     t = geo["T"]
     flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
     lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
+    if masked and masked_dw_eligible(op, isa.lanes) and not (padded_src or split_src):
+        return KernelConfig("masked", 1, 1, lt)  # ``depthwise.masked_dw_template``
     if masked and masked_eligible(op, isa.lanes) and not (padded_src or split_src):
         if _pattern_like(op):
             return KernelConfig("masked", 1, 2, lt)  # masked sweeps

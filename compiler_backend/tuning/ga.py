@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from compiler_backend.codegen import default_configs, generate
+from compiler_backend.depthwise import masked_dw_eligible
 from compiler_backend.heuristics import (
     _MAX_SWEEP_ROWS,
     quads_eligible,
@@ -82,7 +83,9 @@ def _space(op: ConvOp, isa: Isa, threads: int) -> list[KernelConfig]:
             out.append(KernelConfig("quads", 1, quad_vectors(npx, isa.lanes), th))
         if sweep_eligible(op) and op.out_shape[0] <= _MAX_SWEEP_ROWS:
             out += [KernelConfig("sweep", 1, v, th) for v in (1, 2)]
-        if suits_masked(op, isa.lanes):
+        if masked_dw_eligible(op, isa.lanes):
+            out.append(KernelConfig("masked", 1, 1, th))  # one kernel, no tiles
+        elif suits_masked(op, isa.lanes):
             out += [KernelConfig("masked", p, v, th)  # p 1: masked sweeps where they serve
                     for p, v in ((8, 1), (8, 2), (4, 2), (4, 4), (1, 2))]
         for p in (8, 4, 2, 1):

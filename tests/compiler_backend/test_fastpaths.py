@@ -162,7 +162,9 @@ def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, h
     outputs stay plain, the expand convs read them as they are and store their rows straight
     into the padded input of the depthwise conv (``row_store``; pruned filters by
     ``fill_rows`` with a junk mask), copying nothing. On a 4x4 map (AVX-512) the depthwise
-    planes also store a plain output themselves, so the project convs read plain inputs."""
+    planes also store a plain output themselves, so the project convs read plain inputs. With
+    AVX-512 on the 8x8 map the depthwise convs run on the plain map too
+    (``depthwise.masked_dw_template``): no buffer is padded at all."""
     torch.manual_seed(0)
     model = WideInverted().eval()
     masks = _masked(model, structure)
@@ -172,7 +174,10 @@ def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, h
     graph = lower_model(model, x, masks)
     padded = plan_padded(graph, isa.lanes, threads)
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
-    laid_out = structure == "dense" and threads == 1 and isa.lanes % hw[1] == 0
+    plain = hw == (8, 8) and isa.lanes == 16
+    laid_out = structure == "dense" and threads == 1 and isa.lanes % hw[1] == 0 and not plain
+    if plain:
+        assert not {convs[n].dst for n in ("ex1", "ex2", "dw1", "dw2")} & padded
     if laid_out:
         assert not {convs[n].src for n in ("ex1", "ex2")} & padded
         assert {convs[n].dst for n in ("ex1", "ex2")} <= padded
@@ -181,8 +186,10 @@ def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, h
     cm = compile_model(model, x, masks, threads=threads, isa=isa_name, cache_dir=compiler_cache)
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+    src = cm.program.source
+    if plain:
+        assert "void mdw_v4(" in src and src.count("_pad(int tid") == 1  # the stem only
     if laid_out:
-        src = cm.program.source
         assert src.count("_pad(int tid") == 1  # the stem only
         if hw == (8, 8):
             assert "_o8(int tid" in src  # expand tiles storing rows into a padded buffer
@@ -660,11 +667,13 @@ def test_depthwise_rows_pack_a_plain_output(hw: tuple[int, int], res: bool, thre
                                             compiler_cache) -> None:
     """Depthwise rows stepping wide-row vectors (``dw9``) pack their real pixels into a plain
     output: no crop pass. On 8x8 a vector starts on a junk column (48 = 4 x 10 + 8), on 7x7
-    the last one is partial (63 = 3 x 16 + 15)."""
+    the last one is partial (63 = 3 x 16 + 15). (Untuned, an 8x8 map takes the masked
+    depthwise kernel, ``test_masked.py``; a spatial config asks for ``dw9``.)"""
     torch.manual_seed(0)
     model = ResidualDepthwise(24, res).eval()
     x = torch.randn(2, 24, *hw)
-    cm = compile_model(model, x, {}, threads=threads, cache_dir=compiler_cache)
+    configs = {"dw": KernelConfig("spatial", 1, 5)} if hw == (8, 8) else None
+    cm = compile_model(model, x, {}, threads=threads, configs=configs, cache_dir=compiler_cache)
     src = cm.program.source
     assert f"dw9_v{-(-hw[0] * (hw[1] + 2) // 16)}_c{hw[1] + 2}x{hw[1]}(tid" in src
     assert "_crop(int tid" not in src

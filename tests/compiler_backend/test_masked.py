@@ -39,6 +39,24 @@ class Block(nn.Module):
         return self.down(y) if self.down is not None else y
 
 
+class Inverted(nn.Module):
+    """MobileNetV2's inverted residual block (expand 1x1, depthwise 3x3, project 1x1, the
+    input as residual); ``dw_res`` instead adds the depthwise conv's input to its output."""
+
+    def __init__(self, c: int, e: int = 3, dw_res: bool = False) -> None:
+        super().__init__()
+        self.expand, self.project = nn.Conv2d(c, c * e, 1), nn.Conv2d(c * e, c, 1)
+        self.dw = nn.Conv2d(c * e, c * e, 3, 1, 1, groups=c * e)
+        self.bn = nn.BatchNorm2d(c * e)
+        self.dw_res = dw_res
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self.expand(x))
+        d = self.bn(self.dw(h))
+        d = F.relu(d + h) if self.dw_res else F.relu6(d)
+        return self.project(d) + x
+
+
 def test_lane_masks_drop_the_padding() -> None:
     """Bit ``l`` of (tap, vector) is set where lane ``l`` reads a pixel of the map."""
     model = Block(4).eval()
@@ -59,6 +77,46 @@ def test_plan_masked_keeps_neighbours_layouts() -> None:
     assert plan_masked(lower_model(Block(16, down=True).eval(), x), 16) == set()
     assert plan_masked(lower_model(Block(16).eval(), torch.randn(1, 16, 16, 16)), 16) == set()
     assert plan_masked(lower_model(Block(16).eval(), x), 8) == set()  # AVX2 has no such loads
+
+
+def test_plan_masked_takes_depthwise_convs_read_by_pointwise_ones() -> None:
+    """A depthwise conv on an 8-wide map takes the masked family although pointwise convs
+    (which read any layout) write its input and read its output: the whole block stays
+    plain. Not on 16-wide maps, not with 8 lanes, not once a 3x3 conv reads its output."""
+    x = torch.randn(1, 16, 8, 8)
+    assert plan_masked(lower_model(Inverted(16).eval(), x), 16) == {"dw"}
+    assert plan_masked(lower_model(Inverted(16).eval(), torch.randn(1, 16, 16, 16)), 16) == set()
+    assert plan_masked(lower_model(Inverted(16).eval(), x), 8) == set()
+    then_3x3 = nn.Sequential(Inverted(16), nn.Conv2d(16, 16, 3, 2, 1)).eval()
+    assert plan_masked(lower_model(then_3x3, x), 16) == {"0.dw"}  # it reads the block output
+    graph = lower_model(nn.Sequential(Inverted(16), Block(16, down=True)).eval(), x)
+    assert plan_masked(graph, 16) == {"0.dw"}
+
+
+@pytest.mark.skipif(not AVX512, reason="the masked family needs AVX-512's masked loads")
+@pytest.mark.parametrize(("h", "threads", "dw_res"),
+                         [(8, 1, False), (8, 2, False), (6, 1, True), (2, 2, True), (16, 1, False)])
+def test_masked_depthwise_matches_torch(h: int, threads: int, dw_res: bool,
+                                        compiler_cache) -> None:
+    """The depthwise conv of an inverted residual block on a plain 8-wide map runs
+    ``mdw_v{n}`` (each input row pair loaded once per kernel column, the padding masked
+    off), its pointwise neighbours plain tiles: no pad copy, no crop, no border zeroing; a
+    residual into the depthwise conv, batches of 2, 1 and 2 threads, block-pruned 1x1s."""
+    torch.manual_seed(0)
+    model = Inverted(16, dw_res=dw_res).eval()
+    with torch.no_grad():  # BN statistics that fold into something other than identity
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    masks = _masked(model, "block")
+    masks.pop("dw")
+    x = torch.randn(2, 16, h, 8)
+    cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
+    assert {layer.name: layer.family for layer in cm.report.layers}["dw"] == "masked"
+    src = cm.program.source
+    assert f"void mdw_v{h // 2}(" in src
+    assert not any(f"_{s}(int tid" in src for s in ("pad", "crop", "zb"))
+    ref = _ref(model, masks, x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
 
 
 @pytest.mark.skipif(not AVX512, reason="the masked family needs AVX-512's masked loads")
