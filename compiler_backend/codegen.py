@@ -35,6 +35,7 @@ from compiler_backend.depthwise import (
     use_plane4,
     use_s2_plane4,
 )
+from compiler_backend.fusion import GROUP, exdw_template, expand_groups, plan_fusion
 from compiler_backend.heuristics import (
     channel_chunks,
     channel_tile,
@@ -96,7 +97,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "27"
+GENERATOR_VERSION = "28"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -183,6 +184,9 @@ class _Builder:
         self.masked = plan_masked(graph, isa.lanes)
         self.padded = plan_padded(graph, isa.lanes, threads, self.masked)
         self.split = plan_split2(graph, self.padded)
+        self.fused = plan_fusion(graph, isa.lanes, self.masked)  # expand name -> depthwise op
+        ops = {getattr(op, "name", None): op for op in graph.ops}
+        self.fused_into = {dw.name: ops[e] for e, dw in self.fused.items()}  # its expand op
         self.pad_scratch: dict[tuple[int, ...], int] = {}
         self.crop_off, self.crop_size = -1, 0
         self.junk_masks: dict[tuple[int, int, int], int] = {}
@@ -206,7 +210,10 @@ class _Builder:
         return off
 
     def plan_memory(self) -> list[int]:
-        offsets, self.arena = plan_arena(self.g, self.padded, self.split)
+        # a fused depthwise conv reads its expand conv's input
+        reads = {k: {self.fused_into[op.name].src} for k, op in enumerate(self.g.ops)
+                 if getattr(op, "name", None) in self.fused_into}
+        offsets, self.arena = plan_arena(self.g, self.padded, self.split, reads)
         return offsets
 
     # -------------------------------------------------------------- ops
@@ -243,6 +250,11 @@ class _Builder:
         src_padded, src_split = op.src in self.padded, op.src in self.split
         cfg = self.configs.get(op.name) or default_config(op, self.isa, self.threads, src_padded,
                                                           src_split, op.name in self.masked)
+        if op.name in self.fused:  # computed by the depthwise conv reading it (``exdw``)
+            self._record(k, op, cfg, [1], "fused")
+            return "", []
+        if op.name in self.fused_into:
+            return self.exdw(fn, k, self.fused_into[op.name], op, offs, cfg)
         if is_depthwise_s2(op):
             return self.dw_s2(fn, k, op, offs, cfg)
         if cfg.family == "quads":
@@ -549,11 +561,31 @@ class _Builder:
                 f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, W, I, A, k);\n}}\n",
                 [(f"{fn}_k", work_items(cfg.threads))])
 
-    def _record(self, k: int, op: ConvOp, cfg: KernelConfig, block_sizes: list[int]) -> None:
+    def exdw(self, fn: str, k: int, ex: ConvOp, op: ConvOp, offs: list[int],
+             cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
+        """The depthwise conv ``op`` with the expand conv ``ex`` feeding it computed group by
+        group on the stack (``fusion.exdw_template``)."""
+        cout, h, w = op.out_shape
+        xcs, xs, x0 = strides(self.g, ex.src, self.padded)
+        ys, yr, yo = strides(self.g, op.dst, self.padded)
+        gptr, eoff, ew = expand_groups(ex, xcs)
+        key = f"exdw_{h}x{w}"
+        self._template(key, exdw_template(h, w, self.isa.lanes))
+        args = [self.add_i(gptr), self.add_i(eoff), self.add_f(ew), self.add_f(ex.bias),
+                self.add_f(op.weight.reshape(cout, 9)), self.add_f(op.bias), offs[ex.src],
+                offs[op.dst], xs, x0, ys, yr, yo, ACT_CODES[ex.act or "none"],
+                ACT_CODES[op.act or "none"], cout // GROUP]
+        self._record(k, op, cfg, [1], "exdw")
+        return (f"{_sig(fn + '_k')} {{\n  static const int k[{len(args)}] = "
+                f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, W, I, A, k);\n}}\n",
+                [(f"{fn}_k", work_items(cfg.threads))])
+
+    def _record(self, k: int, op: ConvOp, cfg: KernelConfig, block_sizes: list[int],
+                family: str | None = None) -> None:
         cout, oh, ow = op.out_shape
         kept = int(op.kept.sum())
         self.layers.append(LayerInfo(
-            op.name, k, cfg.family, structure_label(op.kept), block_sizes,
+            op.name, k, family or cfg.family, structure_label(op.kept), block_sizes,
             kept / max(op.kept.size, 1), 2 * op.kept.size * oh * ow, 2 * kept * oh * ow, cfg))
 
     def dw_s2(self, fn: str, k: int, op: ConvOp, offs: list[int],

@@ -176,8 +176,10 @@ def masked_dw_template(nv: int) -> str:
 """
 
 
-def _band(h: int, masked: bool) -> str:
-    """Statements of a band of ``h`` rows: FMAs, then full (or masked: ``n`` lanes) stores."""
+def band_statements(h: int, masked: bool, yq: str = "wq") -> str:
+    """Statements of a band of ``h`` rows: FMAs, then full (or masked: ``n`` lanes) stores of
+    output rows ``yq`` apart (C names: input rows ``wq`` apart from ``xc``, output and
+    residual from ``yp`` / ``rp``)."""
     fmas = []
     for j in range(3):
         for m in range(h + 2):
@@ -186,8 +188,8 @@ def _band(h: int, masked: bool) -> str:
                         + " ".join(f"a{r} = VFMA(w{3 * i + j}, x, a{r});" for r, i in hits) + " }")
     load, store = ("VLOADM(rp + {o}, n)", "VSTOREM(yp + {o}, v_act(y, act), n)") if masked else \
         ("VLOAD(rp + {o})", "VSTORE(yp + {o}, v_act(y, act))")
-    out = " ".join(f"{{ vf y = a{r}; if (hr) y = VADD(y, {load.format(o=f'{r} * wq')}); "
-                   f"{store.format(o=f'{r} * wq')}; }}" for r in range(h))
+    out = " ".join(f"{{ vf y = a{r}; if (hr) y = VADD(y, {load.format(o=f'{r} * {yq}')}); "
+                   f"{store.format(o=f'{r} * {yq}')}; }}" for r in range(h))
     return "\n".join([" ".join(f"vf a{r} = bb;" for r in range(h)), *fmas, out])
 
 
@@ -212,8 +214,8 @@ def dwband_template() -> str:
       }}"""
 
     def rows(h: int) -> str:
-        return loop.format(full=_band(h, False).replace(chr(10), pad),
-                           part=_band(h, True).replace(chr(10), pad))
+        return loop.format(full=band_statements(h, False).replace(chr(10), pad),
+                           part=band_statements(h, True).replace(chr(10), pad))
 
     return f"""static {NOINLINE} void dwband(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{

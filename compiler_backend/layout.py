@@ -149,7 +149,7 @@ def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded
     return cost <= saved
 
 
-def _edges(graph: Graph) -> tuple[dict[int, Any], dict[int, list[tuple[Any, str]]]]:
+def edges(graph: Graph) -> tuple[dict[int, Any], dict[int, list[tuple[Any, str]]]]:
     """Producer op of every buffer, and its readers with their role (src / res / other)."""
     producers: dict[int, Any] = {}
     for op in graph.ops:
@@ -186,7 +186,7 @@ def plan_masked(graph: Graph, lanes: int) -> set[str]:
     MobileNetV2's 8x8 blocks (pointwise, masked depthwise, pointwise) so run plain: four
     vectors per map instead of five wide ones.
     """
-    _, readers = _edges(graph)
+    _, readers = edges(graph)
     convs = [op for op in graph.ops if isinstance(op, ConvOp)]
     chosen = {op.name for op in convs if suits_masked(op, lanes)}
     changed = True
@@ -206,7 +206,7 @@ def plan_padded(graph: Graph, lanes: int, threads: int,
     """Ids of the buffers stored padded (see the module docstring) for vectors of ``lanes``
     floats and ``threads`` threads; sets their ``numel``. Maps of convs taking the masked
     family (``masked``, else ``plan_masked``) stay plain."""
-    producers, readers = _edges(graph)
+    producers, readers = edges(graph)
     blocked = _blocked(graph)
     masked = plan_masked(graph, lanes) if masked is None else masked
     padded: set[int] = set()
@@ -259,7 +259,7 @@ def plan_split2(graph: Graph, padded: set[int]) -> set[int]:
     a conv's output is such a conv (or a 1x1 stride-2 shortcut, which reads phase (1, 1)), the
     producer's crop epilogue writes the phases directly and no reader copies its input.
     """
-    producers, readers = _edges(graph)
+    producers, readers = edges(graph)
     blocked = _blocked(graph) | padded
     split: set[int] = set()
     for buf, prod in producers.items():

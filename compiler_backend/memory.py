@@ -15,6 +15,7 @@ may return a view of keep a region of their own; buffers no op touches get none.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from compiler_backend.ir import FallbackOp, Graph
@@ -36,8 +37,10 @@ def region_floats(numel: int) -> int:
     return -(-(numel + SLACK) // 16) * 16
 
 
-def plan_arena(graph: Graph, padded: set[int], split: set[int]) -> tuple[list[int], int]:
-    """(offset of every buffer in floats, arena size in floats)."""
+def plan_arena(graph: Graph, padded: set[int], split: set[int],
+               also_reads: Mapping[int, set[int]] | None = None) -> tuple[list[int], int]:
+    """(offset of every buffer in floats, arena size in floats); ``also_reads``: op index ->
+    buffers it reads besides its own (a fused kernel reading its producer's input)."""
     bufs = graph.buffers
 
     def root(i: int) -> int:
@@ -49,7 +52,7 @@ def plan_arena(graph: Graph, padded: set[int], split: set[int]) -> tuple[list[in
     last: dict[int, int] = {}
     own = {root(graph.input), root(graph.output)} | {b.idx for b in bufs if b.pinned}
     for k, op in enumerate(graph.ops):
-        ids = {root(i) for i in op_buffers(op)}
+        ids = {root(i) for i in (*op_buffers(op), *(also_reads or {}).get(k, ()))}
         if isinstance(op, FallbackOp) and op.dst is None:
             own |= ids  # its result may be a view of them, used by later fallbacks
         for r in ids:
