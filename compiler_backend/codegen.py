@@ -167,6 +167,12 @@ class Program:
     line_map: list[tuple[int, int, str]] = field(default_factory=list)
 
 
+def _calling(name: str, key: str, args: list[int]) -> str:
+    """C text of step function ``name``: template ``key`` on the parameter array ``args``."""
+    return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = "
+            f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, W, I, A, k);\n}}\n")
+
+
 class _Builder:
     def __init__(self, graph: Graph, isa: Isa, threads: int,
                  configs: dict[str, KernelConfig], inject_error: str | None) -> None:
@@ -537,8 +543,7 @@ class _Builder:
                     self.add_i(tap * nv), self.add_f(seg.weights), bias_off, offs[op.src],
                     offs[op.dst], res_off or 0, seg.nblk, oh * ow,
                     ACT_CODES[op.act or "none"], int(res_off is not None), masks, nv]
-            parts.append(f"{_sig(name)} {{\n  static const int k[{len(args)}] = "
-                         f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, W, I, A, k);\n}}\n")
+            parts.append(_calling(name, key, args))
             costs.append(np.repeat(np.diff(seg.eptr) + 1, nv // v))
         parts.append(f"{_sig(fn + '_k')} {{\n  " + "\n  ".join(calls) + "\n}\n")
         self._record(k, op, cfg, sorted({s.p for s in segs}))
@@ -557,9 +562,7 @@ class _Builder:
                 offs[op.dst], offs[op.res] if op.res is not None else 0, cout,
                 ACT_CODES[op.act or "none"], int(op.res is not None)]
         self._record(k, op, cfg, [1])
-        return (f"{_sig(fn + '_k')} {{\n  static const int k[{len(args)}] = "
-                f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, W, I, A, k);\n}}\n",
-                [(f"{fn}_k", work_items(cfg.threads))])
+        return _calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
 
     def exdw(self, fn: str, k: int, ex: ConvOp, op: ConvOp, offs: list[int],
              cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
@@ -576,9 +579,7 @@ class _Builder:
                 offs[op.dst], xs, x0, ys, yr, yo, ACT_CODES[ex.act or "none"],
                 ACT_CODES[op.act or "none"], cout // GROUP]
         self._record(k, op, cfg, [1], "exdw")
-        return (f"{_sig(fn + '_k')} {{\n  static const int k[{len(args)}] = "
-                f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, W, I, A, k);\n}}\n",
-                [(f"{fn}_k", work_items(cfg.threads))])
+        return _calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
 
     def _record(self, k: int, op: ConvOp, cfg: KernelConfig, block_sizes: list[int],
                 family: str | None = None) -> None:
@@ -777,8 +778,7 @@ class _Builder:
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
                 vs if vr else lanes, vw, *(eo or (0, 0)), -1 if eo else jm, dr, *rlay,
                 *(pack[:2] if pack else ())]
-        return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
-                f"  {key}(tid, nt, W, I, A, k);\n}}\n",
+        return (_calling(name, key, args),
                 np.outer(np.minimum(tch, T - tch * np.arange(nch)), np.diff(seg.eptr)).ravel(),
                 nch >= 2)
 
@@ -898,8 +898,7 @@ class _Builder:
             v = dw9_vectors(T, self.isa.lanes)
             fn = f"dw9_v{v}"
             self._template(fn, dw9_template(v))
-        return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
-                f"  {fn}(tid, nt, W, I, A, k);\n}}\n")
+        return _calling(name, fn, args)
 
     def fill_kernel(self, name: str, seg: Segment, bias_off: int, y_off: int,
                     res_off: int | None, act: str | None, T: int, ys: int, yo: int,
