@@ -24,7 +24,7 @@ import numpy as np
 
 from compiler_backend.ir import ConvOp
 from compiler_backend.kernels import NOINLINE, dw9_head
-from compiler_backend.masked import MASKED_LANES
+from compiler_backend.masked import MASKED_LANES, plain_rows_3x3
 
 #: Output rows per band: 4 accumulators + 9 weights + 1 pixel vector + bias fit 16 registers.
 BAND = 4
@@ -113,16 +113,10 @@ PLANE4_TEMPLATE = dw9_head("dw9_plane4") + """
 
 
 def masked_dw_eligible(op: ConvOp, lanes: int) -> bool:
-    """``masked_dw_template`` can run ``op``: a dense depthwise 3x3 / stride-1 / pad-1 conv
-    (one channel per group) on a map of an even number of rows, each half a vector wide."""
-    if op.is_linear or len(op.in_shape) != 3:
-        return False
-    cin, h, w = op.in_shape
-    cout, oh, ow = op.out_shape
-    return (lanes == MASKED_LANES and op.groups == cin == cout
-            and tuple(op.weight.shape[2:]) == (3, 3) and op.stride == 1
-            and tuple(op.padding) == (1, 1) and (h, w) == (oh, ow) and 2 * ow == lanes
-            and oh % 2 == 0 and bool(op.kept.all()))
+    """``masked_dw_template`` can run ``op``: a dense depthwise conv (one channel per group)
+    on a map of two rows per vector (``masked.plain_rows_3x3``)."""
+    return (plain_rows_3x3(op, lanes) and op.groups == op.in_shape[0] == op.out_shape[0]
+            and bool(op.kept.all()))
 
 
 def masked_dw_template(nv: int) -> str:
