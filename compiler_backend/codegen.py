@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from compiler_backend.depthwise import (
     use_plane4,
     use_s2_plane4,
 )
+from compiler_backend.flags import call_values, copy_name, written_in
 from compiler_backend.fusion import GROUP, exdw_template, expand_groups, plan_fusion
 from compiler_backend.heuristics import (
     channel_chunks,
@@ -97,7 +99,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "28"
+GENERATOR_VERSION = "29"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -167,12 +169,6 @@ class Program:
     line_map: list[tuple[int, int, str]] = field(default_factory=list)
 
 
-def _calling(name: str, key: str, args: list[int]) -> str:
-    """C text of step function ``name``: template ``key`` on the parameter array ``args``."""
-    return (f"{_sig(name)} {{\n  static const int k[{len(args)}] = "
-            f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, W, I, A, k);\n}}\n")
-
-
 class _Builder:
     def __init__(self, graph: Graph, isa: Isa, threads: int,
                  configs: dict[str, KernelConfig], inject_error: str | None) -> None:
@@ -187,6 +183,7 @@ class _Builder:
         self.layers: list[LayerInfo] = []
         self.extra_bufs: list[int] = []
         self.templates: dict[str, str] = {}
+        self.copies: dict[str, dict[str, dict[str, int]]] = {}  # key -> copy name -> flags
         self.masked = plan_masked(graph, isa.lanes)
         self.padded = plan_padded(graph, isa.lanes, threads, self.masked)
         self.split = plan_split2(graph, self.padded)
@@ -502,8 +499,7 @@ class _Builder:
                  int(op.res is not None), cout]
         body = (f"{_sig(fn + '_pad')} {{\n  (void)W;\n  static const int k[{len(gargs)}] = "
                 f"{{{', '.join(map(str, gargs))}}};\n  {gkey}(tid, nt, I, A, k);\n}}\n"
-                f"{_sig(fn + '_k')} {{\n  static const int k[{len(kargs)}] = "
-                f"{{{', '.join(map(str, kargs))}}};\n  {kkey}(tid, nt, W, I, A, k);\n}}\n")
+                f"{_sig(fn + '_k')} {{\n  {self._invoke(kkey, kargs)}\n}}\n")
         self._record(k, op, cfg, [1])
         uneven = _skewed(np.diff(plan.row_ptr), cfg.threads)
         return body, [(f"{fn}_pad", work_items(cfg.threads)),
@@ -543,7 +539,7 @@ class _Builder:
                     self.add_i(tap * nv), self.add_f(seg.weights), bias_off, offs[op.src],
                     offs[op.dst], res_off or 0, seg.nblk, oh * ow,
                     ACT_CODES[op.act or "none"], int(res_off is not None), masks, nv]
-            parts.append(_calling(name, key, args))
+            parts.append(self._calling(name, key, args))
             costs.append(np.repeat(np.diff(seg.eptr) + 1, nv // v))
         parts.append(f"{_sig(fn + '_k')} {{\n  " + "\n  ".join(calls) + "\n}\n")
         self._record(k, op, cfg, sorted({s.p for s in segs}))
@@ -562,7 +558,7 @@ class _Builder:
                 offs[op.dst], offs[op.res] if op.res is not None else 0, cout,
                 ACT_CODES[op.act or "none"], int(op.res is not None)]
         self._record(k, op, cfg, [1])
-        return _calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
+        return self._calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
 
     def exdw(self, fn: str, k: int, ex: ConvOp, op: ConvOp, offs: list[int],
              cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
@@ -579,7 +575,7 @@ class _Builder:
                 offs[op.dst], xs, x0, ys, yr, yo, ACT_CODES[ex.act or "none"],
                 ACT_CODES[op.act or "none"], cout // GROUP]
         self._record(k, op, cfg, [1], "exdw")
-        return _calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
+        return self._calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
 
     def _record(self, k: int, op: ConvOp, cfg: KernelConfig, block_sizes: list[int],
                 family: str | None = None) -> None:
@@ -607,8 +603,7 @@ class _Builder:
                 self.add_f(op.bias), offs[op.src], offs[op.dst],
                 offs[op.res] if op.res is not None else 0, cout, h, w, oh, ow, dp, dr, do,
                 rp, rr, ro, ACT_CODES[op.act or "none"], int(op.res is not None), xp, xr, xo]
-        body = (f"{_sig(fn + '_k')} {{\n  static const int k[23] = {{{', '.join(map(str, args))}}};\n"
-                f"  {fn_s2}(tid, nt, W, I, A, k);\n}}\n")
+        body = f"{_sig(fn + '_k')} {{\n  {self._invoke(fn_s2, args)}\n}}\n"
         self._record(k, op, cfg, [1])
         return body, [(f"{fn}_k", work_items(cfg.threads))]
 
@@ -649,6 +644,28 @@ class _Builder:
     def _template(self, key: str, text: str) -> None:
         if key not in self.templates:
             self.templates[key] = text
+
+    def _invoke(self, key: str, args: Sequence[int], operands: str = "W, I, A") -> str:
+        """C statements calling template ``key`` on the parameter array ``args``: the copy of
+        it with the flags ``args`` passes written in (``compiler_backend.flags``)."""
+        values = call_values(self.templates[key], args)
+        name = copy_name(key, values)
+        self.copies.setdefault(key, {})[name] = values
+        return (f"static const int k[{len(args)}] = {{{', '.join(map(str, args))}}};\n"
+                f"  {name}(tid, nt, {operands}, k);")
+
+    def _calling(self, name: str, key: str, args: list[int]) -> str:
+        """C text of step function ``name``: template ``key`` on the parameter array ``args``."""
+        return f"{_sig(name)} {{\n  {self._invoke(key, args)}\n}}\n"
+
+    def template_texts(self) -> list[str]:
+        """C text of every template called: one copy per combination of flags its calls pass
+        (the template itself when it reads none)."""
+        texts = []
+        for key, text in self.templates.items():
+            copies = self.copies.get(key)
+            texts.extend([written_in(key, text, v) for v in copies.values()] if copies else [text])
+        return texts
 
     def prologue(self, name: str, op: ConvOp, geo: dict[str, Any], src: int, dst: int,
                  src_padded: bool = False) -> str:
@@ -778,7 +795,7 @@ class _Builder:
                 co, ncc, ACT_CODES[act or "none"], int(res_off is not None), flo,
                 vs if vr else lanes, vw, *(eo or (0, 0)), -1 if eo else jm, dr, *rlay,
                 *(pack[:2] if pack else ())]
-        return (_calling(name, key, args),
+        return (self._calling(name, key, args),
                 np.outer(np.minimum(tch, T - tch * np.arange(nch)), np.diff(seg.eptr)).ravel(),
                 nch >= 2)
 
@@ -822,9 +839,8 @@ class _Builder:
                                             pieces[1] if pieces else 0, masks is not None)
                 key = "sw_" + hashlib.sha256(text.encode()).hexdigest()[:12]
                 self._template(key, text.replace("@KEY@", key))
-                args = ", ".join(map(str, [*head, nb, *tail, t0, pieces[0] if pieces else 0,
-                                           *(masks or (0, 0))]))
-                calls.append(f"  {{ static const int k[24] = {{{args}}}; {key}(tid, nt, W, I, A, k); }}")
+                args = [*head, nb, *tail, t0, pieces[0] if pieces else 0, *(masks or (0, 0))]
+                calls.append(f"  {{ {self._invoke(key, args)} }}")
         entries = np.diff(seg.eptr[plan.row_ptr])
         return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n", np.repeat(entries, max(full, 1))
 
@@ -854,8 +870,7 @@ class _Builder:
                 key = f"tk_r{r}_v{v}_k{kh}" + ("_x2" if split else "")
                 self._template(key, taps.taps_template(key, r, v, kh, split))
                 args = [*head, band0, nb, *tail]
-                calls.append(f"  {{ static const int k[{len(args)}] = {{{', '.join(map(str, args))}}}; "
-                             f"{key}(tid, nt, W, I, A, k); }}")
+                calls.append(f"  {{ {self._invoke(key, args)} }}")
         costs = np.tile(np.diff(seg.eptr), max(full, 1))
         return f"{_sig(name)} {{\n" + "\n".join(calls) + "\n}\n", costs, full >= 2
 
@@ -898,7 +913,7 @@ class _Builder:
             v = dw9_vectors(T, self.isa.lanes)
             fn = f"dw9_v{v}"
             self._template(fn, dw9_template(v))
-        return _calling(name, fn, args)
+        return self._calling(name, fn, args)
 
     def fill_kernel(self, name: str, seg: Segment, bias_off: int, y_off: int,
                     res_off: int | None, act: str | None, T: int, ys: int, yo: int,
@@ -909,8 +924,7 @@ class _Builder:
         self._template("fill_rows", FILL_TEMPLATE)
         args = [self.add_i(rows), bias_off, y_off, res_off or 0, rows.size, T, ys, yo,
                 ACT_CODES[act or "none"], int(res_off is not None), jm]
-        return (f"{_sig(name)} {{\n  static const int k[11] = {{{', '.join(map(str, args))}}};\n"
-                f"  fill_rows(tid, nt, W, I, A, k);\n}}\n")
+        return self._calling(name, "fill_rows", args)
 
     def _place(self, buf: int, op: ConvOp) -> tuple[int, int, int]:
         """(channel stride, row stride, offset) of ``op``'s output layout in ``buf``."""
@@ -944,8 +958,7 @@ class _Builder:
                 self.add_f(seg.weights), bias_off, x_off, y_off, res_off or 0, seg.nblk, ydst[0],
                 ACT_CODES[act or "none"], int(res_off is not None), self.add_i(pos),
                 self.add_i(ypos), self.add_i(rpos), pos.size, rdst[0], ech]
-        return (f"{_sig(name)} {{\n  static const int k[18] = {{{', '.join(map(str, args))}}};\n"
-                f"  {key}(tid, nt, W, I, A, k);\n}}\n")
+        return self._calling(name, key, args)
 
     def crop(self, name: str, op: ConvOp, T: int, wq: int, tmp_off: int, offs: list[int]) -> str:
         cout, oh, ow = op.out_shape
@@ -956,15 +969,14 @@ class _Builder:
             hq, dwq = split2_geometry(oh, ow)
             args = [tmp_off, offs[op.dst], res, cout * oh, oh, ow, T, wq, hq * dwq, dwq, cout,
                     rp, rr, ro, ACT_CODES[op.act or "none"], int(op.res is not None)]
-            return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[16] = "
-                    f"{{{', '.join(map(str, args))}}};\n  crop_split2(tid, nt, A, k);\n}}\n")
+            return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  "
+                    f"{self._invoke('crop_split2', args, 'A')}\n}}\n")
         key = "crop"
         self._template(key, crop_template(key))
         dp, dr, do = strides(self.g, op.dst, self.padded)
         args = [tmp_off, offs[op.dst], res, cout * oh, oh, ow, T, wq, dp, dr, do, rp, rr, ro,
                 ACT_CODES[op.act or "none"], int(op.res is not None)]
-        return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[16] = "
-                f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, A, k);\n}}\n")
+        return f"{_sig(name)} {{\n  (void)W; (void)I;\n  {self._invoke(key, args, 'A')}\n}}\n"
 
     def _crop_scratch(self, numel: int) -> int:
         """One wide-row scratch region shared by every crop epilogue (ops run in sequence)."""
@@ -1041,7 +1053,7 @@ def generate(graph: Graph, isa: Isa, threads: int, configs: dict[str, KernelConf
         segments[-1].append(k)
     src = [f"/* npas-env compiler_backend generator v{GENERATOR_VERSION}, isa {isa.name} */",
            prelude(isa), ACT_HELPERS, f"double npas_prof[{max(1, len(graph.ops))}];", "int npas_prof_on = 0;"]
-    src.extend(b.templates.values())
+    src.extend(b.template_texts())
     line_map: list[tuple[int, int, str]] = []
     line = sum(s.count("\n") + 1 for s in src) + 1
     for name, text in b.funcs:

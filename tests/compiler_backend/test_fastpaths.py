@@ -18,6 +18,7 @@ from compiler_backend.isa import ISAS
 from compiler_backend.layout import plan_padded, plan_split2
 
 from .lanes import EIGHT_LANES
+from .source import kernel_source
 
 
 class ResChain(nn.Module):
@@ -86,7 +87,7 @@ def test_padded_layout_chain_matches_torch(structure: str, threads: int, compile
     assert cm._batch_fn is not None  # fallback-free: the batch loop runs inside C
     # only the stem (plain input) copies its input: c3's output is stored phase-split for the
     # stride-2 conv (``plan_split2``)
-    assert cm.program.source.count("_pad(int tid") == 1
+    assert kernel_source(cm).count("_pad(int tid") == 1
     assert convs["down"].src in plan_split2(graph, padded)
 
 
@@ -132,7 +133,7 @@ def test_pointwise_convs_keep_the_padded_layout(structure: str, threads: int,
     cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
-    src = cm.program.source
+    src = kernel_source(cm)
     assert src.count("_pad(int tid") == 1 and src.count("_crop(int tid") == 0
     assert src.count("_zb(int tid") == 0
 
@@ -186,7 +187,7 @@ def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, h
     cm = compile_model(model, x, masks, threads=threads, isa=isa_name, cache_dir=compiler_cache)
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
-    src = cm.program.source
+    src = kernel_source(cm)
     if plain:
         assert "void mdw_v4(" in src and src.count("_pad(int tid") == 1  # the stem only
     if laid_out:
@@ -230,7 +231,7 @@ def test_phase_split_layout_feeds_stride2_convs(hw: tuple[int, int], structure: 
                        cache_dir=compiler_cache)
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
-    src = cm.program.source
+    src = kernel_source(cm)
     assert src.count("crop_split2(tid, nt, A, k)") == 1 and src.count("_pad(int tid") == 1
     if hw[0] >= 16:  # both stride-2 convs write their padded outputs in place: conv2 alone crops
         assert src.count("crop(tid, nt, A, k)") == 1
@@ -348,7 +349,7 @@ def test_channel_tiles_over_input_slices_match_torch(threads: int, compiler_cach
     cfg = KernelConfig("channel", 8, 2, threads)
     cm = compile_model(model, x, threads=threads, configs={"a": cfg, "b": cfg},
                        cache_dir=compiler_cache)
-    assert re.search(r"ck_t\d+c2p[1-9]", cm.program.source)  # layer a: sliced
+    assert re.search(r"ck_t\d+c2p[1-9]", kernel_source(cm))  # layer a: sliced
     ref = model(x).detach()
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
 
@@ -410,7 +411,7 @@ def test_half_vector_channel_tiles_match_torch(hw: int, pairs: bool, threads: in
     x = torch.randn(3, 24, hw, hw)
     cm = compile_model(model, x, masks, threads=threads, configs={"a": cfg, "b": cfg},
                        cache_dir=compiler_cache)
-    assert re.search(r"ck_t\d+c1p\d+h" + ("x" if pairs else "") + r"\(tid", cm.program.source)
+    assert re.search(r"ck_t\d+c1p\d+h" + ("x" if pairs else "") + r"\(tid", kernel_source(cm))
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
 
@@ -476,7 +477,7 @@ def test_row_mode_tiles_on_narrow_maps_match_torch(hw: int, threads: int, compil
     x = torch.randn(2, 3, hw, hw)
     cm = compile_model(model, x, masks, threads=threads, isa=EIGHT_LANES,
                        cache_dir=compiler_cache)
-    assert "_r(tid" in cm.program.source  # a row-mode kernel was generated
+    assert "_r(tid" in kernel_source(cm)  # a row-mode kernel was generated
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
 
@@ -571,7 +572,7 @@ def test_per_tap_planes_match_torch(structure: str, threads: int, monkeypatch,
     x = torch.randn(2, 20, 8, 7)
     cm = compile_model(model, x, masks, threads=threads, configs=configs,
                        cache_dir=compiler_cache)
-    src = cm.program.source  # the 3x3 convs on 4x4 maps: gathers, row copies from padded inputs
+    src = kernel_source(cm)  # the 3x3 convs on 4x4 maps: gathers, row copies from padded inputs
     assert src.count("gather_taps_t16_q9_n") >= 2 and src.count("copy_taps_h4_w4_q9(tid") >= 2
     # convs writing a padded output without a residual store its rows directly: no crop
     assert src.count("_o4(tid, nt") >= 2
@@ -603,7 +604,7 @@ def test_spatial_tiles_of_wide_rows_store_a_phase_split_output(hw: tuple[int, in
     cm = compile_model(model, x, masks, threads=threads, configs=configs, cache_dir=compiler_cache)
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
-    source = cm.program.source
+    source = kernel_source(cm)
     assert ("_r_e(tid" in source) is split and ("crop_split2(tid" in source) is not split
     assert "zero_border(tid" not in source
 
@@ -640,7 +641,7 @@ def test_wide_row_tiles_pack_a_plain_output(hw: tuple[int, int], structure: str,
     masks = _masked(model, structure)
     x = torch.randn(2, 16, *hw)
     cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
-    src = cm.program.source
+    src = kernel_source(cm)
     assert f"_c{hw[1] + 2}x{hw[1]}(tid" in src and "_crop(int tid" not in src
     assert ("_r_c" in src) == (hw == (6, 15))
     packed = re.findall(r"k\[29\] = \{([^}]*)\};\n  sk_\w+_c\d+x\d+\(tid", src)
@@ -674,7 +675,7 @@ def test_depthwise_rows_pack_a_plain_output(hw: tuple[int, int], res: bool, thre
     x = torch.randn(2, 24, *hw)
     configs = {"dw": KernelConfig("spatial", 1, 5)} if hw == (8, 8) else None
     cm = compile_model(model, x, {}, threads=threads, configs=configs, cache_dir=compiler_cache)
-    src = cm.program.source
+    src = kernel_source(cm)
     assert f"dw9_v{-(-hw[0] * (hw[1] + 2) // 16)}_c{hw[1] + 2}x{hw[1]}(tid" in src
     assert "_crop(int tid" not in src
     ref = _ref(model, {}, x)
@@ -708,7 +709,7 @@ def test_packed_stores_read_a_padded_residual(k: int, structure: str, threads: i
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
     assert convs["c1"].res in plan_padded(graph, 16, threads)
     cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
-    src = cm.program.source
+    src = kernel_source(cm)
     # (pruned filters' rows are filled plain: those layers keep their crop pass)
     assert ("_c11x9w(tid" in src) == ("_crop(int tid" not in src) == (structure != "filter")
     ref = _ref(model, masks, x)
@@ -740,6 +741,6 @@ def test_phase_split_tiles_read_a_plain_residual(threads: int, compiler_cache) -
     pw = next(op for op in graph.ops if isinstance(op, ConvOp) and op.name == "pw")
     assert pw.dst in plan_split2(graph, padded) and pw.res not in padded
     cm = compile_model(model, x, {}, threads=threads, cache_dir=compiler_cache)
-    assert "_e(tid" in cm.program.source  # the tiles store the phases themselves
+    assert "_e(tid" in kernel_source(cm)  # the tiles store the phases themselves
     ref = _ref(model, {}, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4

@@ -11,6 +11,7 @@ from compiler_backend.compile import resolve_isa
 from compiler_backend.isa import detect_isa
 
 from .lanes import EIGHT_LANES
+from .source import kernel_source
 
 # (out_channels, kernel, stride, padding, groups) on a 12 x 11 x 9 input
 _CASES = [(13, 1, 1, 0, 1), (13, 3, 1, 1, 1), (16, 3, 2, 1, 1), (12, 3, 1, 1, 12),
@@ -232,7 +233,7 @@ def test_crop_epilogue_activations_and_residual_match_torch(isa: str, plain: boo
     model = CropActs(plain).eval()
     x = torch.randn(2, 4, 11, 21) * 3
     cm = compile_model(model, x, None, isa=isa, cache_dir=compiler_cache)
-    src = cm.program.source
+    src = kernel_source(cm)
     assert src.count("crop(tid, nt, A, k)") == (2 if plain else 1)  # c3 (and c2 if plain)
     assert src.count("crop_split2(tid, nt, A, k)") == (0 if plain else 1)
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-5
@@ -264,7 +265,7 @@ def test_stride2_depthwise_kernel_matches_torch(hw: tuple[int, int], isa: str,
     x = torch.randn(2, 10, *hw)
     cm = compile_model(model, x, None, isa=None if isa == "native" else isa,
                        cache_dir=compiler_cache)
-    src = cm.program.source
+    src = kernel_source(cm)
     plane = resolve_isa(None if isa == "native" else isa).name == "avx512" and hw == (8, 8)
     assert src.count("dws2_plane4(tid, nt, W, I, A, k)") == int(plane)  # dw3: padded 8x8 input
     assert src.count("dws2(tid, nt, W, I, A, k)") == 3 - int(plane)
@@ -293,7 +294,7 @@ def test_stride2_depthwise_plane_kernel_with_residual(threads: int, compiler_cac
     x = torch.randn(2, 24, 8, 8)
     cm = compile_model(model, x, None, threads=threads, cache_dir=compiler_cache)
     if detect_isa().name == "avx512":
-        assert "dws2_plane4(tid, nt, W, I, A, k)" in cm.program.source
+        assert "dws2_plane4(tid, nt, W, I, A, k)" in kernel_source(cm)
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
 
 
@@ -305,7 +306,7 @@ def test_stride2_depthwise_on_taller_maps_takes_the_phase_split_path(hw: tuple[i
     model = DepthwiseS2().eval()
     x = torch.randn(1, 10, *hw)
     cm = compile_model(model, x, None, cache_dir=compiler_cache)
-    assert "dws2(tid, nt, W, I, A, k)" not in cm.program.source
+    assert "dws2(tid, nt, W, I, A, k)" not in kernel_source(cm)
     assert _rel_err(cm.run(x), _reference(model, {}, x)) < 1e-4
 
 
@@ -335,7 +336,7 @@ def test_slices_per_thread_follow_the_balance_of_the_split(structure: str, small
     x = torch.randn(1, 16, 32, 32)
     cm = compile_model(model, x, masks, threads=2, cache_dir=compiler_cache)
     slices = {f: int(g) for f, g in re.findall(r"NPAS_STEP\(\d+, (op_\d+_k), (\d+)\)",
-                                                cm.program.source)}
+                                                kernel_source(cm))}
     big, small = (f"op_{cm.program.op_names.index(n)}_k" for n in ("big", "small"))
     assert (slices[big], slices[small]) == (2, small_slices)
     assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4

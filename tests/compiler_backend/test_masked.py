@@ -19,6 +19,7 @@ from compiler_backend.masked import lane_masks
 from compiler_backend.toolchain import find_compiler
 from npas_env.pruning import prune_mask
 
+from .source import kernel_source
 from .test_export import _build_and_run, _check_output
 from .test_fastpaths import _masked, _ref
 
@@ -112,7 +113,7 @@ def test_masked_depthwise_matches_torch(h: int, threads: int, dw_res: bool,
     x = torch.randn(2, 16, h, 8)
     cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
     assert {layer.name: layer.family for layer in cm.report.layers}["dw"] == "masked"
-    src = cm.program.source
+    src = kernel_source(cm)
     assert f"void mdw_v{h // 2}(" in src
     assert not any(f"_{s}(int tid" in src for s in ("pad", "crop", "zb"))
     ref = _ref(model, masks, x)
@@ -135,7 +136,7 @@ def test_masked_tiles_match_torch(h: int, structure: str, c: int, threads: int,
     x = torch.randn(2, c, h, 8)
     cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
     assert {layer.family for layer in cm.report.layers} == {"masked"}
-    src = cm.program.source
+    src = kernel_source(cm)
     assert "mk_p" in src and "_pad(int tid" not in src and "_crop(int tid" not in src
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
@@ -165,7 +166,7 @@ def test_masked_sweeps_match_torch(h: int, threads: int, idle_filter: bool,
     x = torch.randn(2, 64, h, 8)
     cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
     assert [(layer.family, layer.config["p_max"]) for layer in cm.report.layers] == [("masked", 1)] * 2
-    src = cm.program.source
+    src = kernel_source(cm)
     assert "VLOADZ(xc" in src and "mk_p" not in src and "_pad(int tid" not in src
     assert "_crop(int tid" not in src
     ref = _ref(model, masks, x)

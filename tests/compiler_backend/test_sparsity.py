@@ -19,6 +19,7 @@ from compiler_backend.sparsity import build_segments
 from npas_env.pruning import enforce_masks
 
 from .lanes import EIGHT_LANES
+from .source import kernel_source
 
 
 def _filter_mask(shape: tuple[int, ...], keep: float, seed: int) -> torch.Tensor:
@@ -109,8 +110,8 @@ def test_filter_pruned_bn_relu_residual_chain_matches_torch(hw: tuple[int, int],
     configs = {name: KernelConfig("spatial", 4, 2, threads) for name in masks}
     cm = compile_model(model, x, masks, threads=threads, configs=configs if threads > 1 else None,
                        isa=EIGHT_LANES, cache_dir=compiler_cache)
-    assert ("_r(tid" in cm.program.source) == (hw == (8, 8))  # 8x8: row-mode tiles
-    assert cm.program.source.count("fill_rows(tid, nt, W, I, A, k)") == 4  # pruned filters
+    assert ("_r(tid" in kernel_source(cm)) == (hw == (8, 8))  # 8x8: row-mode tiles
+    assert kernel_source(cm).count("fill_rows(tid, nt, W, I, A, k)") == 4  # pruned filters
     assert {layer.structure for layer in cm.report.layers if layer.name != "stem.0"} >= {"filter"}
     ref = _reference(model, masks, x)
     out = cm.run(x)

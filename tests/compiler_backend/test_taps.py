@@ -15,6 +15,7 @@ from compiler_backend.sparsity import build_segments
 from compiler_backend.taps import band_rows, column_groups
 from npas_env.pruning import prune_mask
 
+from .source import kernel_source
 from .test_kernels import _reference, _rel_err
 
 
@@ -59,7 +60,7 @@ def forced_family_source(model: nn.Module, masks: dict[str, torch.Tensor], x: to
     cm = compile_model(model, x, masks, threads=config.threads, isa=isa, configs=configs,
                        cache_dir=compiler_cache)
     assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
-    return cm.program.source
+    return kernel_source(cm)
 
 
 @pytest.mark.parametrize("hw", [(3, 3), (4, 7), (9, 30), (19, 8), (13, 17)])
@@ -162,5 +163,5 @@ def test_taps_bands_store_a_phase_split_output(hw: tuple[int, int], stores: bool
     configs = {n: KernelConfig("taps", 1, 1, threads) for n in ("c1", "c2")}
     cm = compile_model(model, x, masks, threads=threads, configs=configs, cache_dir=compiler_cache)
     assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
-    source = cm.program.source
+    source = kernel_source(cm)
     assert ("_x2(tid" in source) is stores and ("crop_split2(tid" in source) is not stores
