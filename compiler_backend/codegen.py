@@ -99,7 +99,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "29"
+GENERATOR_VERSION = "30"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -564,12 +564,12 @@ class _Builder:
              cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
         """The depthwise conv ``op`` with the expand conv ``ex`` feeding it computed group by
         group on the stack (``fusion.exdw_template``)."""
-        cout, h, w = op.out_shape
+        cout, h, w = op.in_shape
         xcs, xs, x0 = strides(self.g, ex.src, self.padded)
         ys, yr, yo = strides(self.g, op.dst, self.padded)
         gptr, eoff, ew = expand_groups(ex, xcs)
-        key = f"exdw_{h}x{w}"
-        self._template(key, exdw_template(h, w, self.isa.lanes))
+        key = f"exdw_{h}x{w}" if op.stride == 1 else f"exdw_s2_{h}x{w}"
+        self._template(key, exdw_template(h, w, self.isa.lanes, op.stride))
         args = [self.add_i(gptr), self.add_i(eoff), self.add_f(ew), self.add_f(ex.bias),
                 self.add_f(op.weight.reshape(cout, 9)), self.add_f(op.bias), offs[ex.src],
                 offs[op.dst], xs, x0, ys, yr, yo, ACT_CODES[ex.act or "none"],

@@ -170,15 +170,18 @@ def masked_dw_template(nv: int) -> str:
 """
 
 
-def band_statements(h: int, masked: bool, yq: str = "wq") -> str:
+def band_statements(h: int, masked: bool, yq: str = "wq", stride: int = 1,
+                    taps: tuple[str, str, str] = ("0", "1", "2")) -> str:
     """Statements of a band of ``h`` rows: FMAs, then full (or masked: ``n`` lanes) stores of
     output rows ``yq`` apart (C names: input rows ``wq`` apart from ``xc``, output and
-    residual from ``yp`` / ``rp``)."""
+    residual from ``yp`` / ``rp``). Output row ``r`` reads input rows ``stride * r`` to
+    ``stride * r + 2``; kernel column ``j`` at ``xc + taps[j]`` in each."""
     fmas = []
     for j in range(3):
-        for m in range(h + 2):
-            hits = [(m - i, i) for i in range(3) if 0 <= m - i < h]
-            fmas.append(f"{{ vf x = VLOAD(xc + {m} * wq + {j}); VREG(x); "
+        for m in range(stride * (h - 1) + 3):
+            hits = [((m - i) // stride, i) for i in range(3)
+                    if (m - i) % stride == 0 and 0 <= (m - i) // stride < h]
+            fmas.append(f"{{ vf x = VLOAD(xc + {m} * wq + {taps[j]}); VREG(x); "
                         + " ".join(f"a{r} = VFMA(w{3 * i + j}, x, a{r});" for r, i in hits) + " }")
     load, store = ("VLOADM(rp + {o}, n)", "VSTOREM(yp + {o}, v_act(y, act), n)") if masked else \
         ("VLOAD(rp + {o})", "VSTORE(yp + {o}, v_act(y, act))")

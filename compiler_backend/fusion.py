@@ -8,13 +8,17 @@ costs far more than its FMAs: 36 us for 24 -> 144 channels at 32x32, where they 
 
 ``exdw_template`` runs the pair ``GROUP`` expanded channels at a time (channels keeping the
 same input channels, as block pruning leaves them): their planes are computed into
-zero-bordered buffers on the stack (18.5 KB at 32x32), then the depthwise conv's bands of rows
-(``depthwise.band_statements``) read each from there and store the output in the destination's
-layout. The expanded tensor is never written. The pair's kernel configs (tuned or not) are
-not used.
+zero-bordered buffers on the stack (26 KB at 32x32 with 16 lanes), then the depthwise conv's
+bands of rows (``depthwise.band_statements``) read each from there and store the output in the
+destination's layout. The expanded tensor is never written. The pair's kernel configs (tuned
+or not) are not used.
 
 MobileNetV2 end to end, same-process A/B against the unfused kernels, AMD Zen 4: block 8x
 655 -> 625 us (1 thread), 507 -> 466 us (2 threads); block 4x 1084 -> 1051 us, 763 -> 648 us.
+A stride-2 depthwise conv fused too (its expanded rows stored split into odd and even
+columns), MobileNetV2 block 8x, same host: 554 -> 519 us (1 thread), 438 -> 422 us (2
+threads). Rows starting on a vector boundary (aligned stores) against rows ``w + 2`` wide:
+no difference (block 8x 0.99, 4x 1.01).
 """
 
 from __future__ import annotations
@@ -38,18 +42,28 @@ GROUP = 4
 
 def fusable(expand: ConvOp, dw: ConvOp, lanes: int) -> bool:
     """``expand`` (a pointwise conv keeping few weights per row, the same in each group of
-    ``GROUP`` rows; no residual) feeds ``dw`` (a dense depthwise 3x3 / stride-1 / pad-1 conv
-    keeping the map size, no residual) on a map whose rows are whole vectors."""
+    ``GROUP`` rows; no residual) feeds ``dw`` (a dense depthwise 3x3 / pad-1 conv at stride 1,
+    or 2 on an even map, no residual) on a map whose rows are whole vectors (at stride 2,
+    whole pairs of vectors)."""
     if not (is_pointwise(expand) and expand.groups == 1 and expand.res is None
             and dw.res is None and dw.src == expand.dst and not dw.is_linear
             and len(dw.in_shape) == 3):
         return False
     c, h, w = dw.in_shape
+    s = dw.stride
     return (dw.groups == c == dw.out_shape[0] and tuple(dw.weight.shape[2:]) == (3, 3)
-            and dw.stride == 1 and tuple(dw.padding) == (1, 1)
-            and tuple(dw.out_shape[1:]) == (h, w) and bool(dw.kept.all())
-            and w % lanes == 0 and 4 * GROUP * (h + 2) * (w + 2) <= MAX_BUFFER_BYTES
+            and s in (1, 2) and tuple(dw.padding) == (1, 1) and h % s == 0
+            and tuple(dw.out_shape[1:]) == (h // s, w // s) and bool(dw.kept.all())
+            and w % (s * lanes) == 0
+            and 4 * GROUP * plane_floats(h, w, lanes) <= MAX_BUFFER_BYTES
             and c % GROUP == 0 and _grouped(expand.kept.reshape(c, -1)))
+
+
+def plane_floats(h: int, w: int, lanes: int) -> int:
+    """Floats of one expanded plane on the stack: ``h + 2`` rows ``w + lanes`` apart, the
+    interior starting a vector in (aligned stores), then one vector for the last row's right
+    border."""
+    return (h + 2) * (w + lanes) + lanes
 
 
 def _grouped(kept: np.ndarray) -> bool:
@@ -88,10 +102,17 @@ def expand_groups(expand: ConvOp, channel_stride: int) -> tuple[np.ndarray, np.n
     return np.array(gptr), np.concatenate(offs), np.concatenate(ws)
 
 
-def exdw_template(h: int, w: int, lanes: int) -> str:
-    """C text of ``exdw_{h}x{w}``: per group of ``GROUP`` expanded channels, their ``h x w``
-    planes into stack buffers of rows ``w + 2`` wide with a zero border, then the depthwise
-    conv over each.
+def exdw_template(h: int, w: int, lanes: int, stride: int = 1) -> str:
+    """C text of ``exdw_{h}x{w}`` (``exdw_s2_{h}x{w}`` at stride 2): per group of ``GROUP``
+    expanded channels, their ``h x w`` planes into zero-bordered stack buffers
+    (``plane_floats``), then the depthwise conv over each. Each row's interior starts on a
+    vector boundary, its left border the float before it, its right border the next row's
+    first float: the expand part's stores are aligned.
+
+    At stride 2 each row is stored split: its odd columns, then its even ones
+    (``VODD`` / ``VEVEN`` of each pair of vectors). An output vector's three kernel columns are
+    then whole vectors: the odd columns shifted by one (the left border first), the even
+    ones, the odd ones.
 
     The expand part runs ``R`` rows x ``V`` vectors x ``GROUP`` channels per pass over the
     group's input channels (``V = w / VL``; ``R * V`` is 4 with 32 vector registers, else 2),
@@ -105,29 +126,39 @@ def exdw_template(h: int, w: int, lanes: int) -> str:
     r = max(1, (4 if lanes == 16 else 2) // v)
     while h % r:
         r //= 2
-    plane = (h + 2) * (w + 2)
+    wq = w + lanes
+    plane = plane_floats(h, w, lanes)
     px = [(i, u) for i in range(r) for u in range(v)]
     init = " ".join(f"vf e{g}_{i}_{u} = VSET1(eb[c0 + {g}]);" for g in range(GROUP) for i, u in px)
     loads = " ".join(f"const vf x{i}_{u} = VLOAD(xe + {i} * xs + {u} * VL);" for i, u in px)
     fmas = " ".join(f"{{ const vf we = VSET1(wg[{g}]); "
                     + " ".join(f"e{g}_{i}_{u} = VFMA(we, x{i}_{u}, e{g}_{i}_{u});" for i, u in px)
                     + " }" for g in range(GROUP))
-    stores = " ".join(f"VSTORE(br + {g * plane} + {i} * {w + 2} + {u} * VL, v_act(e{g}_{i}_{u}, eact));"
-                      for g in range(GROUP) for i, u in px)
+    if stride == 1:
+        stores = " ".join(f"VSTORE(br + {g * plane} + {i} * {wq} + {u} * VL, v_act(e{g}_{i}_{u}, eact));"
+                          for g in range(GROUP) for i, u in px)
+    else:
+        stores = " ".join(f"{{ const vf a = v_act(e{g}_{i}_{u}, eact), b = v_act(e{g}_{i}_{u + 1}, eact); "
+                          f"VSTORE(br + {g * plane + i * wq + u // 2 * lanes}, VODD(a, b)); "
+                          f"VSTORE(br + {g * plane + i * wq + w // 2 + u // 2 * lanes}, VEVEN(a, b)); }}"
+                          for g in range(GROUP) for i, u in px if u % 2 == 0)
+    oh, ow = h // stride, w // stride
+    taps = ("0", "1", "2") if stride == 1 else ("0", f"{w // 2 + 1}", "1")
     weights = " ".join(f"const vf w{q} = VSET1(w9[{q}]);" for q in range(9))
     pad = "\n" + " " * 8
 
     def band(rows: int) -> str:
-        return band_statements(rows, False, "yr").replace("\n", pad)
+        return band_statements(rows, False, "yr", stride, taps).replace("\n", pad)
 
-    return f"""static {NOINLINE} void exdw_{h}x{w}(int tid, int nt, const float* restrict W,
+    name = f"exdw_{h}x{w}" if stride == 1 else f"exdw_s2_{h}x{w}"
+    return f"""static {NOINLINE} void {name}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
   const int* gptr = I + k[0]; const int* eoff = I + k[1];
   const float* ew = W + k[2]; const float* eb = W + k[3];
   const float* dwt = W + k[4]; const float* db = W + k[5];
   const float* X = A + k[6]; float* Y = A + k[7];
   const int xs = k[8], x0 = k[9], ys = k[10], yr = k[11], yo = k[12], eact = k[13], act = k[14];
-  const int wq = {w + 2}, hr = 0;
+  const int wq = {wq}, hr = 0;
   float buf[{GROUP * plane} + VL] __attribute__((aligned(64)));
   memset(buf, 0, sizeof buf);  /* the borders stay zero: each group writes the interiors */
   PART(k[15])
@@ -141,24 +172,24 @@ def exdw_template(h: int, w: int, lanes: int) -> str:
         {loads}
         {fmas}
       }}
-      float* br = buf + (i0 + 1) * {w + 2} + 1;
+      float* br = buf + (i0 + 1) * {wq} + VL;
       {stores}
     }}
     for (int q = 0; q < {GROUP}; ++q) {{
       const int c = c0 + q; const float* w9 = dwt + 9 * c;
       {weights}
       const vf bb = VSET1(db[c]);
-      const float* xq = buf + q * {plane}; float* y = Y + (long)c * ys + yo;
+      const float* xq = buf + q * {plane} + VL - 1; float* y = Y + (long)c * ys + yo;
       int r0 = 0;
-      for (; r0 + {BAND} <= {h}; r0 += {BAND})
-        for (int c1 = 0; c1 < {w}; c1 += VL) {{
-          const float* xc = xq + (long)r0 * wq + c1; float* yp = y + (long)r0 * yr + c1;
+      for (; r0 + {BAND} <= {oh}; r0 += {BAND})
+        for (int c1 = 0; c1 < {ow}; c1 += VL) {{
+          const float* xc = xq + (long){stride} * r0 * wq + c1; float* yp = y + (long)r0 * yr + c1;
           const float* rp = 0; (void)rp;
           {band(BAND)}
         }}
-      for (; r0 < {h}; ++r0)
-        for (int c1 = 0; c1 < {w}; c1 += VL) {{
-          const float* xc = xq + (long)r0 * wq + c1; float* yp = y + (long)r0 * yr + c1;
+      for (; r0 < {oh}; ++r0)
+        for (int c1 = 0; c1 < {ow}; c1 += VL) {{
+          const float* xc = xq + (long){stride} * r0 * wq + c1; float* yp = y + (long)r0 * yr + c1;
           const float* rp = 0; (void)rp;
           {band(1)}
         }}

@@ -19,14 +19,15 @@ LANES = resolve_isa().lanes
 
 
 class Inverted(nn.Module):
-    """MobileNetV2's inverted residual block (``res``: with its residual); ``tap`` also returns
-    the expanded tensor."""
+    """MobileNetV2's inverted residual block (``res``: with its residual; ``stride``: of its
+    depthwise conv); ``tap`` also returns the expanded tensor."""
 
-    def __init__(self, c: int = 16, e: int = 4, tap: bool = False, res: bool = True) -> None:
+    def __init__(self, c: int = 16, e: int = 4, tap: bool = False, res: bool = True,
+                 stride: int = 1) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, c, 3, 1, 1)
         self.expand, self.project = nn.Conv2d(c, c * e, 1), nn.Conv2d(c * e, c, 1)
-        self.dw = nn.Conv2d(c * e, c * e, 3, 1, 1, groups=c * e)
+        self.dw = nn.Conv2d(c * e, c * e, 3, stride, 1, groups=c * e)
         self.bn = nn.BatchNorm2d(c * e)
         self.tap, self.res = tap, res
 
@@ -50,38 +51,42 @@ def _masks(model: nn.Module, per_row: int) -> dict[str, torch.Tensor]:
     return {"expand": keep.repeat_interleave(GROUP, 0)[:, :, None, None], "project": proj}
 
 
-def _model(res: bool = True) -> Inverted:
+def _model(res: bool = True, stride: int = 1) -> Inverted:
     torch.manual_seed(0)
-    model = Inverted(res=res).eval()
+    model = Inverted(res=res, stride=stride).eval()
     with torch.no_grad():
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
     return model
 
 
-@pytest.mark.parametrize(("h", "w", "threads", "res"),
-                         [(16, 2 * LANES, 1, True), (16, 2 * LANES, 2, True),
-                          (5, LANES, 1, False), (4, 32, 2, False)])
+@pytest.mark.parametrize(("h", "w", "threads", "res", "stride"),
+                         [(16, 2 * LANES, 1, True, 1), (16, 2 * LANES, 2, True, 1),
+                          (5, LANES, 1, False, 1), (4, 32, 2, False, 1),
+                          (16, 2 * LANES, 1, False, 2), (16, 2 * LANES, 2, False, 2),
+                          (6, 4 * LANES, 1, False, 2)])
 def test_fused_expand_and_depthwise_match_torch(h: int, w: int, threads: int, res: bool,
-                                                 compiler_cache) -> None:
+                                                 stride: int, compiler_cache) -> None:
     """A sparse expand conv and the depthwise conv reading its output run as one kernel
-    (``exdw``): its planes never reach the arena; odd heights, 1 and 2 threads, batch 2.
-    Without the block's residual nothing else reads the expand conv's input: the arena must
-    keep it until the fused kernel has read it."""
-    model = _model(res)
+    (``exdw``): its planes never reach the arena; odd heights, 1 and 2 threads, batch 2,
+    stride 2 (rows of one and of two output vectors, a band of fewer rows). Without the
+    block's residual nothing else reads the expand conv's input: the arena must keep it until
+    the fused kernel has read it."""
+    model = _model(res, stride)
     masks = _masks(model, 3)
     x = torch.randn(2, 3, h, w)
     cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
     families = {layer.name: layer.family for layer in cm.report.layers}
     assert (families["expand"], families["dw"]) == ("fused", "exdw")
-    assert f"void exdw_{h}x{w}(" in kernel_source(cm)
+    assert f"void exdw_{'s2_' if stride == 2 else ''}{h}x{w}(" in kernel_source(cm)
     ref = _ref(model, masks, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
 
 
 def test_fusion_needs_a_sparse_grouped_expand_read_by_the_depthwise_conv_alone() -> None:
     """Not fused: a dense expand conv, rows of a group keeping different input channels, an
-    expanded tensor another op reads too, a map whose rows are not whole vectors."""
+    expanded tensor another op reads too, a map whose rows are not whole vectors; at stride 2,
+    rows not whole pairs of vectors or an odd height."""
     x = torch.randn(1, 3, 8, 2 * LANES)
     model = _model()
     assert set(plan_fusion(lower_model(model, x, _masks(model, 3)), LANES, set())) == {"expand"}
@@ -93,6 +98,11 @@ def test_fusion_needs_a_sparse_grouped_expand_read_by_the_depthwise_conv_alone()
     assert plan_fusion(lower_model(tapped, x, _masks(tapped, 3)), LANES, set()) == {}
     narrow = torch.randn(1, 3, 8, LANES + 2)
     assert plan_fusion(lower_model(model, narrow, _masks(model, 3)), LANES, set()) == {}
+    s2 = _model(False, 2)
+    assert set(plan_fusion(lower_model(s2, x, _masks(s2, 3)), LANES, set())) == {"expand"}
+    for shape in ((8, LANES), (7, 2 * LANES)):
+        x2 = torch.randn(1, 3, *shape)
+        assert plan_fusion(lower_model(s2, x2, _masks(s2, 3)), LANES, set()) == {}
 
 
 def test_expand_groups_hold_each_groups_weights() -> None:
