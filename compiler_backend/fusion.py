@@ -44,7 +44,7 @@ def fusable(expand: ConvOp, dw: ConvOp, lanes: int) -> bool:
     """``expand`` (a pointwise conv keeping few weights per row, the same in each group of
     ``GROUP`` rows; no residual) feeds ``dw`` (a dense depthwise 3x3 / pad-1 conv at stride 1,
     or 2 on an even map, no residual) on a map whose rows are whole vectors (at stride 2,
-    whole pairs of vectors)."""
+    whole pairs of vectors or one vector)."""
     if not (is_pointwise(expand) and expand.groups == 1 and expand.res is None
             and dw.res is None and dw.src == expand.dst and not dw.is_linear
             and len(dw.in_shape) == 3):
@@ -54,7 +54,7 @@ def fusable(expand: ConvOp, dw: ConvOp, lanes: int) -> bool:
     return (dw.groups == c == dw.out_shape[0] and tuple(dw.weight.shape[2:]) == (3, 3)
             and s in (1, 2) and tuple(dw.padding) == (1, 1) and h % s == 0
             and tuple(dw.out_shape[1:]) == (h // s, w // s) and bool(dw.kept.all())
-            and w % (s * lanes) == 0
+            and (w % (s * lanes) == 0 or w == lanes)
             and 4 * GROUP * plane_floats(h, w, lanes) <= MAX_BUFFER_BYTES
             and c % GROUP == 0 and _grouped(expand.kept.reshape(c, -1)))
 
@@ -110,8 +110,9 @@ def exdw_template(h: int, w: int, lanes: int, stride: int = 1) -> str:
     first float: the expand part's stores are aligned.
 
     At stride 2 each row is stored split: its odd columns, then its even ones
-    (``VODD`` / ``VEVEN`` of each pair of vectors). An output vector's three kernel columns are
-    then whole vectors: the odd columns shifted by one (the left border first), the even
+    (``VODD`` / ``VEVEN`` of each pair of vectors, or of a one-vector row with itself, whose
+    outputs are then half a vector, stored masked). An output vector's three kernel columns
+    are then whole vectors: the odd columns shifted by one (the left border first), the even
     ones, the odd ones.
 
     The expand part runs ``R`` rows x ``V`` vectors x ``GROUP`` channels per pass over the
@@ -137,6 +138,11 @@ def exdw_template(h: int, w: int, lanes: int, stride: int = 1) -> str:
     if stride == 1:
         stores = " ".join(f"VSTORE(br + {g * plane} + {i} * {wq} + {u} * VL, v_act(e{g}_{i}_{u}, eact));"
                           for g in range(GROUP) for i, u in px)
+    elif v == 1:  # the odd half then the even one; the even one's copy lands on unread floats
+        stores = " ".join(f"{{ const vf a = v_act(e{g}_{i}_0, eact); "
+                          f"VSTORE(br + {g * plane + i * wq}, VODD(a, a)); "
+                          f"VSTORE(br + {g * plane + i * wq + w // 2}, VEVEN(a, a)); }}"
+                          for g in range(GROUP) for i in range(r))
     else:
         stores = " ".join(f"{{ const vf a = v_act(e{g}_{i}_{u}, eact), b = v_act(e{g}_{i}_{u + 1}, eact); "
                           f"VSTORE(br + {g * plane + i * wq + u // 2 * lanes}, VODD(a, b)); "
@@ -148,7 +154,7 @@ def exdw_template(h: int, w: int, lanes: int, stride: int = 1) -> str:
     pad = "\n" + " " * 8
 
     def band(rows: int) -> str:
-        return band_statements(rows, False, "yr", stride, taps).replace("\n", pad)
+        return band_statements(rows, ow % lanes > 0, "yr", stride, taps).replace("\n", pad)
 
     name = f"exdw_{h}x{w}" if stride == 1 else f"exdw_s2_{h}x{w}"
     return f"""static {NOINLINE} void {name}(int tid, int nt, const float* restrict W,
@@ -158,7 +164,7 @@ def exdw_template(h: int, w: int, lanes: int, stride: int = 1) -> str:
   const float* dwt = W + k[4]; const float* db = W + k[5];
   const float* X = A + k[6]; float* Y = A + k[7];
   const int xs = k[8], x0 = k[9], ys = k[10], yr = k[11], yo = k[12], eact = k[13], act = k[14];
-  const int wq = {wq}, hr = 0;
+  const int wq = {wq}, hr = 0, n = {ow % lanes}; (void)n;
   float buf[{GROUP * plane} + VL] __attribute__((aligned(64)));
   memset(buf, 0, sizeof buf);  /* the borders stay zero: each group writes the interiors */
   PART(k[15])

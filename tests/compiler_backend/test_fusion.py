@@ -64,12 +64,12 @@ def _model(res: bool = True, stride: int = 1) -> Inverted:
                          [(16, 2 * LANES, 1, True, 1), (16, 2 * LANES, 2, True, 1),
                           (5, LANES, 1, False, 1), (4, 32, 2, False, 1),
                           (16, 2 * LANES, 1, False, 2), (16, 2 * LANES, 2, False, 2),
-                          (6, 4 * LANES, 1, False, 2)])
+                          (6, 4 * LANES, 1, False, 2), (16, LANES, 2, False, 2)])
 def test_fused_expand_and_depthwise_match_torch(h: int, w: int, threads: int, res: bool,
                                                  stride: int, compiler_cache) -> None:
     """A sparse expand conv and the depthwise conv reading its output run as one kernel
     (``exdw``): its planes never reach the arena; odd heights, 1 and 2 threads, batch 2,
-    stride 2 (rows of one and of two output vectors, a band of fewer rows). Without the
+    stride 2 (rows of half, one and two output vectors, a band of fewer rows). Without the
     block's residual nothing else reads the expand conv's input: the arena must keep it until
     the fused kernel has read it."""
     model = _model(res, stride)
@@ -86,7 +86,7 @@ def test_fused_expand_and_depthwise_match_torch(h: int, w: int, threads: int, re
 def test_fusion_needs_a_sparse_grouped_expand_read_by_the_depthwise_conv_alone() -> None:
     """Not fused: a dense expand conv, rows of a group keeping different input channels, an
     expanded tensor another op reads too, a map whose rows are not whole vectors; at stride 2,
-    rows not whole pairs of vectors or an odd height."""
+    rows neither one vector nor whole pairs of vectors, or an odd height."""
     x = torch.randn(1, 3, 8, 2 * LANES)
     model = _model()
     assert set(plan_fusion(lower_model(model, x, _masks(model, 3)), LANES, set())) == {"expand"}
@@ -100,7 +100,7 @@ def test_fusion_needs_a_sparse_grouped_expand_read_by_the_depthwise_conv_alone()
     assert plan_fusion(lower_model(model, narrow, _masks(model, 3)), LANES, set()) == {}
     s2 = _model(False, 2)
     assert set(plan_fusion(lower_model(s2, x, _masks(s2, 3)), LANES, set())) == {"expand"}
-    for shape in ((8, LANES), (7, 2 * LANES)):
+    for shape in ((8, 3 * LANES), (7, 2 * LANES)):
         x2 = torch.randn(1, 3, *shape)
         assert plan_fusion(lower_model(s2, x2, _masks(s2, 3)), LANES, set()) == {}
 
