@@ -497,8 +497,7 @@ class _Builder:
                  offs[op.res] if op.res is not None else 0, self.add_i(yo + y * dr + x),
                  self.add_i(ro + y * rr + x), ys, rs, ACT_CODES[op.act or "none"],
                  int(op.res is not None), cout]
-        body = (f"{_sig(fn + '_pad')} {{\n  (void)W;\n  static const int k[{len(gargs)}] = "
-                f"{{{', '.join(map(str, gargs))}}};\n  {gkey}(tid, nt, I, A, k);\n}}\n"
+        body = (f"{_sig(fn + '_pad')} {{\n  (void)W;\n  {self._invoke(gkey, gargs, 'I, A')}\n}}\n"
                 f"{_sig(fn + '_k')} {{\n  {self._invoke(kkey, kargs)}\n}}\n")
         self._record(k, op, cfg, [1])
         uneven = _skewed(np.diff(plan.row_ptr), cfg.threads)
@@ -677,11 +676,11 @@ class _Builder:
         if geo.get("taps"):
             return self._gather_taps(name, op, geo, src, dst, src_padded)
         if s == 2 and len(geo["phases"]) == 4:  # one deinterleaving pass per input row
-            self._template("split2", SPLIT2_TEMPLATE)
+            self._template("pad_split2", SPLIT2_TEMPLATE)
             args = [src, dst, cin, h, w, ph, pw, plane, wq, w]
-            return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  static const int k[10] = "
-                    f"{{{', '.join(map(str, args))}}};\n  pad_split2(tid, nt, A, k);\n}}\n")
-        self._template("pad", PAD_TEMPLATE)
+            return (f"{_sig(name)} {{\n  (void)W; (void)I;\n  "
+                    f"{self._invoke('pad_split2', args, 'A')}\n}}\n")
+        self._template("pad_phase", PAD_TEMPLATE)
         calls = []
         for n, (a, b) in enumerate(geo["phases"]):
             i_lo = max(0, -(-(ph - a) // s))
@@ -692,8 +691,7 @@ class _Builder:
                 continue
             args = [src, dst + n * cin * plane, cin, h, w, s, a - ph, b - pw, i_lo, i_hi, j_lo,
                     j_hi, plane, wq, w]
-            calls.append(f"  {{ static const int k[15] = {{{', '.join(map(str, args))}}}; "
-                         "pad_phase(tid, nt, A, k); }")
+            calls.append(f"  {{ {self._invoke('pad_phase', args, 'A')} }}")
         return f"{_sig(name)} {{\n  (void)W; (void)I;\n" + "\n".join(calls) + "\n}\n"
 
     def _gather_taps(self, name: str, op: ConvOp, geo: dict[str, Any], src: int, dst: int,
@@ -721,8 +719,7 @@ class _Builder:
             key = f"gather_taps_t{geo['T']}_q{len(idx)}_n{n}"
             self._template(key, gather_taps_template(key, geo["T"], len(idx), n))
             args = [src, dst, self.add_i(np.concatenate(idx)), cin, cs]
-        return (f"{_sig(name)} {{\n  (void)W;\n  static const int k[{len(args)}] = "
-                f"{{{', '.join(map(str, args))}}};\n  {key}(tid, nt, I, A, k);\n}}\n")
+        return f"{_sig(name)} {{\n  (void)W;\n  {self._invoke(key, args, 'I, A')}\n}}\n"
 
     def _phase_split_table(self, op: ConvOp) -> tuple[int, tuple[int, int]]:
         """(phase plane size, (I offset, odd distance)) for tiles storing ``op``'s output
