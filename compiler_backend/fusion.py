@@ -17,8 +17,10 @@ MobileNetV2 end to end, same-process A/B against the unfused kernels, AMD Zen 4:
 655 -> 625 us (1 thread), 507 -> 466 us (2 threads); block 4x 1084 -> 1051 us, 763 -> 648 us.
 A stride-2 depthwise conv fused too (its expanded rows stored split into odd and even
 columns), MobileNetV2 block 8x, same host: 554 -> 519 us (1 thread), 438 -> 422 us (2
-threads). Rows starting on a vector boundary (aligned stores) against rows ``w + 2`` wide:
-no difference (block 8x 0.99, 4x 1.01).
+threads); its 16x16 -> 8x8 block (rows of one vector; per-op profile) 13.4 -> 11.3 us.
+Rows starting on a vector boundary (aligned stores) against rows ``w + 2`` wide: no
+difference (block 8x 0.99, 4x 1.01); nor storing the depthwise outputs plain instead of
+padded (1.006).
 """
 
 from __future__ import annotations
