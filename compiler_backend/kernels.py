@@ -339,8 +339,9 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     ``row_store = (ow, lanes)``: the tiles' pixels are a plain ``oh x ow`` map (per-tap planes,
     ``ow`` dividing ``lanes``) and each vector's rows go straight to their rows of the
     destination (row stride ``k[24]``, ``ys`` and ``yo`` its plane and pixel (0, 0)), by
-    ``VSTOREM_AT``: a padded destination then needs no crop pass (MobileNetV2's 960-channel
-    4x4 expand convs: 13 us each). Needs one input-channel chunk, like ``phase_split``.
+    ``VSTORE_PART`` (``VSTOREM_AT`` for rows not 4 or 8 wide): a padded destination then needs
+    no crop pass (MobileNetV2's 960-channel 4x4 expand convs: 13 us each). Needs one
+    input-channel chunk, like ``phase_split``.
 
     ``pack = (wq, ow)`` (AVX-512): the tiles compute wide rows (``wq`` pixels, the first ``ow``
     real) and their final stores pack each vector's real pixels into a plain output
@@ -390,8 +391,9 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
             return f" if (n{u} > 0) {{ {body} {put} }}" if masked else f" {{ {body} {put} }}"
         if row_store:  # rows j of vector u: lanes [j * ow, (j + 1) * ow)
             ow, lanes = row_store
+            part = "VSTORE_PART" if ow in (4, 8) else "VSTOREM_AT"
             put = " ".join((f"if (n{u} > {j * ow}) " if masked else "")
-                           + f"VSTOREM_AT(yp + {u * lanes // ow + j} * dr_ - {j * ow}, y, "
+                           + f"{part}(yp + {u * lanes // ow + j} * dr_ - {j * ow}, y, "
                            f"{j * ow}, {ow});" for j in range(lanes // ow))
             return f" {{ {body} {put} }}"
         if masked:

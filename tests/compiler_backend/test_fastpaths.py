@@ -192,6 +192,7 @@ def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, h
         assert "void mdw_v4(" in src and src.count("_pad(int tid") == 1  # the stem only
     if laid_out:
         assert src.count("_pad(int tid") == 1  # the stem only
+        assert "VSTORE_PART(yp" in src  # whole 4- / 8-lane rows: no masked stores
         if hw == (8, 8):
             assert "_o8(int tid" in src  # expand tiles storing rows into a padded buffer
         elif isa.lanes == 16:
