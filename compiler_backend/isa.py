@@ -10,8 +10,8 @@ are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the 
 (bitwise and); ``VSTOREM_AT(p, v, lo, n)`` stores lanes ``lo .. lo + n`` of ``v`` at
 ``p + lo``, and ``VSTORE_PART(p, v, lo, n)`` the same for literal ``n`` of 4 or 8 and ``lo`` a
 multiple of it (on AVX-512 an extract and a plain 128 / 256-bit store, not a masked store:
-MobileNetV2's 4x4 expand convs 11.3 -> 8.5 us each); ``SMAX(a, b)`` / ``SMIN(a, b)`` are scalar max / min without a branch (the
-scalar epilogues' activations: a data-dependent branch per output cost MobileNetV2's 4x4 1x1
+MobileNetV2's 4x4 expand convs 11.3 -> 8.5 us each; elsewhere ``VSTOREM_AT``);
+``SMAX(a, b)`` / ``SMIN(a, b)`` are scalar max / min without a branch (the scalar epilogues' activations: a data-dependent branch per output cost MobileNetV2's 4x4 1x1
 layers half their time); the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` /
 ``HLOAD`` / ... for ``kernels.half_width``, and lane masks ``vm``: ``VKEEP(p)`` (the lanes
 whose int at ``p`` is non-zero), ``VSTOREC(p, v, m)`` (lanes ``m`` of ``v`` stored packed
@@ -163,7 +163,6 @@ static inline void npas_storem(float* p, vf v, int n) {
 }
 #define VSTOREM(p, v, n) npas_storem((p), (v), (n))
 static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[8]; *(vfu*)t = v; memcpy(p + lo, t + lo, (size_t)n * sizeof(float)); }
-#define VSTORE_PART(p, v, lo, n) VSTOREM_AT((p), (v), (lo), (n))
 static inline vf VGATHER(const float* b, const int* ix) { vf r; for (int i = 0; i < VL; ++i) r[i] = b[ix[i]]; return r; }
 #define VBCAST4(p) __builtin_ia32_vbroadcastf128_ps256((const vf4*)(p))
 #define VSET1(x) npas_set1((float)(x))
@@ -195,7 +194,6 @@ static inline vf VLOADM(const float* p, int n) { float t[4] = {0.f, 0.f, 0.f, 0.
 #define VSTORE(p, v) vst1q_f32((p), (v))
 static inline void VSTOREM(float* p, vf v, int n) { float t[4]; vst1q_f32(t, v); memcpy(p, t, (size_t)n * sizeof(float)); }
 static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[4]; vst1q_f32(t, v); memcpy(p + lo, t + lo, (size_t)n * sizeof(float)); }
-#define VSTORE_PART(p, v, lo, n) VSTOREM_AT((p), (v), (lo), (n))
 #define VSET1(x) vdupq_n_f32((float)(x))
 #define VZERO() vdupq_n_f32(0.f)
 #define VREG(x) __asm__("" : "+w"(x))
@@ -223,7 +221,6 @@ static inline vf VLOAD(const float* p) { vf r; _Pragma("omp simd") for (int i = 
 static inline void VSTORE(float* p, vf a) { _Pragma("omp simd") for (int i = 0; i < VL; ++i) p[i] = a.v[i]; }
 static inline void VSTOREM(float* p, vf a, int n) { for (int i = 0; i < n; ++i) p[i] = a.v[i]; }
 static inline void VSTOREM_AT(float* p, vf a, int lo, int n) { for (int i = lo; i < lo + n; ++i) p[i] = a.v[i]; }
-#define VSTORE_PART(p, v, lo, n) VSTOREM_AT((p), (v), (lo), (n))
 static inline vf VSET1(float x) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = x; return r; }
 static inline vf VZERO(void) { return VSET1(0.f); }
 #define VREG(x) ((void)0)
@@ -243,6 +240,9 @@ static inline void VSTORE_EO(float* e, float* o, vf a) { for (int i = 0; i < VL 
 """
 
 _VACT = r"""
+#ifndef VSTORE_PART  /* AVX-512 defines its own */
+#define VSTORE_PART(p, v, lo, n) VSTOREM_AT((p), (v), (lo), (n))
+#endif
 static inline float s_none(float x) { return x; }
 static inline float s_relu(float x) { return SMAX(x, 0.f); }
 static inline float s_relu6(float x) { return SMIN(SMAX(x, 0.f), 6.f); }
