@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from compiler_backend import masked, quads, sweep, taps
+from compiler_backend import masked, quads, sweep, taps, winograd
 from compiler_backend.depthwise import (
     PLANE4_TEMPLATE,
     S2_PLANE4_TEMPLATE,
@@ -99,7 +99,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "32"
+GENERATOR_VERSION = "33"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -184,7 +184,7 @@ class _Builder:
         self.extra_bufs: list[int] = []
         self.templates: dict[str, str] = {}
         self.copies: dict[str, dict[str, dict[str, int]]] = {}  # key -> copy name -> flags
-        self.masked = plan_masked(graph, isa.lanes)
+        self.masked = plan_masked(graph, isa.lanes, threads)
         self.padded = plan_padded(graph, isa.lanes, threads, self.masked)
         self.split = plan_split2(graph, self.padded)
         self.fused = plan_fusion(graph, isa.lanes, self.masked)  # expand name -> depthwise op
@@ -260,6 +260,11 @@ class _Builder:
             return self.exdw(fn, k, self.fused_into[op.name], op, offs, cfg)
         if is_depthwise_s2(op):
             return self.dw_s2(fn, k, op, offs, cfg)
+        if cfg.family == "winograd":
+            if winograd.eligible(op, self.isa.lanes) and op.res not in self.split:
+                return self.winograd_conv(fn, k, op, offs, cfg)
+            cfg = default_config(op, self.isa, self.threads, src_padded, src_split,
+                                 op.name in self.masked, winograd=False)
         if cfg.family == "quads":
             if quads_eligible(op, self.isa) and not {op.src, op.dst, op.res} & self.split:
                 return self.quads_conv(fn, k, op, offs, cfg)
@@ -575,6 +580,64 @@ class _Builder:
                 ACT_CODES[op.act or "none"], cout // GROUP]
         self._record(k, op, cfg, [1], "exdw")
         return self._calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
+
+    def winograd_conv(self, fn: str, k: int, op: ConvOp, offs: list[int],
+                      cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
+        """Dense 3x3 conv by Winograd F(2x2, 3x3) (``winograd.WINO_TEMPLATE``), reading a
+        padded input in place (else a padded copy) and writing any plain or padded layout."""
+        cin, h, w = op.in_shape
+        parts, steps = [], []
+        if op.src in self.padded:
+            x_off, xs, xc = offs[op.src], w + 2, (h + 2) * (w + 2)
+        else:
+            geo = _conv_geometry(op)
+            gkey = (1, cin, geo["hq"], geo["wq"], 1, 1, 1, h, w, 0)
+            if gkey not in self.pad_scratch:
+                self.pad_scratch[gkey] = self._alloc(
+                    self.g.new_buffer((1, cin, geo["hq"], geo["wq"]), pinned=True))
+            x_off, xs, xc = self.pad_scratch[gkey], geo["wq"], geo["hq"] * geo["wq"]
+            parts.append(self.prologue(f"{fn}_pad", op, geo, offs[op.src], x_off))
+            steps.append((f"{fn}_pad", work_items(cfg.threads)))
+        cout, lanes = op.out_shape[0], self.isa.lanes
+        walk = winograd.plan(h, w, cout, lanes, cfg.threads)
+        pstride = 0
+        if op.dst in self.split:  # the phase planes of the destination
+            hq, wq = split2_geometry(h, w)
+            yc, ys, y0, pstride = hq * wq, wq, 0, cout * hq * wq
+        else:
+            yc, ys, y0 = strides(self.g, op.dst, self.padded)
+        rc, rs, r0 = strides(self.g, op.res, self.padded) if op.res is not None else (0, 0, 0)
+        scatter = walk.gathered
+        outputs = 1 if scatter else 2 if pstride else 0
+        tables = [0, 0, 0]
+        if walk.gathered:
+            tables[0] = self.add_i(winograd.patch_table(h, w, lanes, xs))
+        if scatter:
+            tables[1] = self.add_i(winograd.output_table(h, w, lanes, self._where(op.dst)))
+            if op.res is not None:
+                tables[2] = self.add_i(winograd.output_table(h, w, lanes, self._where(op.res)))
+        self._template("wino", winograd.WINO_TEMPLATE)
+        args = [x_off, xs, xc, cin, self.add_f(winograd.transformed_weights(op)),
+                self.add_f(op.bias), offs[op.dst] + y0, ys, yc, cout, walk.per_row,
+                int(walk.two), walk.vectors * walk.parts,
+                offs[op.res] + r0 if op.res is not None else 0, rs, rc,
+                ACT_CODES[op.act or "none"], int(op.res is not None), *tables,
+                int(walk.gathered), walk.parts, outputs, pstride]
+        parts.append(self._calling(fn + "_k", "wino", args))
+        steps.append((f"{fn}_k", work_items(cfg.threads)))
+        self._record(k, op, cfg, [1])
+        return "\n".join(parts), steps
+
+    def _where(self, buf: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """Offset of pixel (y, x) of a channel of ``buf`` from that channel's pixel (0, 0) as
+        the kernels address it (a phase-split buffer: from its first phase plane)."""
+        c, h, w = self.g.buffers[buf].shape
+        if buf in self.split:
+            hq, wq = split2_geometry(h, w)
+            return lambda y, x: (((y + 1) % 2 * 2 + (x + 1) % 2) * c * hq * wq
+                                 + (y + 1) // 2 * wq + (x + 1) // 2)
+        rs = strides(self.g, buf, self.padded)[1]
+        return lambda y, x: y * rs + x
 
     def _record(self, k: int, op: ConvOp, cfg: KernelConfig, block_sizes: list[int],
                 family: str | None = None) -> None:
@@ -1022,7 +1085,7 @@ def default_configs(graph: Graph, isa: Isa, threads: int) -> dict[str, KernelCon
     """The untuned kernel choice of every conv / linear layer, given the buffer layouts
     ``generate`` will use (a pointwise conv on a padded input runs over wider rows)."""
     graph = _private_copy(graph)
-    masked = plan_masked(graph, isa.lanes)
+    masked = plan_masked(graph, isa.lanes, threads)
     padded = plan_padded(graph, isa.lanes, threads, masked)
     split = plan_split2(graph, padded)
     return {op.name: default_config(op, isa, threads, op.src in padded, op.src in split,

@@ -24,6 +24,8 @@ from compiler_backend.quads import QUAD, quad_count
 from compiler_backend.sparsity import full_matrices, plan_channel_blocks
 from compiler_backend.sweep import MAX_PATTERNS, pattern_count
 from compiler_backend.tuning.base import KernelConfig
+from compiler_backend.winograd import prefers as wino_prefers
+from compiler_backend.winograd import splits_tiles as wino_split
 
 #: FMA pipes, FMA latency (cycles), vector loads per cycle, loop overhead (cycles / entry).
 _FMA_PIPES, _FMA_LAT, _LOADS, _OVERHEAD = 2, 4, 2, 1.0
@@ -274,15 +276,31 @@ def suits_masked(op: ConvOp, lanes: int) -> bool:
         bool(op.kept.all()) or _row_group(op) > 1 or _pattern_like(op))
 
 
+def layer_threads(op: ConvOp, threads: int) -> int:
+    """Threads of the untuned choice: ``threads`` for layers with enough work, else 1."""
+    flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
+    return threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
+
+
+def takes_winograd(op: ConvOp, lanes: int, threads: int) -> bool:
+    """The untuned choice runs ``op`` by Winograd (``winograd.prefers``), at its threads
+    (``winograd.splits_tiles``)."""
+    lt = layer_threads(op, threads)
+    return wino_prefers(op, lanes) and (lt == 1 or wino_split(op, lanes, lt))
+
+
 def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
-                   split_src: bool = False, masked: bool = False) -> KernelConfig:
-    """The untuned choice: the masked family where the layout planner keeps the maps plain
-    for it (``masked``), the channel family for tiny maps, the taps family for one-row blocks
-    with pattern-like kernels, else the cost model's tile."""
+                   split_src: bool = False, masked: bool = False,
+                   winograd: bool = True) -> KernelConfig:
+    """The untuned choice: Winograd for dense 3x3 convs it serves (``winograd``: may take
+    it), the masked family where the layout planner keeps the maps plain for it
+    (``masked``), the channel family for tiny maps, the taps family for one-row blocks with
+    pattern-like kernels, else the cost model's tile."""
     geo = conv_geometry(op, padded_src, split_src)
     t = geo["T"]
-    flops = 2 * int(op.kept.sum()) * op.out_shape[1] * op.out_shape[2]
-    lt = threads if flops > _MT_FLOPS or 4 * int(op.kept.sum()) > _MT_WEIGHT_BYTES else 1
+    lt = layer_threads(op, threads)
+    if winograd and takes_winograd(op, isa.lanes, threads):
+        return KernelConfig("winograd", 1, 1, lt)
     if masked and masked_dw_eligible(op, isa.lanes) and not (padded_src or split_src):
         return KernelConfig("masked", 1, 1, lt)  # ``depthwise.masked_dw_template``
     if masked and masked_eligible(op, isa.lanes) and not (padded_src or split_src):

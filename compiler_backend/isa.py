@@ -2,23 +2,29 @@
 
 The generator writes every kernel against ``vf`` / ``VLOAD`` / ``VFMA`` ... ; the prelude maps
 them to AVX-512 (16 lanes), AVX2+FMA (8 lanes), AArch64 NEON (4 lanes, the papers' mobile
-target) or portable C (8 lanes, ``#pragma omp simd`` loops). ``VEVEN(a, b)`` / ``VODD(a, b)``
-are the even / odd lanes of ``a`` then ``b``; ``VSTORE_EO(e, o, v)`` stores the even lanes of
-``v`` at ``e`` and the odd ones at ``o`` (half a vector each); ``VGATHER(b, ix)`` loads lane
-``i`` from ``b[ix[i]]``; ``VBCAST4(p)`` repeats the 4 floats at ``p`` in every group of
-4 lanes; ``VAND(v, m)`` keeps the lanes of ``v`` whose mask ``m`` is all ones
-(bitwise and); ``VSTOREM_AT(p, v, lo, n)`` stores lanes ``lo .. lo + n`` of ``v`` at
-``p + lo``, and ``VSTORE_PART(p, v, lo, n)`` the same for literal ``n`` of 4 or 8 and ``lo`` a
-multiple of it (on AVX-512 an extract and a plain 128 / 256-bit store, not a masked store:
-MobileNetV2's 4x4 expand convs 11.3 -> 8.5 us each; elsewhere ``VSTOREM_AT``);
-``SMAX(a, b)`` / ``SMIN(a, b)`` are scalar max / min without a branch (the scalar epilogues' activations: a data-dependent branch per output cost MobileNetV2's 4x4 1x1
-layers half their time); the AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` /
-``HLOAD`` / ... for ``kernels.half_width``, and lane masks ``vm``: ``VKEEP(p)`` (the lanes
-whose int at ``p`` is non-zero), ``VSTOREC(p, v, m)`` (lanes ``m`` of ``v`` stored packed
-from ``p`` on), ``VLOADX(p, m)`` (consecutive floats from ``p`` into lanes ``m``),
-``VLOADZ(p, m)`` (lanes ``m`` of the vector at ``p``, the others zero, unread);
-``VREG(x)`` keeps a loaded vector in a register (gcc otherwise folds the load into every FMA
-that reads it: the tap-column kernel's row reuse then vanished, 570 us became 700).
+target) or portable C (8 lanes, ``#pragma omp simd`` loops).
+
+- ``VEVEN(a, b)`` / ``VODD(a, b)``: the even / odd lanes of ``a`` then ``b``;
+  ``VZIPLO(a, b)`` / ``VZIPHI(a, b)``: the first / second halves of ``a`` and ``b``
+  interleaved (``a0 b0 a1 b1 ...``); ``VSTORE_EO(e, o, v)`` stores the even lanes of ``v`` at
+  ``e`` and the odd ones at ``o`` (half a vector each).
+- ``VGATHER(b, ix)`` loads lane ``i`` from ``b[ix[i]]``, ``VSCATTER(b, ix, v)`` stores it
+  there; ``VBCAST4(p)`` repeats the 4 floats at ``p`` in every group of 4 lanes;
+  ``VAND(v, m)`` keeps the lanes of ``v`` whose mask ``m`` is all ones (bitwise and).
+- ``VSTOREM_AT(p, v, lo, n)`` stores lanes ``lo .. lo + n`` of ``v`` at ``p + lo``, and
+  ``VSTORE_PART(p, v, lo, n)`` the same for literal ``n`` of 4 or 8 and ``lo`` a multiple of
+  it (on AVX-512 an extract and a plain 128 / 256-bit store, not a masked store:
+  MobileNetV2's 4x4 expand convs 11.3 -> 8.5 us each; elsewhere ``VSTOREM_AT``).
+- ``SMAX(a, b)`` / ``SMIN(a, b)`` are scalar max / min without a branch (the scalar
+  epilogues' activations: a data-dependent branch per output cost MobileNetV2's 4x4 1x1
+  layers half their time).
+- The AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` / ``HLOAD`` / ... for
+  ``kernels.half_width``, and lane masks ``vm``: ``VKEEP(p)`` (the lanes whose int at ``p``
+  is non-zero), ``VSTOREC(p, v, m)`` (lanes ``m`` of ``v`` stored packed from ``p`` on),
+  ``VLOADX(p, m)`` (consecutive floats from ``p`` into lanes ``m``), ``VLOADZ(p, m)`` (lanes
+  ``m`` of the vector at ``p``, the others zero, unread).
+- ``VREG(x)`` keeps a loaded vector in a register (gcc otherwise folds the load into every
+  FMA that reads it: the tap-column kernel's row reuse then vanished, 570 us became 700).
 """
 
 from __future__ import annotations
@@ -113,6 +119,7 @@ typedef __mmask16 vm;
 #define VREG(x) __asm__("" : "+v"(x))
 #define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define VADD(a, b) _mm512_add_ps((a), (b))
+#define VSUB(a, b) _mm512_sub_ps((a), (b))
 #define VMUL(a, b) _mm512_mul_ps((a), (b))
 #define VMAX(a, b) _mm512_max_ps((a), (b))
 #define VMIN(a, b) _mm512_min_ps((a), (b))
@@ -128,9 +135,12 @@ typedef __m256 hf;
 #define HFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define HADD(a, b) _mm256_add_ps((a), (b))
 #define VGATHER(b, ix) _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(ix)), (b), 4)
+#define VSCATTER(b, ix, v) _mm512_i32scatter_ps((b), _mm512_loadu_si512((const void*)(ix)), (v), 4)
 #define VBCAST4(p) _mm512_broadcast_f32x4(_mm_loadu_ps(p))
 #define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
+#define VZIPLO(a, b) __builtin_shufflevector((a), (b), 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
+#define VZIPHI(a, b) __builtin_shufflevector((a), (b), 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
 #define VSTORE_EO(e, o, v) do { const __m512 p_ = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), (v)); \
     _mm256_storeu_ps((e), _mm512_castps512_ps256(p_)); \
     _mm256_storeu_ps((o), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p_), 1))); } while (0)
@@ -164,6 +174,7 @@ static inline void npas_storem(float* p, vf v, int n) {
 #define VSTOREM(p, v, n) npas_storem((p), (v), (n))
 static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[8]; *(vfu*)t = v; memcpy(p + lo, t + lo, (size_t)n * sizeof(float)); }
 static inline vf VGATHER(const float* b, const int* ix) { vf r; for (int i = 0; i < VL; ++i) r[i] = b[ix[i]]; return r; }
+static inline void VSCATTER(float* b, const int* ix, vf v) { for (int i = 0; i < VL; ++i) b[ix[i]] = v[i]; }
 #define VBCAST4(p) __builtin_ia32_vbroadcastf128_ps256((const vf4*)(p))
 #define VSET1(x) npas_set1((float)(x))
 static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
@@ -171,6 +182,7 @@ static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #define VREG(x) __asm__("" : "+x"(x))
 #define VFMA(a, b, c) __builtin_ia32_vfmaddps256((a), (b), (c))
 #define VADD(a, b) ((a) + (b))
+#define VSUB(a, b) ((a) - (b))
 #define VMUL(a, b) ((a) * (b))
 #define VMAX(a, b) __builtin_ia32_maxps256((a), (b))
 #define VMIN(a, b) __builtin_ia32_minps256((a), (b))
@@ -179,6 +191,8 @@ static inline vf npas_set1(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 #define SMIN(a, b) __builtin_ia32_minss((vf4){(a)}, (vf4){(b)})[0]
 #define VEVEN(a, b) __builtin_shufflevector((a), (b), 0, 2, 4, 6, 8, 10, 12, 14)
 #define VODD(a, b) __builtin_shufflevector((a), (b), 1, 3, 5, 7, 9, 11, 13, 15)
+#define VZIPLO(a, b) __builtin_shufflevector((a), (b), 0, 8, 1, 9, 2, 10, 3, 11)
+#define VZIPHI(a, b) __builtin_shufflevector((a), (b), 4, 12, 5, 13, 6, 14, 7, 15)
 #define VSTORE_EO(e, o, v) do { const vf p_ = __builtin_shufflevector((v), (v), 0, 2, 4, 6, 1, 3, 5, 7); \
     *(vf4u*)(e) = __builtin_shufflevector(p_, p_, 0, 1, 2, 3); \
     *(vf4u*)(o) = __builtin_shufflevector(p_, p_, 4, 5, 6, 7); } while (0)
@@ -199,6 +213,7 @@ static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[4]; vst1q
 #define VREG(x) __asm__("" : "+w"(x))
 #define VFMA(a, b, c) vfmaq_f32((c), (a), (b))
 #define VADD(a, b) vaddq_f32((a), (b))
+#define VSUB(a, b) vsubq_f32((a), (b))
 #define VMUL(a, b) vmulq_f32((a), (b))
 #define VMAX(a, b) vmaxq_f32((a), (b))
 #define VMIN(a, b) vminq_f32((a), (b))
@@ -206,9 +221,12 @@ static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[4]; vst1q
 #define SMAX(a, b) fmaxf((a), (b))
 #define SMIN(a, b) fminf((a), (b))
 static inline vf VGATHER(const float* b, const int* ix) { const float t[4] = {b[ix[0]], b[ix[1]], b[ix[2]], b[ix[3]]}; return vld1q_f32(t); }
+static inline void VSCATTER(float* b, const int* ix, vf v) { float t[4]; vst1q_f32(t, v); for (int i = 0; i < 4; ++i) b[ix[i]] = t[i]; }
 #define VBCAST4(p) vld1q_f32(p)
 #define VEVEN(a, b) vuzp1q_f32((a), (b))
 #define VODD(a, b) vuzp2q_f32((a), (b))
+#define VZIPLO(a, b) vzip1q_f32((a), (b))
+#define VZIPHI(a, b) vzip2q_f32((a), (b))
 #define VSTORE_EO(e, o, v) do { vst1_f32((e), vget_low_f32(vuzp1q_f32((v), (v)))); \
     vst1_f32((o), vget_low_f32(vuzp2q_f32((v), (v)))); } while (0)
 """
@@ -226,6 +244,7 @@ static inline vf VZERO(void) { return VSET1(0.f); }
 #define VREG(x) ((void)0)
 static inline vf VFMA(vf a, vf b, vf c) { _Pragma("omp simd") for (int i = 0; i < VL; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
 static inline vf VADD(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] += b.v[i]; return a; }
+static inline vf VSUB(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] -= b.v[i]; return a; }
 static inline vf VMUL(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] *= b.v[i]; return a; }
 static inline vf VMAX(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return a; }
 static inline vf VMIN(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }
@@ -233,9 +252,12 @@ static inline vf VMIN(vf a, vf b) { for (int i = 0; i < VL; ++i) a.v[i] = a.v[i]
 #define SMIN(a, b) ((a) < (b) ? (a) : (b))
 static inline vf VAND(vf a, vf m) { uint32_t x[VL], y[VL]; memcpy(x, a.v, sizeof x); memcpy(y, m.v, sizeof y); for (int i = 0; i < VL; ++i) x[i] &= y[i]; memcpy(a.v, x, sizeof x); return a; }
 static inline vf VGATHER(const float* b, const int* ix) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = b[ix[i]]; return r; }
+static inline void VSCATTER(float* b, const int* ix, vf v) { for (int i = 0; i < VL; ++i) b[ix[i]] = v.v[i]; }
 static inline vf VBCAST4(const float* p) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = p[i & 3]; return r; }
 static inline vf VEVEN(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i < VL ? a.v[2 * i] : b.v[2 * i - VL]; return r; }
 static inline vf VODD(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = 2 * i + 1 < VL ? a.v[2 * i + 1] : b.v[2 * i + 1 - VL]; return r; }
+static inline vf VZIPLO(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = i % 2 ? b.v[i / 2] : a.v[i / 2]; return r; }
+static inline vf VZIPHI(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = i % 2 ? b.v[(VL + i) / 2] : a.v[(VL + i) / 2]; return r; }
 static inline void VSTORE_EO(float* e, float* o, vf a) { for (int i = 0; i < VL / 2; ++i) { e[i] = a.v[2 * i]; o[i] = a.v[2 * i + 1]; } }
 """
 

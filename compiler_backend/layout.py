@@ -37,6 +37,7 @@ from compiler_backend.heuristics import (
     is_pointwise,
     split2_geometry,
     suits_masked,
+    takes_winograd,
 )
 from compiler_backend.ir import ConvOp, Graph, PoolOp
 from compiler_backend.lowering import op_inputs
@@ -174,11 +175,12 @@ def _blocked(graph: Graph) -> set[int]:
     return blocked
 
 
-def plan_masked(graph: Graph, lanes: int) -> set[str]:
+def plan_masked(graph: Graph, lanes: int, threads: int = 1) -> set[str]:
     """Names of the convs that take the masked family (``compiler_backend.masked``), whose
     input, residual and output then stay plain.
 
-    A conv suited to it (``heuristics.suits_masked``) takes it only if every other conv
+    A conv suited to it (``heuristics.suits_masked``) and not taking Winograd at ``threads``
+    (``heuristics.takes_winograd``) takes it only if every other conv
     reading one of its maps takes it too, or reads its input in any layout (pointwise convs,
     the stride-2 depthwise kernel): a conv needing one of them padded or phase-split would
     otherwise pay a copy (VGG-16 block 4x, when only its first 8x8 layer could take it:
@@ -188,7 +190,8 @@ def plan_masked(graph: Graph, lanes: int) -> set[str]:
     """
     _, readers = edges(graph)
     convs = [op for op in graph.ops if isinstance(op, ConvOp)]
-    chosen = {op.name for op in convs if suits_masked(op, lanes)}
+    chosen = {op.name for op in convs
+              if suits_masked(op, lanes) and not takes_winograd(op, lanes, threads)}
     changed = True
     while changed:
         drop = {op.name for op in convs if op.name in chosen and any(
@@ -208,7 +211,7 @@ def plan_padded(graph: Graph, lanes: int, threads: int,
     family (``masked``, else ``plan_masked``) stay plain."""
     producers, readers = edges(graph)
     blocked = _blocked(graph)
-    masked = plan_masked(graph, lanes) if masked is None else masked
+    masked = plan_masked(graph, lanes, threads) if masked is None else masked
     padded: set[int] = set()
     for buf, prod in producers.items():
         if buf in blocked or len(graph.buffers[buf].shape) != 3:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from npas_env.errors import InvalidConfig
 
 #: Kernel families a ``KernelConfig`` can name.
-FAMILIES = ("spatial", "channel", "taps", "quads", "sweep", "masked")
+FAMILIES = ("spatial", "channel", "taps", "quads", "sweep", "masked", "winograd")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class KernelConfig:
             over quads of kept taps, for pattern-like sparsity on maps of at most a vector of
             pixels: ``compiler_backend.quads``), ``sweep`` (input-stationary one-row blocks:
             ``compiler_backend.sweep``) or ``masked`` (spatial tiles over the real pixels of
-            a plain 8-wide map, padding by masked loads: ``compiler_backend.masked``).
+            a plain 8-wide map, padding by masked loads: ``compiler_backend.masked``) or
+            ``winograd`` (F(2x2, 3x3) for dense 3x3 / stride-1 convs:
+            ``compiler_backend.winograd``).
         p_max: largest row-block height P for the spatial and masked families (8, 4, 2 or 1).
         v: vectors per tile: along pixels for the spatial and masked families (tile width =
             v * lanes),
@@ -41,7 +43,7 @@ class KernelConfig:
             raise InvalidConfig(f"family must be one of {', '.join(map(repr, FAMILIES))}, got "
                                 f"{self.family!r}")
         if (self.p_max not in (1, 2, 4, 8) or not 1 <= self.v <= 8 or self.threads < 1
-                or (self.family in ("taps", "quads", "sweep") and self.p_max != 1)):
+                or (self.family in ("taps", "quads", "sweep", "winograd") and self.p_max != 1)):
             raise InvalidConfig(f"bad kernel config {self}")
 
     def to_dict(self) -> dict[str, object]:

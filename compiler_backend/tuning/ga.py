@@ -36,6 +36,7 @@ from compiler_backend.isa import Isa
 from compiler_backend.quads import quad_vectors
 from compiler_backend.toolchain import compile_source, compiler_version, find_compiler
 from compiler_backend.tuning.base import KernelConfig, TuningConfig
+from compiler_backend.winograd import eligible as wino_eligible
 from npas_env.io import atomic_write_text
 from npas_env.io import cache_dir as default_cache_dir
 
@@ -83,6 +84,8 @@ def _space(op: ConvOp, isa: Isa, threads: int) -> list[KernelConfig]:
             out.append(KernelConfig("quads", 1, quad_vectors(npx, isa.lanes), th))
         if sweep_eligible(op) and op.out_shape[0] <= _MAX_SWEEP_ROWS:
             out += [KernelConfig("sweep", 1, v, th) for v in (1, 2)]
+        if wino_eligible(op, isa.lanes):
+            out.append(KernelConfig("winograd", 1, 1, th))
         if masked_dw_eligible(op, isa.lanes):
             out.append(KernelConfig("masked", 1, 1, th))  # one kernel, no tiles
         elif suits_masked(op, isa.lanes):

@@ -261,19 +261,22 @@ def test_avx2_tiles_respect_register_budget() -> None:
         assert p * v <= avx2.max_acc and p in (1, 2, 4, 8)
     assert best_tile(avx2, 3248, 64) == (4, 3)  # large maps: 12 accumulators, 4 rows x 3 vectors
     assert best_tile(avx2, 80, 64) == (4, 2)  # 8x8 padded: pixel loads cost more than broadcasts
-    cfg = default_config(_conv_op(64, 64, 56, 3), avx2, 1)
+    # the direct kernels' tile (the untuned choice for this dense layer is Winograd)
+    cfg = default_config(_conv_op(64, 64, 56, 3), avx2, 1, winograd=False)
     assert (cfg.family, cfg.p_max, cfg.v) == ("spatial", 4, 3)
     dw = default_config(_conv_op(32, 32, 32, 3, groups=32), avx2, 1)
     assert dw.p_max == 1 and dw.v >= 4  # depthwise: one row per block, wide pixel tiles
-    assert default_config(_conv_op(64, 64, 56, 3), ISAS["avx512"], 1).p_max == 8
+    assert default_config(_conv_op(64, 64, 56, 3), ISAS["avx512"], 1, winograd=False).p_max == 8
 
 
 def test_short_dense_rows_take_sixteen_accumulator_tiles_on_avx512() -> None:
     avx512 = ISAS["avx512"]
     stem = default_config(_conv_op(3, 16, 32, 3), avx512, 1)  # 27 entries per row
     assert stem.family == "spatial" and stem.p_max * stem.v <= 16
-    wide = default_config(_conv_op(16, 16, 32, 3), avx512, 1)  # 144 entries: the full budget
+    # 144 entries: the full budget (the direct kernels'; untuned, this layer takes Winograd)
+    wide = default_config(_conv_op(16, 16, 32, 3), avx512, 1, winograd=False)
     assert wide.p_max * wide.v > 16
+    assert default_config(_conv_op(16, 16, 32, 3), avx512, 1).family == "winograd"
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -292,11 +295,12 @@ def test_avx512_channel_tiles_fill_the_accumulators_on_dense_rows() -> None:
     """16-lane vectors: 7x7 dense maps take 2-vector channel tiles like AVX2; tiny dense maps
     take 3 vectors (24 accumulators), sparse rows 1 (a block runs its rows' union), except
     dense 1x1 convs on maps that fill whole vectors (4x4), which take 8-row spatial tiles
-    reading each weight once."""
+    reading each weight once. (The direct kernels' choices: dense 3x3 convs Winograd serves
+    take it untuned.)"""
     avx512, avx2 = ISAS["avx512"], ISAS["avx2"]
 
     def choice(op: ConvOp, isa=avx512) -> tuple[str, int]:
-        cfg = default_config(op, isa, 1)
+        cfg = default_config(op, isa, 1, winograd=False)
         return cfg.family, cfg.v
 
     assert choice(_conv_op(512, 512, 7, 1)) == ("channel", 2)
@@ -318,7 +322,8 @@ def test_avx512_channel_tiles_fill_the_accumulators_on_dense_rows() -> None:
 def test_avx512_dense_3x3_rows_on_mid_maps_take_sliced_channel_tiles() -> None:
     """16 lanes: dense 3x3 rows on 14x14 / 28x28 maps with >= 1024 entries per row take
     2-vector channel tiles; larger maps, 1x1 convs, narrow maps, sparse rows and 8-lane ISAs
-    keep spatial tiles."""
+    keep spatial tiles (the direct kernels' choices: Winograd takes the dense 3x3 convs it
+    serves untuned)."""
     avx512, avx2 = ISAS["avx512"], ISAS["avx2"]
     for op in (_conv_op(256, 256, 14, 3), _conv_op(128, 128, 28, 3)):
         cfg = default_config(op, avx512, 1)
@@ -328,7 +333,7 @@ def test_avx512_dense_3x3_rows_on_mid_maps_take_sliced_channel_tiles() -> None:
     sparse.kept[::2, ::3] = False
     for op in (_conv_op(64, 64, 56, 3), _conv_op(256, 256, 8, 3), _conv_op(256, 256, 14, 1),
                _conv_op(32, 32, 16, 3), sparse):
-        assert default_config(op, avx512, 1).family == "spatial"
+        assert default_config(op, avx512, 1, winograd=False).family == "spatial"
 
 
 @pytest.mark.parametrize("threads", [1, 2])
