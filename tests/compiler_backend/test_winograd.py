@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,15 +11,18 @@ from torch import nn
 
 from compiler_backend import compile_model
 from compiler_backend.compile import lower_model, resolve_isa
+from compiler_backend.export import export_c
 from compiler_backend.heuristics import default_config
 from compiler_backend.ir import ConvOp
 from compiler_backend.isa import ISAS
 from compiler_backend.layout import plan_padded, plan_split2
+from compiler_backend.toolchain import find_compiler
 from compiler_backend.tuning.base import KernelConfig
 from compiler_backend.winograd import MAX_CIN, eligible, plan
 from npas_env.zoo import build_model
 
 from .lanes import EIGHT_LANES
+from .test_export import _build_and_run, _check_output
 from .test_fastpaths import _ref
 
 LANES = resolve_isa().lanes
@@ -90,6 +95,30 @@ def test_winograd_on_eight_lanes(hw: tuple[int, int], down: bool, compiler_cache
     assert {layer.name: layer.family for layer in cm.report.layers}["b"] == "winograd"
     ref = _ref(model, {}, x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+_QEMU = bool(shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64"))
+
+
+@pytest.mark.parametrize("isa", ["generic", pytest.param("neon", marks=pytest.mark.skipif(
+    not _QEMU, reason="needs gcc-aarch64-linux-gnu and qemu-user"))])
+@pytest.mark.parametrize("walk", [0, 1, 2])
+def test_winograd_exports_for_portable_c_and_neon(isa: str, walk: int, tmp_path,
+                                                  compiler_cache) -> None:
+    """Each walk in the standalone package for portable C (8 lanes, run here) and AArch64
+    NEON (4 lanes, under qemu): a padded and a phase-split output, a plain input, a
+    residual."""
+    lanes = ISAS[isa].lanes
+    model = _block(True)
+    x = torch.randn(1, 8, *_shapes(lanes)[walk])
+    configs = {name: KernelConfig("winograd", 1, 1, 1) for name in ("a", "b")}
+    out = export_c(model, x, tmp_path, {}, isa=isa, configs=configs)
+    assert "void wino" in (out.directory / "npas_model.c").read_text()
+    cc, runner = (("aarch64-linux-gnu-gcc", ["qemu-aarch64"]) if isa == "neon"
+                  else (find_compiler(), []))
+    extra = ["LDFLAGS=-static"] if isa == "neon" else []
+    assert _build_and_run(out.directory, cc, runner, *extra)["max_rel_error"] < 1e-4
+    _check_output(out.directory, model, {}, x)
 
 
 def _conv(cin: int = 16, cout: int = 16, hw: tuple[int, int] = (8, 8), k: int = 3,
