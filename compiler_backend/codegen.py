@@ -282,7 +282,7 @@ class _Builder:
                                                             split_src=src_split)
         cin, h, w = op.in_shape
         cout, oh, ow = op.out_shape
-        T, wq, hq = geo["T"], geo["wq"], geo["hq"]
+        T, wq = geo["T"], geo["wq"]
         parts: list[str] = []
         calls: list[str] = []
         in_place = not taps and (geo["direct"] or src_padded or src_split)
@@ -292,12 +292,7 @@ class _Builder:
         if in_place:
             x_off = offs[op.src] + geo["shift"]
         else:
-            nph = len(geo["phases"])
-            gkey = (nph, cin, hq, wq, geo["s"], geo["ph"], geo["pw"], h, w, int(taps))
-            if gkey not in self.pad_scratch:
-                self.pad_scratch[gkey] = self._alloc(
-                    self.g.new_buffer((nph, cin, hq, wq), pinned=True))
-            x_off = self.pad_scratch[gkey]
+            x_off = self._scratch_for(op, geo, taps)
             parts.append(self.prologue(f"{fn}_pad", op, geo, offs[op.src], x_off, src_padded))
         # destination: straight into a padded output (wide rows shifted by wq + 1), the plain
         # output, or a shared wide-row scratch buffer + crop epilogue
@@ -584,18 +579,13 @@ class _Builder:
     def winograd_conv(self, fn: str, k: int, op: ConvOp, offs: list[int],
                       cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
         """Dense 3x3 conv by Winograd F(2x2, 3x3) (``winograd.WINO_TEMPLATE``), reading a
-        padded input in place (else a padded copy) and writing any plain or padded layout."""
+        padded input in place (else a padded copy) and writing any layout."""
         cin, h, w = op.in_shape
         parts, steps = [], []
-        if op.src in self.padded:
-            x_off, xs, xc = offs[op.src], w + 2, (h + 2) * (w + 2)
-        else:
+        x_off, xs, xc = offs[op.src], w + 2, (h + 2) * (w + 2)  # padded: read in place
+        if op.src not in self.padded:
             geo = _conv_geometry(op)
-            gkey = (1, cin, geo["hq"], geo["wq"], 1, 1, 1, h, w, 0)
-            if gkey not in self.pad_scratch:
-                self.pad_scratch[gkey] = self._alloc(
-                    self.g.new_buffer((1, cin, geo["hq"], geo["wq"]), pinned=True))
-            x_off, xs, xc = self.pad_scratch[gkey], geo["wq"], geo["hq"] * geo["wq"]
+            x_off = self._scratch_for(op, geo)
             parts.append(self.prologue(f"{fn}_pad", op, geo, offs[op.src], x_off))
             steps.append((f"{fn}_pad", work_items(cfg.threads)))
         cout, lanes = op.out_shape[0], self.isa.lanes
@@ -607,12 +597,10 @@ class _Builder:
         else:
             yc, ys, y0 = strides(self.g, op.dst, self.padded)
         rc, rs, r0 = strides(self.g, op.res, self.padded) if op.res is not None else (0, 0, 0)
-        scatter = walk.gathered
-        outputs = 1 if scatter else 2 if pstride else 0
+        outputs = 1 if walk.gathered else 2 if pstride else 0  # scattered / phase planes / rows
         tables = [0, 0, 0]
         if walk.gathered:
             tables[0] = self.add_i(winograd.patch_table(h, w, lanes, xs))
-        if scatter:
             tables[1] = self.add_i(winograd.output_table(h, w, lanes, self._where(op.dst)))
             if op.res is not None:
                 tables[2] = self.add_i(winograd.output_table(h, w, lanes, self._where(op.res)))
@@ -627,6 +615,17 @@ class _Builder:
         steps.append((f"{fn}_k", work_items(cfg.threads)))
         self._record(k, op, cfg, [1])
         return "\n".join(parts), steps
+
+    def _scratch_for(self, op: ConvOp, geo: dict[str, Any], taps: bool = False) -> int:
+        """A offset of the scratch buffer holding ``op``'s input copied into the planes ``geo``
+        reads; convs of the same input geometry share one."""
+        cin, h, w = op.in_shape
+        nph, hq, wq = len(geo["phases"]), geo["hq"], geo["wq"]
+        gkey = (nph, cin, hq, wq, geo["s"], geo["ph"], geo["pw"], h, w, int(taps))
+        if gkey not in self.pad_scratch:
+            self.pad_scratch[gkey] = self._alloc(
+                self.g.new_buffer((nph, cin, hq, wq), pinned=True))
+        return self.pad_scratch[gkey]
 
     def _where(self, buf: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """Offset of pixel (y, x) of a channel of ``buf`` from that channel's pixel (0, 0) as

@@ -8,16 +8,26 @@ a layer becomes an input transform (adds), 16 small GEMMs (FMAs) and an output t
 (adds, then bias, residual and activation). Pruned layers keep the direct kernels: the
 transform spreads a kernel's zeros over all 16 points.
 
-``WINO_TEMPLATE`` vectorises along tiles: one work item is one vector of tiles, from one tile
-row (maps whose width is a multiple of ``2 * lanes``) or two (maps exactly ``lanes`` wide).
-Its input patches come from the source plane's rows by even / odd lane selection, with a
-zero border (the padded layout, or a padded copy). All input channels' transformed patches
-(``16 * cin`` vectors on the stack) feed the 16 GEMMs, 8 output channels and 2 points at a
-time (16 accumulators); the output transform interleaves the 2x2 tiles back into rows and
-stores them in the destination's layout.
+``WINO_TEMPLATE`` vectorises along tiles: one work item is one vector of tiles (row-major
+order), from one tile row (maps whose width is a multiple of ``2 * lanes``), from two (maps
+exactly ``lanes`` wide), or from anywhere (other maps whose tiles fill whole vectors, as 8x8
+with 16 lanes: gathered through index tables). Row walks select a patch's columns from the
+source rows by even / odd lanes; the source has a zero border (the padded layout, or a padded
+copy). All input channels' transformed patches (``16 * cin`` vectors on the stack) feed the
+16 GEMMs, 8 output channels and 2 points at a time (16 accumulators); the output transform
+interleaves the 2x2 tiles back into rows, stores each of them into one of the four phase
+planes of a phase-split destination, or scatters them. A map of fewer vectors of tiles than
+threads has its output channels split between them (``Plan.parts``).
 
-Measured against the direct kernel (AMD Zen 4, 1 thread): a 16 -> 16 channel 32x32 layer
-(ResNet-20's first stage) 52 -> 33 us in a standalone C driver; 32 -> 32 at 16x16 45 -> 27.
+Measured against the direct kernels (AMD Zen 4): a 16 -> 16 channel 32x32 layer (ResNet-20's
+first stage) 52 -> 33 us in a standalone C driver, 32 -> 32 at 16x16 45 -> 27 (1 thread).
+Unpruned models end to end, same process, two copies each interleaved with ONNX Runtime:
+ResNet-20 897 -> 588 us at 1 thread (0.96x -> 1.47x of ORT), 523 -> 411 us at 2 threads
+(1.02x -> 1.29x); VGG-16 8.43 -> 6.70 ms (1.21x -> 1.53x) and 5.08 -> 4.55 ms (1.14x ->
+1.27x). Not taken: 3-channel stems (ResNet-20 block 4x / 8x 1.000 / 1.005 of the direct
+kernel's time at 1 thread, 1.022 at 2; MobileNetV2 block 8x 0.998 at 1 thread, 1.014 at 2),
+and ResNet-20's 8x8 maps at 2 threads with the output channels split (unpruned model 0.992
+of the time with the direct kernels there; 1.042 with each gathered plane prefetched).
 """
 
 from __future__ import annotations
