@@ -372,6 +372,7 @@ def tune_rows(threads: list[int], quick: bool) -> list[str]:
     import tempfile
 
     from compiler_backend import TuningConfig
+    from compiler_backend.tuning.base import KernelConfig
     from npas_env.zoo import build_model
 
     cfg = TuningConfig()
@@ -379,10 +380,14 @@ def tune_rows(threads: list[int], quick: bool) -> list[str]:
            f"`TuningConfig()` defaults: {cfg.generations} generations x {cfg.population} "
            f"candidates per layer, {cfg.repeats} timed runs each; block 8x16 at 4x. \"tuning s\" "
            "starts from an empty cache (gcc included); \"again s\" compiles the same model with "
-           "the tuning log in place. Latencies measured interleaved with ORT dense.\n",
-           "| model | thr | tuning s | again s | untuned ms | tuned ms | tuned / untuned | "
-           "tuned x ORT dense |",
-           "|---|---|---|---|---|---|---|---|"]
+           "the tuning log in place. Latencies measured interleaved with ORT dense, two copies "
+           "of each library (geometric mean); `retuned` counts the layers whose tuned config "
+           "differs from the untuned one (with none, `tuned / untuned` is the noise between "
+           "identical programs).\n",
+           "| model | thr | tuning s | again s | retuned | untuned ms | tuned ms | "
+           "tuned / untuned | tuned x ORT dense |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    spare = Path(tempfile.mkdtemp(prefix="npas-bench-copy-"))  # second copies: their own .so
     for name in ("resnet20",) if quick else ("resnet20", "mobilenetv2"):
         torch.manual_seed(0)
         model = build_model(name).eval()
@@ -398,14 +403,20 @@ def tune_rows(threads: list[int], quick: bool) -> list[str]:
                 compile_model(model, x, masks, threads=th, tune=cfg, cache_dir=Path(tmp))
                 t_again = time.perf_counter() - t0
                 untuned = compile_model(model, x, masks, threads=th, cache_dir=Path(tmp))
-            for cm in (tuned, untuned):
+            tuned_as = {layer.name: layer.config for layer in tuned.report.layers}
+            retuned = sum(layer.config != tuned_as[layer.name] for layer in untuned.report.layers)
+            chosen = {layer: KernelConfig(**c) for layer, c in tuned_as.items()}
+            copies = {"tuned#1": compile_model(model, x, masks, threads=th, configs=chosen,
+                                               cache_dir=spare),
+                      "untuned#1": compile_model(model, x, masks, threads=th, cache_dir=spare)}
+            fns: dict[str, Fn] = {"ort": ort_fn(model, x, th) or (lambda: None)}
+            for key, cm in {"tuned#0": tuned, "untuned#0": untuned, **copies}.items():
                 cm.view(cm.graph.input).copy_(x[:1])
-            fns = {"ort": ort_fn(model, x, th) or (lambda: None), "tuned": tuned._run_sample,
-                   "untuned": untuned._run_sample}
-            r = interleaved(fns, 2.0 if quick else 5.0)
-            out.append(f"| {name} | {th} | {t_tune:.0f} | {t_again:.1f} | {r['untuned']:.3f} | "
-                       f"{r['tuned']:.3f} | {r['tuned'] / r['untuned']:.2f} | "
-                       f"{r['ort'] / r['tuned']:.2f}x |")
+                fns[key] = cm._run_sample
+            r = _merge_copies(interleaved(fns, 2.0 if quick else 5.0))[0]
+            out.append(f"| {name} | {th} | {t_tune:.0f} | {t_again:.1f} | {retuned} of "
+                       f"{len(chosen)} | {r['untuned']:.3f} | {r['tuned']:.3f} | "
+                       f"{r['tuned'] / r['untuned']:.2f} | {r['ort'] / r['tuned']:.2f}x |")
             print(out[-1], flush=True)
     return out
 
