@@ -10,8 +10,8 @@ transform spreads a kernel's zeros over all 16 points.
 
 ``WINO_TEMPLATE`` vectorises along tiles: one work item is one vector of tiles (row-major
 order), from one tile row (maps whose width is a multiple of ``2 * lanes``), from two (maps
-exactly ``lanes`` wide), or from anywhere (other maps whose tiles fill whole vectors, as 8x8
-with 16 lanes: gathered through index tables). Row walks select a patch's columns from the
+exactly ``lanes`` wide), or from anywhere (other maps, as 8x8 or 14x14 with 16 lanes: gathered
+through index tables, the last vector filled up with copies of the last tile). Row walks select a patch's columns from the
 source rows by even / odd lanes; the source has a zero border (the padded layout, or a padded
 copy). All input channels' transformed patches (``16 * cin`` vectors on the stack) feed the
 16 GEMMs, 8 output channels and 2 points at a time (16 accumulators); the output transform
@@ -24,7 +24,9 @@ first stage) 52 -> 33 us in a standalone C driver, 32 -> 32 at 16x16 45 -> 27 (1
 Unpruned models end to end, same process, two copies each interleaved with ONNX Runtime:
 ResNet-20 897 -> 588 us at 1 thread (0.96x -> 1.47x of ORT), 523 -> 411 us at 2 threads
 (1.02x -> 1.29x); VGG-16 8.43 -> 6.70 ms (1.21x -> 1.53x) and 5.08 -> 4.55 ms (1.14x ->
-1.27x). Not taken: 3-channel stems (ResNet-20 block 4x / 8x 1.000 / 1.005 of the direct
+1.27x). The Fig. 9 layers with a partly filled last vector, one layer interleaved with ORT:
+3x3 128@28 2446 -> 1336 us at 1 thread (0.91x -> 1.67x of ORT), 1311 -> 758 at 2; 256@14
+2348 -> 1443 us (0.96x -> 1.56x), 1313 -> 763 at 2. Not taken: 3-channel stems (ResNet-20 block 4x / 8x 1.000 / 1.005 of the direct
 kernel's time at 1 thread, 1.022 at 2; MobileNetV2 block 8x 0.998 at 1 thread, 1.014 at 2),
 and ResNet-20's 8x8 maps at 2 threads with the output channels split (unpruned model 0.992
 of the time with the direct kernels there; 1.042 with each gathered plane prefetched).
@@ -47,6 +49,9 @@ COUT_BLOCK = 8
 MAX_CIN = 256
 #: Fewest input channels for which the untuned choice takes Winograd (``prefers``).
 MIN_CIN = 8
+#: Least share of the gathered walk's lanes holding tiles of their own (``lane_use``; 14x14
+#: with 16 lanes: 49 tiles in 4 vectors, 0.77; 4x4: 0.25).
+MIN_LANE_USE = 0.75
 
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
@@ -59,8 +64,8 @@ def rows_fit(h: int, w: int, lanes: int) -> bool:
 
 def eligible(op: ConvOp, lanes: int) -> bool:
     """``op`` is a dense 3x3 / stride-1 / pad-1 conv (one group) on an even map whose tiles
-    fill whole vectors (by rows, ``rows_fit``, else gathered), with output channels in whole
-    ``COUT_BLOCK`` blocks."""
+    fill whole vectors by rows (``rows_fit``) or, gathered, at least ``MIN_LANE_USE`` of
+    their lanes, with output channels in whole ``COUT_BLOCK`` blocks."""
     if op.is_linear or len(op.in_shape) != 3:
         return False
     cin, h, w = op.in_shape
@@ -68,7 +73,7 @@ def eligible(op: ConvOp, lanes: int) -> bool:
     return (tuple(op.weight.shape[2:]) == (3, 3) and op.stride == 1 and op.groups == 1
             and tuple(op.padding) == (1, 1) and tuple(op.out_shape[1:]) == (h, w)
             and h % 2 == 0 and w % 2 == 0
-            and (rows_fit(h, w, lanes) or h * w // 4 % lanes == 0)
+            and (rows_fit(h, w, lanes) or lane_use(h, w, lanes) >= MIN_LANE_USE)
             and cout % COUT_BLOCK == 0 and cin <= MAX_CIN and bool(op.kept.all()))
 
 
@@ -119,15 +124,24 @@ def plan(h: int, w: int, cout: int, lanes: int, threads: int) -> Plan:
         vectors = h // 4 if two else h // 2 * per_row
         gathered = False
     else:
-        vectors, per_row, two, gathered = h * w // (4 * lanes), 1, False, True
+        vectors, per_row, two, gathered = -(-h * w // (4 * lanes)), 1, False, True
     parts = min(threads, cout // COUT_BLOCK) if vectors < threads else 1
     return Plan(vectors, per_row, two, gathered, parts)
 
 
+def lane_use(h: int, w: int, lanes: int) -> float:
+    """Share of the gathered walk's lanes holding a tile of their own."""
+    tiles = h * w // 4
+    return tiles / (-(-tiles // lanes) * lanes)
+
+
 def _tiles(h: int, w: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
     """Tile row and column of every lane, per vector of tiles (row-major tile order: the
-    order of both walks)."""
-    ty, tx = np.divmod(np.arange(h * w // 4), w // 2)
+    order of both walks). Lanes past the last tile repeat it: they gather its patch and
+    scatter its outputs again, the same values to the same places."""
+    tiles = h * w // 4
+    t = np.minimum(np.arange(-(-tiles // lanes) * lanes), tiles - 1)
+    ty, tx = np.divmod(t, w // 2)
     return ty.reshape(-1, 1, lanes), tx.reshape(-1, 1, lanes)
 
 
