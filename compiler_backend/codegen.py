@@ -583,9 +583,9 @@ class _Builder:
         cin, h, w = op.in_shape
         parts, steps = [], []
         x_off, xs, xc = offs[op.src], w + 2, (h + 2) * (w + 2)  # padded: read in place
-        if op.src not in self.padded:
+        if op.src not in self.padded:  # a padded copy (planes hq x wq = h + 2 x w + 2)
             geo = _conv_geometry(op)
-            x_off = self._scratch_for(op, geo)
+            x_off, xs, xc = self._scratch_for(op, geo), geo["wq"], geo["hq"] * geo["wq"]
             parts.append(self.prologue(f"{fn}_pad", op, geo, offs[op.src], x_off))
             steps.append((f"{fn}_pad", work_items(cfg.threads)))
         cout, lanes = op.out_shape[0], self.isa.lanes
@@ -617,8 +617,8 @@ class _Builder:
         return "\n".join(parts), steps
 
     def _scratch_for(self, op: ConvOp, geo: dict[str, Any], taps: bool = False) -> int:
-        """A offset of the scratch buffer holding ``op``'s input copied into the planes ``geo``
-        reads; convs of the same input geometry share one."""
+        """Arena offset of the scratch buffer holding ``op``'s input copied into the planes
+        ``geo`` reads; convs of the same input geometry share one."""
         cin, h, w = op.in_shape
         nph, hq, wq = len(geo["phases"]), geo["hq"], geo["wq"]
         gkey = (nph, cin, hq, wq, geo["s"], geo["ph"], geo["pw"], h, w, int(taps))

@@ -124,23 +124,26 @@ def plan(h: int, w: int, cout: int, lanes: int, threads: int) -> Plan:
         vectors = h // 4 if two else h // 2 * per_row
         gathered = False
     else:
-        vectors, per_row, two, gathered = -(-h * w // (4 * lanes)), 1, False, True
+        vectors, per_row, two, gathered = _gathered_vectors(h, w, lanes), 1, False, True
     parts = min(threads, cout // COUT_BLOCK) if vectors < threads else 1
     return Plan(vectors, per_row, two, gathered, parts)
 
 
+def _gathered_vectors(h: int, w: int, lanes: int) -> int:
+    """Vectors of the gathered walk: the map's 2x2 tiles, the last vector filled up."""
+    return -(-(h * w // 4) // lanes)
+
+
 def lane_use(h: int, w: int, lanes: int) -> float:
     """Share of the gathered walk's lanes holding a tile of their own."""
-    tiles = h * w // 4
-    return tiles / (-(-tiles // lanes) * lanes)
+    return h * w // 4 / (_gathered_vectors(h, w, lanes) * lanes)
 
 
 def _tiles(h: int, w: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
     """Tile row and column of every lane, per vector of tiles (row-major tile order: the
     order of both walks). Lanes past the last tile repeat it: they gather its patch and
     scatter its outputs again, the same values to the same places."""
-    tiles = h * w // 4
-    t = np.minimum(np.arange(-(-tiles // lanes) * lanes), tiles - 1)
+    t = np.minimum(np.arange(_gathered_vectors(h, w, lanes) * lanes), h * w // 4 - 1)
     ty, tx = np.divmod(t, w // 2)
     return ty.reshape(-1, 1, lanes), tx.reshape(-1, 1, lanes)
 
