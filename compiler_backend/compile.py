@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from compiler_backend.codegen import Program, generate
+from compiler_backend.dead_channels import eliminate_dead_channels
 from compiler_backend.ir import Graph
 from compiler_backend.isa import ISAS, Isa, detect_isa
 from compiler_backend.lowering import lower
@@ -35,7 +36,8 @@ def resolve_isa(name: str | None = None) -> Isa:
 
 def lower_model(model: nn.Module, example_input: torch.Tensor,
                 masks: Mapping[str, torch.Tensor] | None = None) -> Graph:
-    """Trace a private eval-mode copy of ``model`` at batch 1 and lower it to the IR."""
+    """Trace a private eval-mode copy of ``model`` at batch 1 and lower it to the IR (fusion
+    passes run, dead channels cut: ``dead_channels``)."""
     model = copy.deepcopy(model).eval()
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # shape propagation of tiny batch-1 convs: 1 thread, no oneDNN JIT
@@ -49,7 +51,9 @@ def lower_model(model: nn.Module, example_input: torch.Tensor,
     assert gm is not None
     gm.eval()
     with torch.no_grad():
-        return lower(gm, masks)
+        graph = lower(gm, masks)
+    graph.cut_channels = eliminate_dead_channels(graph)
+    return graph
 
 
 def compile_model(model: nn.Module, example_input: torch.Tensor,

@@ -167,6 +167,8 @@ class Graph:
     input: int = -1
     output: int = -1
     output_shape: tuple[int, ...] = ()
+    #: Per conv whose dead output channels were cut (``dead_channels``): (computed, model's).
+    cut_channels: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def new_buffer(self, shape: tuple[int, ...], numel: int | None = None,
                    pinned: bool = False) -> int:

@@ -44,6 +44,8 @@ class LayerReport:
     time_ms: float
     share: float
     config: dict[str, Any]
+    #: (output channels computed, the model's) where dead ones were cut (``dead_channels``).
+    cut_channels: tuple[int, int] | None = None
 
     @property
     def gflops(self) -> float:
@@ -253,7 +255,8 @@ class CompiledModel:
                 li = layer_by_op[k]
                 layers.append(LayerReport(li.name, li.family, li.structure, tuple(li.block_sizes),
                                           li.kept_fraction, li.dense_flops, li.kept_flops, t,
-                                          t / total, li.config.to_dict()))
+                                          t / total, li.config.to_dict(),
+                                          self.graph.cut_channels.get(li.name)))
             elif isinstance(op, FallbackOp):
                 fallbacks.append(OpReport(op.name, "fallback", t, t / total))
             else:

@@ -67,12 +67,15 @@ def run(args: argparse.Namespace) -> int:
                       "compile_seconds": compiled.artifact.compile_seconds,
                       "cache_hit": compiled.artifact.cache_hit, "artifact": str(compiled.artifact.path)},
                      indent=2))
-    print("\n| layer | kernel family | structure | kept | time ms | share |\n|---|---|---|---|---|---|")
-    for row in report.to_dict().get("layers", []):
-        print(f"| {row['name']} | {row['family']} | {row['structure']} | {row['kept_fraction']:.2f} | "
-              f"{row['time_ms']:.4f} | {row['share']:.1%} |")
-    for row in report.to_dict().get("fallback_ops", []):
-        print(f"fallback to PyTorch: {row}")
+    print("\n| layer | kernel family | structure | kept | channels | time ms | share |\n"
+          "|---|---|---|---|---|---|---|")
+    for layer in report.layers:
+        cut = layer.cut_channels
+        print(f"| {layer.name} | {layer.family} | {layer.structure} | {layer.kept_fraction:.2f} | "
+              f"{f'{cut[0]} of {cut[1]}' if cut else 'all'} | {layer.time_ms:.4f} | "
+              f"{layer.share:.1%} |")
+    for op in report.fallbacks:
+        print(f"fallback to PyTorch: {op.name} ({op.share:.1%} of the time)")
     return 0
 
 

@@ -222,7 +222,7 @@ def _phase3_and_finish(config: SearchConfig, env: Any, best: Any, splits: Any, r
         dense_accuracy=evaluate_accuracy(env.context.model, test),
         final_accuracy=evaluate_accuracy(result.model, test), true_evaluations=problem.n_evals,
         phase3_table=list(result.table), phase1_replaced=list(p1.replaced), phase1_left=list(p1.left),
-        fallback_ops=[str(op) for op in getattr(compiled.report, "fallback_ops", [])],
+        fallback_ops=[op.name for op in compiled.report.fallbacks],
         seconds=clock.seconds, threads=config.threads)
     plan = getattr(result, "plan", None) or best.plan
     plan.save(run_dir.files["plan.json"])
