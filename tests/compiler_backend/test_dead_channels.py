@@ -56,30 +56,38 @@ def test_dead_channels_are_cut_through_the_depthwise_conv(threads: int, compiler
 
 
 class Separable(nn.Module):
-    """A stem, then a depthwise-separable pair whose 1x1 convs both read the depthwise output."""
+    """A stem, then a depthwise-separable pair whose 1x1 convs both read the depthwise output;
+    a third 1x1 conv reads the stem's output too."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 32, 3, 1, 1)
         self.dw = nn.Conv2d(32, 32, 3, 1, 1, groups=32)
         self.left, self.right = nn.Conv2d(32, 8, 1), nn.Conv2d(32, 8, 1)
+        self.skip = nn.Conv2d(32, 8, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.dw(F.relu(self.stem(x))))
-        return torch.cat([self.left(h), self.right(h)], 1)
+        a = F.relu(self.stem(x))
+        h = F.relu(self.dw(a))
+        return torch.cat([self.left(h), self.right(h), self.skip(a)], 1)
+
+
+def _columns(cols: slice) -> torch.Tensor:
+    mask = torch.zeros(8, 32, 1, 1, dtype=torch.bool)
+    mask[:, cols] = True
+    return mask
 
 
 def test_a_buffer_keeps_what_any_reader_needs_back_to_the_stem(compiler_cache) -> None:
-    """Two convs read the depthwise output (channels 0-5 and 4-9): it keeps their union, and so
-    do the depthwise conv's input and the stem computing it."""
+    """Two convs read the depthwise output (channels 0-5 and 4-9), a third one the stem's
+    (channels 20-23): the stem keeps the union of all three, and the depthwise conv, whose
+    input and output channels must match, computes those 14 channels too."""
     torch.manual_seed(0)
     model = Separable().eval()
-    masks = {"left": torch.zeros(8, 32, 1, 1, dtype=torch.bool),
-             "right": torch.zeros(8, 32, 1, 1, dtype=torch.bool)}
-    masks["left"][:, 0:6] = True
-    masks["right"][:, 4:10] = True
+    masks = {"left": _columns(slice(0, 6)), "right": _columns(slice(4, 10)),
+             "skip": _columns(slice(20, 24))}
     cut = _check(model, masks, 1, compiler_cache)
-    assert cut == {"stem": (10, 32), "dw": (10, 32), "left": None, "right": None}
+    assert cut == {"stem": (14, 32), "dw": (14, 32), "left": None, "right": None, "skip": None}
 
 
 def test_buffers_other_ops_read_stay_whole() -> None:
