@@ -112,7 +112,10 @@ def test_filter_pruned_bn_relu_residual_chain_matches_torch(hw: tuple[int, int],
     cm = compile_model(model, x, masks, threads=threads, configs=configs if threads > 1 else None,
                        isa=EIGHT_LANES, cache_dir=compiler_cache)
     assert ("_r(tid" in kernel_source(cm)) == (hw == (8, 8))  # 8x8: row-mode tiles
-    assert kernel_source(cm).count("fill_rows(tid, nt, W, I, A, k)") == 4  # pruned filters
+    # pruned filters write act(bias): those of c2, c3 and pw; c2 reads none of c1's, which are
+    # dead and cut (``dead_channels``)
+    assert kernel_source(cm).count("fill_rows(tid, nt, W, I, A, k)") == 3
+    assert {layer.name: layer.cut_channels for layer in cm.report.layers}["c1.0"] == (8, 16)
     assert {layer.structure for layer in cm.report.layers if layer.name != "stem.0"} >= {"filter"}
     ref = _reference(model, masks, x)
     out = cm.run(x)
