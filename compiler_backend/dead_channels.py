@@ -109,4 +109,3 @@ def _cuttable(graph: Graph) -> set[int]:
 
 def _depthwise(op: ConvOp) -> bool:
     return op.groups == op.in_shape[0] == op.out_shape[0]
-
