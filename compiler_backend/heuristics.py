@@ -82,9 +82,14 @@ _DWS2_MAX_ROWS = 8
 #: Minimum kept FLOPs before a layer uses more than one thread. 200 kFLOP against the former
 #: 4 MFLOP, 2 threads, first quartile over 30 rotated same-process rounds: MobileNetV2 dense
 #: 3.08 -> 2.49 ms, 4x 1.57 -> 1.10, 8x 1.18 -> 0.85; ResNet-20 dense 0.73 -> 0.69, 4x 0.345
-#: -> 0.326; VGG-16 8x 1.19 -> 1.11. Smaller layers (1x1 shortcuts, the classifier) stay on
-#: one thread.
-_MT_FLOPS = 200_000
+#: -> 0.326; VGG-16 8x 1.19 -> 1.11. 20 kFLOP against 200 kFLOP (generator v35, AMD Zen 4, 2
+#: threads, same-process A/B, two copies each): ResNet-20 block 4x 0.983 of the time, 8x
+#: 0.950 (in a far vCPU placement: 244 us, against 91-137 in other runs), pattern 8x 0.972;
+#: MobileNetV2 block 4x 0.986, 8x 0.977; VGG-16 8x 0.991. A layer on one thread reads the
+#: half of its input the other core wrote (ResNet-20's stride-2 shortcuts: 0.8 us at 1
+#: thread, 2-12 us in a 2-thread run's per-op profile). Smaller layers (the classifier) stay
+#: on one thread.
+_MT_FLOPS = 20_000
 #: ... or kept weights above the L2 size: such a layer streams them from L3 / DRAM, which two
 #: cores read faster than one (DRAM 27 -> 50 GB/s here); VGG-16's 2x2 layers at 8x, 2.4 MFLOP
 #: and 1.2 MB each: whole model at 2 threads 1.30 -> 1.19 ms.
