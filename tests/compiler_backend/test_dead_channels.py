@@ -125,3 +125,13 @@ def test_block_pruned_mobilenetv2_loses_dead_channels() -> None:
              and m.kernel_size == (1, 1)}
     cut = lower_model(model, torch.randn(1, 3, 32, 32), masks).cut_channels
     assert cut["features.5.conv.3"][1] == 144 and cut["features.5.conv.3"][0] < 72
+
+
+def test_npas_compile_reports_each_layers_channels(capsys, compiler_cache) -> None:
+    """``npas compile``'s layer table has a ``channels`` column ("all" where nothing is cut)."""
+    from npas_env.cli import main
+
+    assert main(["compile", "--model", "small_cnn", "--random-weights", "--repeats", "5"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert table[0] == "| layer | kernel family | structure | kept | channels | time ms | share |"
+    assert len(table) > 2 and all(row.split(" | ")[4] == "all" for row in table[2:])
