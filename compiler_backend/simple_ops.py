@@ -29,7 +29,7 @@ def emit_affine(b: Any, fn: str, op: AffineOp, offs: list[int]) -> tuple[str, in
   PART({c})
   for (int c = lo; c < hi; ++c) {{
 #pragma omp simd
-for (int i = 0; i < {hw}; ++i) D[(long)c * {hw} + i] = s_{a}(S[(long)c * {hw} + i] * sc[c] + sh[c]);
+for (int i = 0; i < {hw}; ++i) D[(long)c * {hw} + i] = e_{a}(S[(long)c * {hw} + i] * sc[c] + sh[c]);
   }}
 }}
 """, b._lt(c * hw)
@@ -53,7 +53,7 @@ def emit_eltwise(b: Any, fn: str, op: EltwiseOp, offs: list[int]) -> tuple[str, 
   const float* X = A + {offs[op.a]}; float* D = A + {offs[op.dst]};{bdecl}
   PART({n})
   #pragma omp simd
-  for (int i = lo; i < hi; ++i) D[i] = s_{a}({expr});
+  for (int i = lo; i < hi; ++i) D[i] = e_{a}({expr});
 }}
 """, lt
 

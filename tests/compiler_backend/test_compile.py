@@ -214,3 +214,37 @@ def test_global_average_pool_sums_a_padded_plane(mean: bool, compiler_cache) -> 
     with torch.no_grad():
         ref = model(x)
     assert torch.allclose(cm.run(x), ref, rtol=1e-4, atol=1e-5)
+
+
+class _AffineAdd(nn.Module):
+    """A BatchNorm after an activation (an affine op: it cannot fold into the conv) and an add
+    of two non-conv results (an eltwise op), both with the activation ``act``."""
+
+    def __init__(self, act: str) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16)
+        self.act = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish}[act]
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.2, 2)
+            self.bn.weight.uniform_(-3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.conv(x))
+        b = self.act(self.bn(a))
+        return self.act(b + 2 * a)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "hardswish"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_affine_and_eltwise_activations_match_torch(act: str, threads: int,
+                                                    compiler_cache) -> None:
+    """Values on both sides of every clamp (inputs x 4: past 6 and below -3)."""
+    torch.manual_seed(0)
+    model = _AffineAdd(act).eval()
+    x = 4 * torch.randn(1, 3, 64, 64)
+    cm = compile_model(model, x, threads=threads, cache_dir=compiler_cache)
+    assert {"affine", "eltwise"} <= {op.kind for op in cm.graph.ops}
+    with torch.no_grad():
+        ref = model(x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
