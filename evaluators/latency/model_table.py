@@ -10,6 +10,10 @@ overhead) is the **base** term, taken from the dense model::
     latency_ms = base_ms + sum_l entry[l, a_l].latency_ms
     base_ms    = whole-call latency of the dense model - sum of its layers' own op times
 
+A skipped layer has no op of its own but leaves its BatchNorm and a residual add behind; a
+build's time beyond its layers and the base goes to its skipped layers
+(``model_builder._charge_skips``).
+
 An action not in the table (a rate left out of the build) is interpolated in log rate between the
 same layer's entries of the same filter type, scheme and block (the dense entry is the rate-1
 anchor), or takes the nearest block size; such results are flagged ``extrapolated``. The file is

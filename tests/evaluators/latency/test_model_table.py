@@ -22,7 +22,7 @@ from evaluators.latency.predictor import LatencyPredictor
 from evaluators.latency.profiling import ModelTiming
 from npas_env.errors import CacheError
 from npas_env.layers import extract_layers
-from npas_env.plan import LayerAction, PruningPlan, Scheme
+from npas_env.plan import FilterType, LayerAction, PruningPlan, Scheme
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
@@ -71,6 +71,41 @@ class SlowingRunner(FakeRunner):
         slow = 1.0 if self.calls == 1 else 1.5
         return ModelTiming(t.latency_ms * slow, 0.0, {k: [v * slow for v in r] for k, r in t.layer_rounds_ms.items()},
                            "fake", [w * slow for w in t.wall_rounds_ms], [self.reference * slow] * 3)
+
+
+class SkipRunner(FakeRunner):
+    """FakeRunner whose skipped convs (identities) cost 0.002 ms each in the whole call but in
+    no op of a layer (as their BatchNorm and residual add do in the compiled runtime)."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, masks: dict) -> ModelTiming:
+        t = super().__call__(model, x, masks)
+        extra = 0.002 * sum(isinstance(m, nn.Identity) for m in model.modules())
+        return ModelTiming(t.latency_ms + extra, 0.0, t.layer_rounds_ms, "fake",
+                           [w + extra for w in t.wall_rounds_ms])
+
+
+def test_model_table_charges_skip_leftovers_to_the_skipped_layers(tmp_path) -> None:
+    ctx = _context()
+    table = build_model_lut(ctx, tmp_path / "m.json", runner=SkipRunner(), rates=(2.0,),
+                            progress=False)
+    skips = {n: a for n, a in table.entries if a.filter_type is FilterType.SKIP}
+    assert len(skips) == 2  # the two 16 -> 16 convs
+    for name, action in skips.items():
+        assert table.entries[(name, action)].latency_ms == pytest.approx(0.002)
+    assert table.base_ms == pytest.approx(0.01)
+    plan = _plan(ctx, [skips.get(n, LayerAction()) for n in ctx.layer_names])
+    pruned = SkipRunner()(*_applied(ctx, plan))
+    assert LookupTableLatency(table).measure(ctx, [plan])[0].latency_ms == pytest.approx(
+        pruned.latency_ms)
+
+
+def _applied(ctx: ModelContext, plan: PruningPlan) -> tuple[nn.Module, torch.Tensor, dict]:
+    from npas_env.pruning.apply import apply_plan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = apply_plan(ctx.model, plan, list(ctx.layers))
+    return pruned.model, ctx.example_input, pruned.masks
 
 
 def test_model_table_rescales_builds_to_the_dense_build(tmp_path) -> None:
