@@ -105,9 +105,9 @@ GENERATOR_VERSION = "38"
 #: dependent FMA chain per output channel.
 _SPLIT_ACC = 4
 #: Pixel blocks per thread from which threads split a sweep's pixels rather than its rows.
-#: One: split by rows (output channels) each thread reads all of the input the other core
-#: wrote. 4 -> 1, 2 threads, same-process A/B: ResNet-20 pattern 8x 0.961 and 0.983 of the
-#: time (its stride-2 8x8 conv), VGG-16 0.994; unstructured 10x 0.994 / 0.990.
+#: Split by rows (output channels), each thread reads all the input, half of it written by
+#: the other core. 4 -> 1, 2 threads, same-process A/B: ResNet-20 pattern 8x 0.961 and 0.983
+#: of the time (its stride-2 8x8 conv), VGG-16 0.994; unstructured 10x 0.994 / 0.990.
 _SWEEP_BLOCKS_PER_THREAD = 1
 #: Largest input-channel count whose spatial tiles store a phase-split output directly: that
 #: mode walks all input channels in one chunk (``spatial_template(phase_split=True)``).
