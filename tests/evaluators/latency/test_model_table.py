@@ -23,6 +23,7 @@ from evaluators.latency.profiling import ModelTiming
 from npas_env.errors import CacheError
 from npas_env.layers import extract_layers
 from npas_env.plan import FilterType, LayerAction, PruningPlan, Scheme
+from npas_env.pruning.apply import apply_plan
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
@@ -100,8 +101,6 @@ def test_model_table_charges_skip_leftovers_to_the_skipped_layers(tmp_path) -> N
 
 
 def _applied(ctx: ModelContext, plan: PruningPlan) -> tuple[nn.Module, torch.Tensor, dict]:
-    from npas_env.pruning.apply import apply_plan
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruned = apply_plan(ctx.model, plan, list(ctx.layers))
