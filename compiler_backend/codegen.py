@@ -99,7 +99,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "38"
+GENERATOR_VERSION = "39"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.

@@ -63,9 +63,20 @@ class ConvOp:
         return "conv"
 
 
+@dataclass(frozen=True)
+class AffineStage:
+    """One stage ``x = act(x * scale + shift)`` of an ``AffineOp``'s ``pre`` chain."""
+
+    scale: np.ndarray
+    shift: np.ndarray
+    act: str | None = None
+
+
 @dataclass
 class AffineOp:
-    """Per-channel ``y = act(x * scale + shift)`` (a BatchNorm that could not be folded)."""
+    """Per-channel ``y = act(x * scale + shift [+ res])`` (a BatchNorm that could not be
+    folded), ``x`` first passed through the per-channel stages of ``pre``: a chain of
+    BatchNorms and a residual add, as a skipped conv leaves them, runs as one pass."""
 
     name: str
     src: int
@@ -73,6 +84,8 @@ class AffineOp:
     scale: np.ndarray
     shift: np.ndarray
     act: str | None = None
+    res: int | None = None
+    pre: tuple[AffineStage, ...] = ()
 
     @property
     def kind(self) -> str:

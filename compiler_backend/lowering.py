@@ -21,6 +21,7 @@ from torch.fx.node import map_aggregate
 
 from compiler_backend.ir import (
     AffineOp,
+    AffineStage,
     BufRef,
     ConcatOp,
     ConvOp,
@@ -406,7 +407,9 @@ def op_inputs(op: Any) -> list[int]:
     """Arena buffers an op reads."""
     if isinstance(op, ConvOp):
         return [op.src] + ([op.res] if op.res is not None else [])
-    if isinstance(op, (AffineOp, PoolOp)):
+    if isinstance(op, AffineOp):
+        return [op.src] + ([op.res] if op.res is not None else [])
+    if isinstance(op, PoolOp):
         return [op.src]
     if isinstance(op, EltwiseOp):
         return [op.a] + ([op.b] if op.b is not None else [])
@@ -438,13 +441,23 @@ def fold_batchnorm(graph: Graph) -> None:
 
 
 def fuse_epilogues(graph: Graph) -> None:
-    """Fuse residual adds into convs and activations into their producers."""
+    """Fuse residual adds into convs and affine ops, activations into their producers, and
+    chains of affine ops into one."""
     ops = list(graph.ops)
     i = 0
     while i < len(ops):
         op = ops[i]
         uses = _use_counts(Graph(graph.buffers, ops, graph.input, graph.output))
         producers = {o.dst: j for j, o in enumerate(ops) if hasattr(o, "dst")}
+        if isinstance(op, AffineOp) and op.res is None:
+            j = producers.get(op.src)
+            prev = ops[j] if j is not None else None
+            if (j is not None and isinstance(prev, AffineOp) and prev.res is None
+                    and uses.get(op.src, 0) == 1):
+                op.pre = (*prev.pre, AffineStage(prev.scale, prev.shift, prev.act), *op.pre)
+                op.src = prev.src
+                ops.pop(j)
+                continue
         if isinstance(op, EltwiseOp) and op.op == "act":
             j = producers.get(op.a)
             prev = ops[j] if j is not None else None
@@ -456,13 +469,17 @@ def fuse_epilogues(graph: Graph) -> None:
                 continue
         elif (isinstance(op, EltwiseOp) and op.op == "add" and op.b is not None
               and not op.broadcast and op.act is None):
-            for mine, other in ((op.a, op.b), (op.b, op.a)):
+            # into a conv's epilogue where either side can take it, else into an affine op
+            convs = {buf for buf, j in producers.items() if isinstance(ops[j], ConvOp)}
+            for mine, other in sorted(((op.a, op.b), (op.b, op.a)),
+                                      key=lambda pair: pair[0] not in convs):
                 j = producers.get(mine)
                 if j is None:
                     continue
                 prev = ops[j]
-                if (isinstance(prev, ConvOp) and prev.act is None and prev.res is None
-                        and uses.get(mine, 0) == 1 and other != mine):
+                if (isinstance(prev, (ConvOp, AffineOp)) and prev.act is None
+                        and prev.res is None and uses.get(mine, 0) == 1 and other != mine
+                        and graph.buffers[other].shape == graph.buffers[mine].shape):
                     prev.res, prev.dst = other, op.dst
                     ops[i] = prev
                     ops.pop(j)

@@ -11,25 +11,30 @@ from typing import Any
 
 import numpy as np
 
-from compiler_backend.ir import AffineOp, ConcatOp, EltwiseOp, PoolOp
+from compiler_backend.ir import AffineOp, AffineStage, ConcatOp, EltwiseOp, PoolOp
 from compiler_backend.kernels import sig as _sig
 from compiler_backend.layout import strides
 
 
 def emit_affine(b: Any, fn: str, op: AffineOp, offs: list[int]) -> tuple[str, int]:
-    """Per-channel ``y = act(x * scale + shift)`` (a BatchNorm that could not be folded)."""
+    """Per-channel ``y = act(x * scale + shift [+ res])`` after the stages of ``op.pre``."""
     shape = b.g.buffers[op.src].shape
     c = shape[0]
     hw = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    so, ho = b.add_f(op.scale), b.add_f(op.shift)
-    a = op.act or "none"
+    stages = [*op.pre, AffineStage(op.scale, op.shift, op.act)]
+    expr = f"S[(long)c * {hw} + i]"
+    for n, st in enumerate(stages):
+        expr = f"{expr} * W[{b.add_f(st.scale)} + c] + W[{b.add_f(st.shift)} + c]"
+        if n == len(stages) - 1 and op.res is not None:
+            expr = f"{expr} + R[(long)c * {hw} + i]"
+        expr = f"e_{st.act or 'none'}({expr})"
+    rdecl = f" const float* R = A + {offs[op.res]};" if op.res is not None else ""
     return f"""{_sig(fn)} {{
-  const float* S = A + {offs[op.src]}; float* D = A + {offs[op.dst]};
-  const float* sc = W + {so}; const float* sh = W + {ho}; (void)I;
+  const float* S = A + {offs[op.src]}; float* D = A + {offs[op.dst]};{rdecl} (void)I;
   PART({c})
   for (int c = lo; c < hi; ++c) {{
 #pragma omp simd
-for (int i = 0; i < {hw}; ++i) D[(long)c * {hw} + i] = e_{a}(S[(long)c * {hw} + i] * sc[c] + sh[c]);
+for (int i = 0; i < {hw}; ++i) D[(long)c * {hw} + i] = {expr};
   }}
 }}
 """, b._lt(c * hw)

@@ -248,3 +248,52 @@ def test_affine_and_eltwise_activations_match_torch(act: str, threads: int,
     with torch.no_grad():
         ref = model(x)
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+def _skipped_block(cin: int, cout: int, stride: int, *skip: str) -> nn.Sequential:
+    """A stem conv, then a ``Block`` whose convs ``skip`` are identities (as a plan's skip
+    leaves them), its BatchNorms with random statistics."""
+    torch.manual_seed(0)
+    block = Block(cin, cout, stride)
+    for name in skip:
+        setattr(block, name, nn.Identity())
+    for bn in block.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            with torch.no_grad():
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.2, 2)
+                bn.weight.uniform_(-2, 2)
+                bn.bias.uniform_(-1, 1)
+    return nn.Sequential(nn.Conv2d(3, cin, 3, 1, 1), nn.ReLU(), block).eval()
+
+
+def _assert_matches(model: nn.Module, threads: int, cache) -> None:
+    x = 4 * torch.randn(1, 3, 16, 16)
+    cm = compile_model(model, x, threads=threads, cache_dir=cache)
+    with torch.no_grad():
+        ref = model(x)
+    assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batchnorms_and_add_of_a_skipped_block_run_as_one_affine_op(threads: int,
+                                                                   compiler_cache) -> None:
+    """Both convs skipped: BatchNorm, ReLU, BatchNorm, add and ReLU are one pass."""
+    model = _skipped_block(16, 16, 1, "c1", "c2")
+    graph = lower_model(model, torch.zeros(1, 3, 16, 16))
+    [affine] = [op for op in graph.ops if op.kind == "affine"]
+    assert not [op for op in graph.ops if op.kind == "eltwise"]
+    assert len(affine.pre) == 1 and affine.pre[0].act == "relu"
+    assert affine.res is not None and affine.act == "relu"
+    _assert_matches(model, threads, compiler_cache)
+
+
+def test_an_add_beside_a_conv_output_stays_in_the_conv_epilogue(compiler_cache) -> None:
+    """``c2`` skipped in a downsampling block: the shortcut conv takes the add, as before
+    affine ops could."""
+    model = _skipped_block(16, 32, 2, "c2")
+    graph = lower_model(model, torch.zeros(1, 3, 16, 16))
+    [affine] = [op for op in graph.ops if op.kind == "affine"]
+    assert affine.res is None and not affine.pre
+    assert any(op.kind == "conv" and op.res is not None for op in graph.ops)
+    _assert_matches(model, 1, compiler_cache)
