@@ -127,9 +127,10 @@ def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded
     _, oh, ow = prod.out_shape
     if is_pointwise(prod) and prod.src not in padded and not _row_stores(prod, lanes):
         return False
-    # a reader needs the layout, reads a padded residual for free, or writes its padded
-    # output only from a padded input
-    if any(not is_pointwise(r) or role == "src" and r.dst in padded and not _row_stores(r, lanes)
+    # a conv reader needs the layout, reads a padded residual for free, or writes its padded
+    # output only from a padded input (pools read either layout)
+    if any(isinstance(r, ConvOp) and (not is_pointwise(r) or role == "src" and r.dst in padded
+                                      and not _row_stores(r, lanes))
            for r, role in readers):
         return True
     step = STEP_ROWS if threads > 1 else 0

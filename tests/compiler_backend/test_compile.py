@@ -186,6 +186,32 @@ def test_pools_read_and_write_padded_layouts(pool: nn.Module, threads: int,
     assert torch.allclose(cm.run(x), ref, rtol=1e-4, atol=1e-5)
 
 
+class _PoolThenConv(nn.Module):
+    """A map read by a pool first, then by a 3x3 conv (a padded-layout candidate)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0, self.c1 = nn.Conv2d(3, 16, 3, 1, 1), nn.Conv2d(16, 16, 3, 1, 1)
+        self.c2, self.pool = nn.Conv2d(16, 16, 3, 2, 1), nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.c0(x))
+        p = self.pool(y)
+        return self.c2(self.c1(y)) + p
+
+
+def test_a_map_read_by_a_pool_before_a_conv_compiles(compiler_cache) -> None:
+    """The padded-layout cost model met the pool first among the readers and asked whether
+    it was a pointwise conv (an AttributeError before generator v39)."""
+    torch.manual_seed(0)
+    model = _PoolThenConv().eval()
+    x = torch.randn(1, 3, 16, 16)
+    cm = compile_model(model, x, cache_dir=compiler_cache)
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(cm.run(x), ref, rtol=1e-4, atol=1e-5)
+
+
 class _GlobalPoolNet(nn.Module):
     def __init__(self, mean: bool) -> None:
         super().__init__()
