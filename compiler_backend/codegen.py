@@ -93,13 +93,13 @@ from compiler_backend.layout import (
     strides,
     writes_wide_padded,
 )
-from compiler_backend.memory import plan_arena, region_floats
+from compiler_backend.memory import plan_threaded_arena, region_floats
 from compiler_backend.segments import BATCH_TEMPLATE, segment_source, work_items
 from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, emit_pool
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "39"
+GENERATOR_VERSION = "40"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -219,7 +219,8 @@ class _Builder:
         # a fused depthwise conv reads its expand conv's input
         reads = {k: {self.fused_into[op.name].src} for k, op in enumerate(self.g.ops)
                  if getattr(op, "name", None) in self.fused_into}
-        offsets, self.arena = plan_arena(self.g, self.padded, self.split, reads)
+        offsets, self.arena = plan_threaded_arena(self.g, self.padded, self.split, reads,
+                                                  self.threads)
         return offsets
 
     # -------------------------------------------------------------- ops

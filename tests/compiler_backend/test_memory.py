@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
-from compiler_backend import compile_model
+from compiler_backend import compile_model, memory
 from compiler_backend.codegen import _private_copy
 from compiler_backend.compile import lower_model, resolve_isa
 from compiler_backend.layout import plan_padded, plan_split2
@@ -68,3 +70,20 @@ def test_repeated_runs_of_a_shared_arena_agree() -> None:
     again = cm.view(cm.graph.output).clone().reshape(first.shape)
     assert torch.allclose(first, ref, rtol=1e-4, atol=1e-4)
     assert torch.equal(first, again)
+
+
+def test_threaded_arena_gives_each_buffer_its_own_region(monkeypatch) -> None:
+    """At 2 threads no two buffers share storage (a shared slot's lines were last written by
+    either core); at 1 thread, or past the size cap, they share as before."""
+    graph, padded, split, shared_offsets, shared_size = _plan("resnet20")
+    offsets, size = memory.plan_threaded_arena(graph, padded, split, threads=2)
+    used = {i for op in graph.ops for i in op_buffers(op)}
+    spans = sorted((offsets[i], offsets[i] + region_floats(graph.buffers[i].numel))
+                   for i in used if graph.buffers[i].alias_of is None)
+    assert all(hi <= lo for (_, hi), (lo, _) in itertools.pairwise(spans))
+    assert size > shared_size
+    assert memory.plan_threaded_arena(graph, padded, split, threads=1) == (shared_offsets,
+                                                                          shared_size)
+    monkeypatch.setattr(memory, "PRIVATE_ARENA_FLOATS", size - 1)
+    assert memory.plan_threaded_arena(graph, padded, split, threads=2) == (shared_offsets,
+                                                                          shared_size)
