@@ -99,7 +99,7 @@ from compiler_backend.simple_ops import emit_affine, emit_concat, emit_eltwise, 
 from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 
-GENERATOR_VERSION = "40"
+GENERATOR_VERSION = "41"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -281,7 +281,7 @@ class _Builder:
                 return self.masked_conv(fn, k, op, offs, cfg)
             cfg = KernelConfig("spatial", cfg.p_max, cfg.v, cfg.threads)  # a layout of its own
         taps = ((cfg.family == "spatial" and cfg.p_max > 1 or cfg.family == "sweep")
-                and gathers_taps(op, self.isa, src_padded, src_split))
+                and gathers_taps(op, self.isa.lanes, src_padded, src_split))
         geo = tap_geometry(op) if taps else _conv_geometry(op, padded_src=src_padded,
                                                             split_src=src_split)
         cin, h, w = op.in_shape

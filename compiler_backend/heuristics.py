@@ -175,7 +175,7 @@ def conv_geometry(op: ConvOp, padded_src: bool = False, split_src: bool = False)
                 kh=kh, kw=kw, ph=ph, pw=pw, ow=ow, shift=0)
 
 
-def gathers_taps(op: ConvOp, isa: Isa, padded_src: bool = False, split_src: bool = False) -> bool:
+def gathers_taps(op: ConvOp, lanes: int, padded_src: bool = False, split_src: bool = False) -> bool:
     """Spatial tiles of several rows on a tiny map read per-tap copies of the input
     (``tap_geometry``; codegen asks this for spatial configs with ``p_max`` > 1).
 
@@ -188,12 +188,12 @@ def gathers_taps(op: ConvOp, isa: Isa, padded_src: bool = False, split_src: bool
     layers stream their weights from L3 there: about 15 % faster each). One-row tiles
     (pattern 8x) lost 7 % and keep wide rows; 8-lane ISAs are unmeasured and keep them too.
     """
-    if (op.is_linear or op.groups != 1 or split_src or isa.lanes < _TAP_MIN_LANES
+    if (op.is_linear or op.groups != 1 or split_src or lanes < _TAP_MIN_LANES
             or len(op.in_shape) != 3):
         return False
     _, oh, ow = op.out_shape
-    wide = math.ceil(conv_geometry(op, padded_src)["T"] / isa.lanes)
-    return wide <= 2 and 3 * math.ceil(oh * ow / isa.lanes) <= 2 * wide
+    wide = math.ceil(conv_geometry(op, padded_src)["T"] / lanes)
+    return wide <= 2 and 3 * math.ceil(oh * ow / lanes) <= 2 * wide
 
 
 def tap_geometry(op: ConvOp) -> dict[str, Any]:
@@ -321,7 +321,7 @@ def default_config(op: ConvOp, isa: Isa, threads: int, padded_src: bool = False,
     if t < 2 * isa.lanes:
         v = math.ceil(t / isa.lanes)  # tiles of the whole map: their waste is the unused lanes
         p = _tiny_map_rows(op, isa, v)
-        if p > 1 and gathers_taps(op, isa, padded_src, split_src):
+        if p > 1 and gathers_taps(op, isa.lanes, padded_src, split_src):
             v = math.ceil(op.out_shape[1] * op.out_shape[2] / isa.lanes)
         waste = _channel_waste(op, isa.lanes) * (_CHANNEL_UNION_COST if p > 1 else 1.0)
         if waste > v * isa.lanes / (op.out_shape[1] * op.out_shape[2]):

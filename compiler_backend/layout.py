@@ -33,6 +33,7 @@ from typing import Any
 from compiler_backend.depthwise import plane4_writes_plain
 from compiler_backend.heuristics import (
     conv_geometry,
+    gathers_taps,
     is_depthwise_s2,
     is_pointwise,
     split2_geometry,
@@ -98,6 +99,12 @@ def _junk_rows(op: ConvOp) -> float:
     return float(op.kept.sum()) * 2 * op.out_shape[1] / JUNK_MACS_PER_CROP_ROW
 
 
+def _gathers(op: ConvOp, lanes: int) -> bool:
+    """A pointwise conv that copies a padded input into per-tap planes (``gathers_taps``: a
+    4x4 map with 16 lanes) rather than running over its padded rows."""
+    return is_pointwise(op) and gathers_taps(op, lanes, padded_src=True)
+
+
 def _row_stores(op: ConvOp, lanes: int) -> bool:
     """A pointwise conv on a plain input can write a padded output: its rows divide a vector
     (``spatial_template(row_store=...)``) and it has no residual."""
@@ -118,6 +125,11 @@ def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded
     saves: the crop its producer (a wide-row writer) would need to write it plain, and those of
     residual readers that write a padded output from wide rows (MobileNetV2 unpruned, 1 thread:
     1.87 -> 1.75 ms once its 8x8 1x1 convs stopped doing 25 % junk work to spare smaller crops).
+    A pointwise reader that gathers a padded 4x4 input into per-tap planes (``_gathers``) pays
+    a copy pass instead of junk columns, and a crop of the padded output it would otherwise
+    store by rows (MobileNetV2's 4x4 blocks at 2 threads, block 8x: their depthwise and block
+    outputs had kept each other padded, a copy and a crop per block; model 0.91-0.95 of the
+    time, pattern 8x 0.93-0.94).
     """
     if all(role == "other" for _, role in readers):  # pools only: it can only save a crop
         return (isinstance(prod, ConvOp) and not is_pointwise(prod)
@@ -140,8 +152,14 @@ def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded
 
     src = [r for r, role in readers if role == "src"]
     res = [r for r, role in readers if role == "res"]
-    cost = sum(_junk_rows(r) for r in src) + crops(
-        [r for r in src if r.dst not in padded and (r.res is None or r.res not in padded)])
+    # a gathering reader pays a copy pass over the map (as many rows as a crop of it), and a
+    # crop of a padded output it would otherwise store by rows
+    gather = [r for r in src if _gathers(r, lanes)]
+    wide_src = [r for r in src if not _gathers(r, lanes)]
+    cost = sum(oh * r.in_shape[0] + step for r in gather) + crops(
+        [r for r in gather if r.dst in padded and _row_stores(r, lanes)])
+    cost += sum(map(_junk_rows, wide_src)) + crops(
+        [r for r in wide_src if r.dst not in padded and (r.res is None or r.res not in padded)])
     saved = crops([r for r in res if r.src in padded and r.dst in padded])
     # (a stride-2 reader of phase planes writes wide rows whether or not its input is stored
     # phase-split: ``plan_split2`` comes later, a copy makes the phases otherwise)

@@ -536,14 +536,14 @@ def test_tiny_maps_gather_per_tap_planes_on_sixteen_lanes() -> None:
     16 lanes; 8x8 maps, plain 1x1 inputs and 8-lane ISAs keep wide rows."""
     from compiler_backend.heuristics import gathers_taps
 
-    avx512, avx2 = ISAS["avx512"], ISAS["avx2"]
+    wide, narrow = ISAS["avx512"].lanes, ISAS["avx2"].lanes
     s2 = _conv_op(64, 64, 8, 3)
     s2.stride, s2.out_shape = 2, (64, 4, 4)
-    assert gathers_taps(_conv_op(512, 512, 4, 3), avx512) and gathers_taps(s2, avx512)
-    assert gathers_taps(_conv_op(160, 960, 4, 1), avx512, padded_src=True)
-    assert not gathers_taps(_conv_op(160, 960, 4, 1), avx512)
-    assert not gathers_taps(_conv_op(256, 256, 8, 3), avx512)
-    assert not gathers_taps(_conv_op(512, 512, 4, 3), avx2)
+    assert gathers_taps(_conv_op(512, 512, 4, 3), wide) and gathers_taps(s2, wide)
+    assert gathers_taps(_conv_op(160, 960, 4, 1), wide, padded_src=True)
+    assert not gathers_taps(_conv_op(160, 960, 4, 1), wide)
+    assert not gathers_taps(_conv_op(256, 256, 8, 3), wide)
+    assert not gathers_taps(_conv_op(512, 512, 4, 3), narrow)
 
 
 class TinyChain(nn.Module):
@@ -570,8 +570,8 @@ def test_per_tap_planes_match_torch(structure: str, threads: int, monkeypatch,
     import compiler_backend.heuristics as heuristics
     from compiler_backend.isa import ISAS
 
-    monkeypatch.setattr(codegen, "gathers_taps", lambda op, isa, *layout: heuristics.gathers_taps(
-        op, ISAS["avx512"], *layout))
+    monkeypatch.setattr(codegen, "gathers_taps", lambda op, lanes, *layout: heuristics.gathers_taps(
+        op, ISAS["avx512"].lanes, *layout))
     torch.manual_seed(0)
     model = TinyChain().eval()
     masks = _masked(model, structure)
