@@ -154,8 +154,10 @@ def _worth_padding(prod: ConvOp | PoolOp, readers: list[tuple[Any, str]], padded
     res = [r for r, role in readers if role == "res"]
     # a gathering reader pays a copy pass over the map (as many rows as a crop of it), and a
     # crop of a padded output it would otherwise store by rows
-    gather = [r for r in src if _gathers(r, lanes)]
-    wide_src = [r for r in src if not _gathers(r, lanes)]
+    gather: list[ConvOp] = []
+    wide_src: list[ConvOp] = []
+    for r in src:
+        (gather if _gathers(r, lanes) else wide_src).append(r)
     cost = sum(oh * r.in_shape[0] + step for r in gather) + crops(
         [r for r in gather if r.dst in padded and _row_stores(r, lanes)])
     cost += sum(map(_junk_rows, wide_src)) + crops(
