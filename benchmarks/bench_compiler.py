@@ -298,8 +298,9 @@ def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
            "places the two vCPUs: FMA work on both at once against one alone (~0.5 when they "
            "share a physical core) and a cache-line round trip between them (on the AMD Zen 3 host "
            "65-120 ns on nearby cores, 400-800 ns far apart, where our 2-thread ResNet-20 4x ran "
-           "0.44-0.56 instead of 0.24-0.30 ms). `placed well` is the share of batches whose readings "
-           "before and after were both >= 0.8 and <= 250 ns; `ms placed well` / `x ORT placed "
+           "0.44-0.56 instead of 0.24-0.30 ms; on the Zen 4 host 60-70 ns near, 230-300 ns far). "
+           "`placed well` is the share of batches whose readings before and after were both "
+           ">= 0.8 and <= 200 ns (250 ns before session 30); `ms placed well` / `x ORT placed "
            "well` use only those batches (ORT's included); `ms` uses all.\n",
            "`adaptive` rows: the same 2-thread library with `adaptive_threads=True`, which runs "
            "each call on 1 or 2 threads, whichever ran faster recently "

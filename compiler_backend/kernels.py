@@ -58,6 +58,8 @@ POOL_TEMPLATE = r"""
 """ + PAUSE_MACRO + r"""typedef void (*npas_job_fn)(long, int, const float*, const int*, float*);
 static long npas_ctr[{nsteps}], npas_done[{nsteps}];
 static long npas_gen = 0;
+__attribute__((unused)) static void npas_no_step(int tid, int nt, const float* W, const int* I,
+                                                 float* A) { (void)tid; (void)nt; (void)W; (void)I; (void)A; }
 static npas_job_fn npas_job;
 static const float* npas_W; static const int* npas_I; static float* npas_A;
 static int npas_workers = 0, npas_sleepers = 0;

@@ -48,6 +48,7 @@ def segment_source(si: int, ops: list[int], steps: dict[int, list[tuple[str, int
         par.append("    " + prof.format(k=k))
     body_s, body_p = "\n".join(serial), "\n".join(par)
     any_par = any(g > 1 for k in ops for _, g in steps[k])
+    table = [(f, g) for k in ops for f, g in steps[k]] or [("npas_no_step", 1)]
     return f"""static void seg_{si}_job(long gen, int tid, const float* restrict W, const int* restrict I,
                       float* restrict A) {{
   double tp = npas_prof_on && tid == 0 ? omp_get_wtime() : 0.0;
@@ -63,6 +64,17 @@ void seg_{si}(const float* restrict W, const int* restrict I, float* restrict A,
   }} else {{
     npas_run(nt, seg_{si}_job, {max(n, 1)}, W, I, A);
   }}
+}}
+
+/* The parallel steps one slice at a time, for benchmarks that split the work their own way
+   (``benchmarks/bench_thread_sharing.py``): step s has seg_{si}_slices(s) slices. */
+static void (*const seg_{si}_fns[])(int, int, const float*, const int*, float*) = {{
+    {", ".join(f for f, _ in table)}}};
+static const int seg_{si}_groups[] = {{{", ".join(str(g) for _, g in table)}}};
+int seg_{si}_nsteps(void) {{ return {n}; }}
+int seg_{si}_slices(int s) {{ return s >= 0 && s < {n} ? seg_{si}_groups[s] : 0; }}
+void seg_{si}_slice(int s, int g, const float* W, const int* I, float* A) {{
+  if (s >= 0 && s < {n} && g >= 0 && g < seg_{si}_groups[s]) seg_{si}_fns[s](g, seg_{si}_groups[s], W, I, A);
 }}
 """
 

@@ -323,3 +323,27 @@ def test_an_add_beside_a_conv_output_stays_in_the_conv_epilogue(compiler_cache) 
     assert affine.res is None and not affine.pre
     assert any(op.kind == "conv" and op.res is not None for op in graph.ops)
     _assert_matches(model, 1, compiler_cache)
+
+
+def test_slices_of_every_step_in_order_compute_the_model(compiler_cache) -> None:
+    """``seg_0_slice`` run over every step's slices on one thread is the model: the table
+    ``benchmarks/bench_thread_sharing.py`` drives two threads with."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(16, 32, 1), nn.Flatten(), nn.Linear(32 * 8 * 8, 10)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    cm = compile_model(model, x, threads=2, cache_dir=compiler_cache)
+    lib, n = cm._lib, cm._lib.seg_0_nsteps()
+    slices = [lib.seg_0_slices(s) for s in range(n)]
+    assert max(slices) == 2 and lib.seg_0_slices(n) == 0
+    cm.view(cm.graph.input).copy_(x)
+    out = cm.view(cm.graph.output)
+    out.fill_(float("nan"))
+    for s in range(n):
+        for g in range(slices[s] if s < n - 1 else 1):
+            lib.seg_0_slice(s, g, *cm._ptrs)
+    assert slices[-1] == 2 and out.isnan().any()  # the Linear's second slice is still to run
+    lib.seg_0_slice(n - 1, 1, *cm._ptrs)
+    ref = model(x).reshape(-1)
+    assert float((out.reshape(-1) - ref).abs().max() / ref.abs().max()) < 1e-4
