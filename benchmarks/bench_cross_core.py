@@ -33,17 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compiler_backend.toolchain import find_compiler  # noqa: E402
 
-_SOURCE = r"""
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#define NB 16
-static float* buf[NB];
-static int C, P, S, MODE, ROW, STEPS = 16, REPS = 2000;
-static long BS;
-static volatile long bar __attribute__((aligned(64)));
+#: C text shared with ``bench_thread_sharing``: a monotonic clock and a two-thread spin
+#: barrier (each thread keeps its own ``sense`` count).
+SPIN_BARRIER_C = r"""static volatile long bar __attribute__((aligned(64)));
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
   return t.tv_sec + t.tv_nsec * 1e-9; }
 static void barrier(long* sense) {
@@ -55,7 +47,19 @@ static void barrier(long* sense) {
 #endif
   }
 }
-static void add(float* restrict y, const float* restrict x, const float* restrict x2, int n) {
+"""
+
+_SOURCE = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#define NB 16
+static float* buf[NB];
+static int C, P, S, MODE, ROW, STEPS = 16, REPS = 2000;
+static long BS;
+""" + SPIN_BARRIER_C + r"""static void add(float* restrict y, const float* restrict x, const float* restrict x2, int n) {
   if (x2) for (int i = 0; i < n; ++i) y[i] = x[i] + x2[i];
   else for (int i = 0; i < n; ++i) y[i] = x[i] + 1.f;
 }
@@ -192,7 +196,7 @@ def run(out: Path | None, rounds: int = 5) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--rounds", type=int, default=5, help="runs per case (interleaved)")
     args = ap.parse_args()

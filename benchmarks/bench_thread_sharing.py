@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_compiler import model_masks  # noqa: E402
+from benchmarks.bench_cross_core import SPIN_BARRIER_C  # noqa: E402
 from benchmarks.machine import machine_summary  # noqa: E402
 from compiler_backend import compile_model  # noqa: E402
 from compiler_backend.compile import resolve_isa  # noqa: E402
@@ -57,20 +58,8 @@ typedef void (*slice_fn)(int, int, const float*, const int*, float*);
 typedef int (*slices_fn)(int);
 static slice_fn SL; static slices_fn NS; static int N, MODE, REPS;
 static const float* W; static const int* I; static float* A[2];
-static volatile long bar __attribute__((aligned(64)));
 static double result;
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + t.tv_nsec * 1e-9; }
-static void barrier(long* sense) {
-  const long s = ++(*sense);
-  __atomic_fetch_add(&bar, 1, __ATOMIC_ACQ_REL);
-  while (__atomic_load_n(&bar, __ATOMIC_ACQUIRE) < 2 * s) {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#endif
-  }
-}
-/* slices [lo, hi) of step s: thread 0 the first ceil(G / 2), thread 1 the rest */
+""" + SPIN_BARRIER_C + r"""/* slices [lo, hi) of step s: thread 0 the first ceil(G / 2), thread 1 the rest */
 static void share(int s, int t, float* a) {
   const int G = NS(s), h = (G + 1) / 2;
   for (int g = t ? h : 0; g < (t ? G : h); ++g) SL(s, g, W, I, a);
