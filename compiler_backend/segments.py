@@ -1,7 +1,9 @@
 """C text of the exported entry points: one ``seg_<k>`` per segment and ``run_batch``.
 
 A segment runs its ops' steps in order: inline when it is single-threaded, else through the
-worker pool (``kernels.POOL_TEMPLATE``) with per-step generation-tagged counters.
+worker pool (``kernels.POOL_TEMPLATE``) with per-step generation-tagged counters. Each segment
+also exports its parallel steps one slice at a time (``seg_<k>_nsteps``, ``seg_<k>_slices``,
+``seg_<k>_slice``) for drivers that split the work their own way.
 """
 
 from __future__ import annotations
