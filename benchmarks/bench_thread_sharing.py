@@ -19,7 +19,7 @@ table gives medians over the rounds placed near (both readings whole cores, roun
 ``CorePair.whole_and_near``'s 200 ns; all rounds where none was), min-max in brackets.
 
 Usage: ``python benchmarks/bench_thread_sharing.py [--out docs/benchmarks/thread_sharing.md]``
-(about a minute; ``--models``, ``--variants block:8 pattern:8``, ``--rounds``). Needs a C
+(about two minutes; ``--models``, ``--variants block:8 pattern:8``, ``--rounds``). Needs a C
 compiler and 2 CPUs.
 """
 
@@ -33,9 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,7 +45,8 @@ from benchmarks.bench_cross_core import SPIN_BARRIER_C  # noqa: E402
 from benchmarks.machine import machine_summary  # noqa: E402
 from compiler_backend import compile_model  # noqa: E402
 from compiler_backend.compile import resolve_isa  # noqa: E402
-from compiler_backend.peak import core_pair  # noqa: E402
+from compiler_backend.peak import CorePair, core_pair  # noqa: E402
+from compiler_backend.runtime import aligned_floats  # noqa: E402
 from compiler_backend.toolchain import find_compiler  # noqa: E402
 from npas_env.zoo import build_model  # noqa: E402
 
@@ -116,7 +117,7 @@ def per_call_us(fn, seconds: float = 0.3) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def measure(lib: ctypes.CDLL, placement, model_name: str, variant: str,
+def measure(lib: ctypes.CDLL, placement: Callable[[], CorePair], model_name: str, variant: str,
             rounds: int) -> tuple[dict[str, list[float]], list[float], int]:
     """us per run of each column over the rounds placed near (all if none was), the worse
     round trip (ns) around each round, and how many rounds were placed near."""
@@ -137,9 +138,7 @@ def measure(lib: ctypes.CDLL, placement, model_name: str, variant: str,
     sl = ctypes.cast(dll.seg_0_slice, ctypes.c_void_p)
     ns = ctypes.cast(dll.seg_0_slices, ctypes.c_void_p)
     n = dll.seg_0_nsteps()
-    copy = np.zeros(two._arena.size + 16, np.float32)
-    start = (-copy.ctypes.data // 4) % 16
-    arena2 = copy[start:start + two._arena.size]
+    arena2 = aligned_floats(two._arena.size)
     arena2[:] = two._arena
     ptrs = [two._weights.ctypes.data, two._ints.ctypes.data, two._arena.ctypes.data,
             arena2.ctypes.data]

@@ -18,6 +18,14 @@ from compiler_backend.toolchain import Artifact
 from npas_env.errors import BackendError
 
 
+def aligned_floats(n: int) -> np.ndarray:
+    """``n`` zeroed float32 starting on a 64-byte line (the generated code's vector loads of
+    the arena assume it); the view keeps its base array alive."""
+    raw = np.zeros(n + 32, np.float32)
+    start = (-raw.ctypes.data // 4) % 16
+    return raw[start:start + n]
+
+
 @dataclass(frozen=True)
 class Timing:
     """Latency statistics of repeated batch runs, in milliseconds."""
@@ -100,10 +108,7 @@ class CompiledModel:
         self._lib = ctypes.CDLL(str(artifact.path))
         self._weights = np.ascontiguousarray(program.weights, np.float32)
         self._ints = np.ascontiguousarray(program.ints, np.int32)
-        raw = np.zeros(program.arena_floats + 32, np.float32)
-        start = (-raw.ctypes.data // 4) % 16
-        self._arena = raw[start:start + program.arena_floats]
-        self._raw = raw
+        self._arena = aligned_floats(program.arena_floats)
         ptrs = (ctypes.c_void_p(self._weights.ctypes.data), ctypes.c_void_p(self._ints.ctypes.data),
                 ctypes.c_void_p(self._arena.ctypes.data))
         self._prof = (ctypes.c_double * max(1, len(graph.ops))).in_dll(self._lib, "npas_prof")
