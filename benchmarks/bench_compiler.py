@@ -133,9 +133,12 @@ def batches(fns: dict[str, Fn], budget_s: float = 1.0, batch_s: float = 0.1,
 
 
 def ours(model: nn.Module, x: torch.Tensor, masks: dict[str, torch.Tensor], threads: int,
-         cache: Path | None, adaptive: bool = False) -> tuple[Fn, float, object]:
+         cache: Path | None, mode: str = "") -> tuple[Fn, float, object]:
+    """Our compiled model's run function, compile seconds and the model; ``mode``: "",
+    "adaptive" (``adaptive_threads``) or "banded" (``banded``)."""
     t0 = time.perf_counter()
-    cm = compile_model(model, x, masks, threads=threads, cache_dir=cache, adaptive_threads=adaptive)
+    cm = compile_model(model, x, masks, threads=threads, cache_dir=cache,
+                       adaptive_threads=mode == "adaptive", banded=mode == "banded")
     ct = time.perf_counter() - t0
     cm.view(cm.graph.input).copy_(x[:1])
     return cm._run_sample, ct, cm
@@ -304,7 +307,10 @@ def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
            "well` use only those batches (ORT's included); `ms` uses all.\n",
            "`adaptive` rows: the same 2-thread library with `adaptive_threads=True`, which runs "
            "each call on 1 or 2 threads, whichever ran faster recently "
-           "(`compiler_backend.threads.AdaptiveThreads`); the plain rows always use 2.\n",
+           "(`compiler_backend.threads.AdaptiveThreads`); the plain rows always use 2. "
+           "`banded` rows: `banded=True`, each thread running the convolutional trunk on its own "
+           "half of the rows (`compiler_backend.bands`; VGG-16's five pools leave a band no "
+           "rows, so it has none).\n",
            "| model | thr | variant | ms | x ORT dense | x torch eager | compile s | copies | "
            "placed well | ms placed well | x ORT placed well |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -334,18 +340,20 @@ def e2e_rows(threads: list[int], cache: Path | None, quick: bool) -> list[str]:
             elif th == threads[0]:
                 tc_note.append(f"{name}: torch.compile not attempted with --quick (ResNet-20 "
                                "alone takes 20-50 s to compile on this loaded machine)")
-            variants = [("block", rate, False) for rate in (1, 2, 4, 8)]
+            variants = [("block", rate, "") for rate in (1, 2, 4, 8)]
             if name != "mobilenetv2":  # its only full 3x3 conv is the (unpruned) stem
-                variants += [("pattern", 8, False), ("unstructured", 10, False)]
+                variants += [("pattern", 8, ""), ("unstructured", 10, "")]
             if th > 1:
-                variants += [("block", rate, True) for rate in (1, 4, 8)]
-            for scheme, rate, adaptive in variants:
+                variants += [("block", rate, "adaptive") for rate in (1, 4, 8)]
+                if name != "vgg16":
+                    variants += [("block", rate, "banded") for rate in (1, 4, 8)]
+                    variants += [("pattern", 8, "banded")] if name == "resnet20" else []
+            for scheme, rate, mode in variants:
                 key = ("ours dense" if rate == 1 else f"ours block 8x16 {rate}x"
                        if scheme == "block" else f"ours {scheme} {rate}x")
-                key += ", adaptive" if adaptive else ""
+                key += f", {mode}" if mode else ""
                 for copy, where in enumerate((cache, spare)):
-                    fn, ct, _ = ours(model, x, model_masks(model, rate, scheme), th, where,
-                                     adaptive)
+                    fn, ct, _ = ours(model, x, model_masks(model, rate, scheme), th, where, mode)
                     fns[f"{key}#{copy}"] = fn
                 cts[key] = f"{ct:.1f}"
             # at 2 threads twice the rounds: the well-placed subset is often a third of them

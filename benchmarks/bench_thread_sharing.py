@@ -11,7 +11,10 @@ threads arrive in time), with a spin barrier after each step. It times, per run 
   what cross-core traffic costs, and the most any layout or split could win back;
 - ``thread 0 alone``: thread 0's slices while thread 1 only keeps the barriers;
 - ``one thread, both``: thread 0 runs every slice (the 2-thread split on one core);
-- ``runtime``: the library's own entry at 2 threads and at 1 (the worker pool).
+- ``runtime``: the library's own entry at 2 threads and at 1 (the worker pool), and the
+  banded library (``compile_model(..., banded=True)``: each thread on its own half of the rows
+  in an arena of its own, one row per map pushed to the other; ``-`` where the model does not
+  fit bands).
 
 Rounds are interleaved, each bracketed by ``peak.core_pair`` (how the host places the two
 vCPUs now: a line's round trip between them swings from about 60 to 900 ns by the hour). The
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import os
 import statistics
 import subprocess
@@ -48,6 +52,7 @@ from compiler_backend.compile import resolve_isa  # noqa: E402
 from compiler_backend.peak import CorePair, core_pair  # noqa: E402
 from compiler_backend.runtime import aligned_floats  # noqa: E402
 from compiler_backend.toolchain import find_compiler  # noqa: E402
+from npas_env.errors import InvalidConfig  # noqa: E402
 from npas_env.zoo import build_model  # noqa: E402
 
 _DRIVER = r"""
@@ -92,7 +97,7 @@ double run(int mode, int reps, slice_fn sl, slices_fn ns, int n, const float* w,
 """
 
 MODES = ("shared", "private copies", "thread 0 alone", "one thread, both")
-COLUMNS = MODES + ("runtime, 2 threads", "runtime, 1 thread")
+COLUMNS = MODES + ("runtime, 2 threads", "runtime, 1 thread", "runtime, banded")
 
 
 def driver() -> ctypes.CDLL:
@@ -129,9 +134,13 @@ def measure(lib: ctypes.CDLL, placement: Callable[[], CorePair], model_name: str
     cache = Path(tempfile.mkdtemp())
     two = compile_model(model, x, masks, threads=2, cache_dir=cache)
     one = compile_model(model, x, masks, threads=1, cache_dir=cache)
+    try:
+        banded = compile_model(model, x, masks, threads=2, cache_dir=cache, banded=True)
+    except InvalidConfig:
+        banded = None
     if len(two.program.segments) != 1:
         raise SystemExit(f"{model_name}: PyTorch fallbacks split the program; not supported")
-    for cm in (two, one):
+    for cm in (two, one) + ((banded,) if banded else ()):
         cm.view(cm.graph.input).copy_(x[:1])
         cm._run_sample()
     dll = two._lib
@@ -152,6 +161,7 @@ def measure(lib: ctypes.CDLL, placement: Callable[[], CorePair], model_name: str
             out[name].append(lib.run(m, reps, sl, ns, n, *ptrs) * 1e6)
         out["runtime, 2 threads"].append(per_call_us(two._run_sample))
         out["runtime, 1 thread"].append(per_call_us(one._run_sample))
+        out["runtime, banded"].append(per_call_us(banded._run_sample) if banded else math.nan)
         after = placement()
         well.append(before.whole_and_near() and after.whole_and_near())
         trips.append(max(before.round_trip_ns, after.round_trip_ns))
@@ -167,7 +177,8 @@ def table(rows: list[tuple[str, str, tuple[dict[str, list[float]], list[float], 
            "|---" * (5 + len(COLUMNS)) + "|"]
     for model, variant, (t, trips, nwell) in rows:
         med = {c: statistics.median(v) for c, v in t.items()}
-        cells = [f"{med[c]:.1f} [{min(t[c]):.1f}-{max(t[c]):.1f}]" for c in COLUMNS]
+        cells = ["-" if math.isnan(med[c]) else f"{med[c]:.1f} [{min(t[c]):.1f}-{max(t[c]):.1f}]"
+                 for c in COLUMNS]
         lost = 1 - med["private copies"] / med["shared"]
         out.append(f"| {model} | {variant} | " + " | ".join(cells) + f" | {lost:.0%} | "
                    f"{nwell} of {len(trips)} | {statistics.median(trips):.0f} |")

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compiler_backend.bands import BANDS, BandPlan, plan_bands
 from compiler_backend.codegen import Program, generate
 from compiler_backend.dead_channels import eliminate_dead_channels
 from compiler_backend.ir import Graph
@@ -20,7 +21,7 @@ from compiler_backend.runtime import CompiledModel
 from compiler_backend.toolchain import SAFETY_FLAGS, compile_source, find_compiler
 from compiler_backend.tuning.base import KernelConfig, TuningConfig
 from compiler_backend.verify import SafetyRetryWarning, verify_compiled
-from npas_env.errors import BackendError, InvalidConfig
+from npas_env.errors import BackendError, InvalidConfig, InvalidModel
 from npas_env.layers import analyze_model
 
 
@@ -61,7 +62,8 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
                   tune: bool | TuningConfig = False, cache_dir: Path | None = None,
                   isa: str | None = None,
                   configs: Mapping[str, KernelConfig] | None = None,
-                  adaptive_threads: bool = False, verify: bool = True) -> CompiledModel:
+                  adaptive_threads: bool = False, verify: bool = True,
+                  banded: bool = False) -> CompiledModel:
     """Compile ``model`` (eval semantics, BN folded) into one C library for this CPU.
 
     Args:
@@ -77,6 +79,8 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
             recently (for hosts that move their vCPUs; see ``compiler_backend.threads``).
         verify: run the library once on ``example_input`` against the masked model in
             PyTorch (``compiler_backend.verify``) and refuse a wrong one.
+        banded: with ``threads=2``, each thread runs the convolutional trunk on its own half
+            of the rows (``compiler_backend.bands``): far fewer lines move between the cores.
 
     Returns:
         The loaded :class:`CompiledModel`.
@@ -89,17 +93,24 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
     """
     if threads < 1:
         raise InvalidConfig(f"threads must be >= 1, got {threads}")
+    if banded and threads != BANDS:
+        raise InvalidConfig(f"banded execution runs on {BANDS} threads, got threads={threads}")
     find_compiler()
     target = resolve_isa(isa)
-    graph = lower_model(model, example_input, masks)
+    plan: BandPlan | None = None
+    if banded:  # the trunk at band height, each band's kernels on one thread
+        graph, plan = _lower_banded(model, example_input, masks)
+    else:
+        graph = lower_model(model, example_input, masks)
+    kernel_threads = 1 if banded else threads
     chosen: dict[str, KernelConfig] = {}
     if tune:
         from compiler_backend.tuning.ga import tune_graph
 
         cfg = tune if isinstance(tune, TuningConfig) else TuningConfig()
-        chosen.update(tune_graph(graph, target, threads, cfg, cache_dir=cache_dir))
+        chosen.update(tune_graph(graph, target, kernel_threads, cfg, cache_dir=cache_dir))
     chosen.update(configs or {})
-    program = generate(graph, target, threads, chosen)
+    program = generate(graph, target, kernel_threads, chosen, bands=plan)
     compiled = _load(graph, program, threads, target.name, adaptive_threads, cache_dir)
     if verify:
         try:
@@ -111,6 +122,21 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
                              safe=True)
             verify_compiled(compiled, model, example_input, masks)
     return compiled
+
+
+def _lower_banded(model: nn.Module, x: torch.Tensor,
+                  masks: Mapping[str, torch.Tensor] | None) -> tuple[Graph, BandPlan]:
+    """The graph of ``model`` at band height (``compiler_backend.bands``) and its band plan."""
+    if x.dim() != 4:
+        raise InvalidConfig(f"banded execution needs an image input [N, C, H, W], got "
+                            f"{tuple(x.shape)}")
+    c, h, w = (int(d) for d in x.shape[1:])
+    try:
+        graph = lower_model(model, x[:, :, :h // BANDS], masks)
+    except InvalidModel as exc:  # e.g. more stride-2 steps than a band has rows
+        raise InvalidConfig(f"banded execution runs the model on bands of {h // BANDS} rows, "
+                            f"and it does not fit them ({exc}); compile it without bands") from None
+    return graph, plan_bands(graph, (c, h, w))
 
 
 def _load(graph: Graph, program: Program, threads: int, isa: str, adaptive_threads: bool,

@@ -621,16 +621,18 @@ DWS2_TEMPLATE = f"""static {NOINLINE} void dws2(int tid, int nt, const float* re
   const int h = k[8], w = k[9], oh = k[10], ow = k[11];
   const int dp = k[12], dr = k[13], dof = k[14], rp = k[15], rr = k[16], rof = k[17];
   const int act = k[18], hr = k[19], xcs = k[20], xrs = k[21], xof = k[22];
+  const int top = k[23];  /* 1: the padded input's top border row is read (a band's halo) */
   const int half = w / 2, rs = (ow + 1 + VL - 1) / VL * VL + VL;  /* split row stride */
-  float E[h * rs], O[h * rs];
+  float E0[(h + 1) * rs], O0[(h + 1) * rs];
+  float* E = E0 + rs; float* O = O0 + rs;  /* split row -1 first */
   /* the vectors read lanes past each split row that no channel writes: zero them once (stack
      garbage there is often a denormal, and every FMA on one took a microcode assist on an
      Intel core: 2 us per channel instead of 0.1) */
-  memset(E, 0, sizeof(float) * h * rs); memset(O, 0, sizeof(float) * h * rs);
+  memset(E0, 0, sizeof(float) * (h + 1) * rs); memset(O0, 0, sizeof(float) * (h + 1) * rs);
   PART(k[7])
   for (int b = lo; b < hi; ++b) {{
     const int r = rows[b]; const float* x = X + (long)chans[b] * xcs + xof; const float* w9 = wt + 9 * b;
-    for (int i = 0; i < h; ++i) {{
+    for (int i = -top; i < h; ++i) {{
       const float* s = x + (long)i * xrs; float* e = E + i * rs; float* o = O + i * rs + 1;
       o[-1] = 0.f;
       npas_deinterleave(s, e, o, half);
@@ -642,7 +644,7 @@ DWS2_TEMPLATE = f"""static {NOINLINE} void dws2(int tid, int nt, const float* re
     for (int y = 0; y < oh; ++y) {{
       float* d = Y + (long)r * dp + (long)y * dr + dof;
       const float* rsd = R + (long)r * rp + (long)y * rr + rof;
-      const int k0 = y == 0 ? 1 : 0, k1 = 2 * y + 1 < h ? 3 : 2;
+      const int k0 = y == 0 && !top ? 1 : 0, k1 = 2 * y + 1 < h ? 3 : 2;
       for (int x0 = 0; x0 < ow; x0 += VL) {{
         const int n = ow - x0 < VL ? ow - x0 : VL;
         vf acc = bb;

@@ -37,7 +37,7 @@ def segment_source(si: int, ops: list[int], steps: dict[int, list[tuple[str, int
         steps: per op its steps; steps of one op and of consecutive ops run strictly in order.
     """
     prof = ("if (npas_prof_on && tid == 0) {{ const double t1 = omp_get_wtime(); "
-            "npas_prof[{k}] += t1 - tp; tp = t1; }}")
+            "npas_prof[{k}] += t1 - npas_prof_t; npas_prof_t = t1; }}")
     serial, par = [], []
     n = 0
     for k in ops:
@@ -53,16 +53,14 @@ def segment_source(si: int, ops: list[int], steps: dict[int, list[tuple[str, int
     table = [(f, g) for k in ops for f, g in steps[k]] or [("npas_no_step", 1)]
     return f"""static void seg_{si}_job(long gen, int tid, const float* restrict W, const int* restrict I,
                       float* restrict A) {{
-  double tp = npas_prof_on && tid == 0 ? omp_get_wtime() : 0.0;
+  if (npas_prof_on && tid == 0) npas_prof_t = omp_get_wtime();
 {body_p}
-  (void)tp;
 }}
 
 void seg_{si}(const float* restrict W, const int* restrict I, float* restrict A, int nt) {{
   if (nt <= 1 || {int(not any_par)}) {{  /* no multi-threaded step: run inline */
-    const int tid = 0; double tp = npas_prof_on ? omp_get_wtime() : 0.0;
+    const int tid = 0; if (npas_prof_on) npas_prof_t = omp_get_wtime();
 {body_s}
-    (void)tp;
   }} else {{
     npas_run(nt, seg_{si}_job, {max(n, 1)}, W, I, A);
   }}

@@ -29,6 +29,8 @@ class CompiledLatency:
         threads: OpenMP threads of the compiled model.
         adaptive_threads: each call runs on 1 thread or ``threads``, whichever ran faster
             recently (``compiler_backend.threads.AdaptiveThreads``; for hosts that move vCPUs).
+        banded: with ``threads=2``, each thread runs the convolutional trunk on its own half of
+            the rows (``compiler_backend.bands``); models that do not fit bands fail.
         warmup: untimed runs before measuring.
         repeats: minimum timed runs.
         min_seconds: keep timing until at least this much wall time has passed.
@@ -43,6 +45,7 @@ class CompiledLatency:
 
     threads: int = 1
     adaptive_threads: bool = False
+    banded: bool = False
     warmup: int = 10
     repeats: int = 50
     min_seconds: float = 0.2
@@ -59,6 +62,8 @@ class CompiledLatency:
         if (self.threads < 1 or self.repeats < 1 or self.warmup < 0 or self.min_seconds < 0
                 or self.rounds < 1 or (self.reference_ms is not None and not self.reference_ms > 0)):
             raise InvalidConfig(f"bad CompiledLatency settings: {self.config()}")
+        if self.banded and self.threads != 2:
+            raise InvalidConfig(f"banded execution runs on 2 threads, got threads={self.threads}")
 
     def config(self) -> dict[str, Any]:
         from compiler_backend.codegen import GENERATOR_VERSION  # new kernels, new timings
@@ -66,7 +71,8 @@ class CompiledLatency:
         return {"threads": self.threads, "warmup": self.warmup, "repeats": self.repeats,
                 "min_seconds": self.min_seconds, "tune": self.tune, "generator": GENERATOR_VERSION,
                 "anchor": self.anchor, "rounds": self.rounds, "reference_ms": self.reference_ms,
-                **({"adaptive_threads": True} if self.adaptive_threads else {})}
+                **({"adaptive_threads": True} if self.adaptive_threads else {}),
+                **({"banded": True} if self.banded else {})}
 
     def measure(self, context: ModelContext, plans: Sequence[PruningPlan]) -> list[LatencyResult]:
         """One result per plan, in order; failures come back as ``LatencyResult.failure``."""
@@ -122,7 +128,8 @@ class CompiledLatency:
         from compiler_backend import compile_model
 
         return compile_model(model, example_input, masks, threads=self.threads, tune=self.tune,
-                             cache_dir=self.cache_dir, adaptive_threads=self.adaptive_threads)
+                             cache_dir=self.cache_dir, adaptive_threads=self.adaptive_threads,
+                             banded=self.banded)
 
     def _reference(self, context: ModelContext) -> tuple[Any, float]:
         """The context's compiled dense model and its latency (measured once per context)."""

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adaptive-threads", action="store_true",
                    help="run each call on 1 thread or --threads, whichever ran faster recently "
                         "(for cloud hosts that move their vCPUs)")
+    p.add_argument("--banded", action="store_true",
+                   help="with --threads 2: each thread runs the convolutional trunk on its own "
+                        "half of the rows (models ending in a global average pool)")
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--tune", action="store_true", help="auto-tune kernels (log reused afterwards)")
     p.add_argument("--random-weights", action="store_true",
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
         return _export(args, model, first_sample(splits.test)[0].reshape(example.shape), masks)
     compiled = compile_model(model, example, masks, threads=args.threads, tune=args.tune,
-                             isa=args.isa, adaptive_threads=args.adaptive_threads)
+                             isa=args.isa, adaptive_threads=args.adaptive_threads,
+                             banded=args.banded)
     timing = compiled.benchmark(warmup=10, repeats=args.repeats)
     report = compiled.report
     print(json.dumps({"model": args.model, "plan": str(args.plan) if args.plan else "dense",
@@ -85,6 +89,8 @@ def _export(args: argparse.Namespace, model: nn.Module, example: torch.Tensor,
 
     if args.tune:
         print("note: --tune is ignored with --export (tuning measures on the target device)")
+    if args.banded:
+        print("note: --banded is ignored with --export (the package splits each layer)")
     out = export_c(model, example, args.export, masks, isa=args.isa, threads=args.threads)
     print(json.dumps({"model": args.model, "plan": str(args.plan) if args.plan else "dense",
                       "isa": out.isa, "threads": out.threads, "directory": str(out.directory),

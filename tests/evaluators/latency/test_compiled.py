@@ -92,3 +92,19 @@ def test_compiled_latency_adaptive_threads(tmp_path) -> None:
     assert isinstance(compiled.thread_policy, AdaptiveThreads)
     assert isinstance(fixed._compile(ctx.model, ctx.example_input, None).thread_policy,
                       FixedThreads)
+
+
+def test_compiled_latency_banded(tmp_path) -> None:
+    ctx = _context()
+    dense = PruningPlan.dense(ctx.layer_names, ctx.arch_fingerprint)
+    banded = make_latency("compiled", threads=2, banded=True, warmup=1, repeats=3,
+                          min_seconds=0.0, cache_dir=tmp_path, anchor=False)
+    assert banded.config()["banded"] is True
+    [result] = banded.measure(ctx, [dense])
+    assert result.ok and result.latency_ms > 0 and result.threads == 2
+    assert banded._compile(ctx.model, ctx.example_input, None).program.source.count("band_join")
+    wide = nn.Sequential(nn.Conv2d(3, 4, 5, padding=2), nn.AdaptiveAvgPool2d(1)).eval()
+    refused = banded.measure_model(wide, torch.randn(1, 3, 8, 8))
+    assert not refused.ok and "kernel height 5" in str(refused.error)
+    with pytest.raises(InvalidConfig, match="2 threads"):
+        make_latency("compiled", threads=1, banded=True)
