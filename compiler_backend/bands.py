@@ -118,10 +118,17 @@ def halo_buffers(graph: Graph, plan: BandPlan) -> set[int]:
             and op.weight.shape[2] == 3}
 
 
-def padded_problem(graph: Graph, buf: int) -> str | None:
-    """Why ``buf`` cannot be stored padded, or None: its producer must write that layout (a
-    conv or a pool) and its readers read it (a conv's input: in place or through its
-    prologue; a residual: where the conv writes through wide rows; pools: either layout)."""
+def halo_problem(graph: Graph, buf: int, laid_out: bool) -> str | None:
+    """Why map ``buf``, which a 3x3 conv reads, cannot carry a halo row, or None.
+
+    It must be stored padded or phase-split (``laid_out``), or else be one that can be stored
+    padded: written by a conv or a pool, and read by convs (in place, or through a prologue
+    that copies the border too; a residual where the conv writes through wide rows) and pools.
+    (The global average pool, which sums a padded plane border and all, never reads one: it
+    ends the trunk, so a 3x3 conv reading the same map would have no reader.)
+    """
+    if laid_out:
+        return None
     producers, readers = edges(graph)
     prod = producers.get(buf)
     if prod is not None and not isinstance(prod, (ConvOp, PoolOp)):
@@ -129,8 +136,7 @@ def padded_problem(graph: Graph, buf: int) -> str | None:
     for reader, role in readers.get(buf, []):
         if role == "res" and is_direct(reader):
             return f"{reader.name} adds it as a residual and reads it plain"
-        if role == "other" and not (isinstance(reader, PoolOp) and reader.op != "adaptive_avg"
-                                    or _global_pool(reader, graph)):
+        if role == "other" and not (isinstance(reader, PoolOp) and reader.op != "adaptive_avg"):
             return f"{reader.name} reads it and needs it plain"
     return None
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from compiler_backend import bands as bands_mod
 from compiler_backend import masked, quads, sweep, taps, winograd
-from compiler_backend.bands import BandPlan, band_arena, halo_buffers, padded_problem
+from compiler_backend.bands import BandPlan, band_arena, halo_buffers, halo_problem
 from compiler_backend.depthwise import (
     PLANE4_TEMPLATE,
     S2_PLANE4_TEMPLATE,
@@ -210,14 +210,16 @@ class _Builder:
         padded where the plan had them plain)."""
         assert self.bands is not None
         halo = halo_buffers(self.g, self.bands)
-        for buf in sorted(halo - self.padded - self.split):
-            if (problem := padded_problem(self.g, buf)) is not None:
+        for buf in sorted(halo):
+            laid_out = buf in self.padded or buf in self.split
+            if (problem := halo_problem(self.g, buf, laid_out)) is not None:
                 raise InvalidConfig(f"banded execution needs a border row around every map a "
                                     f"3x3 conv reads; map {buf} cannot have one: {problem}. "
                                     "Compile this model without bands")
-            c, h, w = self.g.buffers[buf].shape
-            self.g.buffers[buf].numel = c * (h + 2) * (w + 2)
-            self.padded.add(buf)
+            if not laid_out:
+                c, h, w = self.g.buffers[buf].shape
+                self.g.buffers[buf].numel = c * (h + 2) * (w + 2)
+                self.padded.add(buf)
         return halo
 
     # -------------------------------------------------------------- arenas

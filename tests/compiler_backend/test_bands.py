@@ -122,13 +122,26 @@ class WideKernel(nn.Module):
         return F.adaptive_avg_pool2d(self.c(x), 1)
 
 
+class PlainAdd(nn.Module):
+    """An add (kept apart from the conv by the ReLU between) reads a map a 3x3 conv reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.dw = nn.Conv2d(3, 4, 3, 1, 1), nn.Conv2d(4, 4, 3, 1, 1, groups=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return F.adaptive_avg_pool2d(F.relu(self.dw(x)) + x, 1)
+
+
 @pytest.mark.parametrize(("model", "shape", "threads", "match"), [
     (NoGlobalPool(), (1, 3, 8, 8), 2, "global average pool"),
     (WideKernel(), (1, 3, 8, 8), 2, "c: a conv with kernel height 5"),
     (WideKernel(), (1, 3, 9, 8), 2, "splits the input rows in 2"),
     (WideKernel(), (1, 3, 8, 8), 1, "runs on 2 threads"),
     (build_model("vgg16"), (1, 3, 32, 32), 2, "does not fit them"),
-], ids=["no-global-pool", "5x5-conv", "odd-rows", "one-thread", "vgg16-too-deep"])
+    (PlainAdd(), (1, 3, 8, 8), 2, "add reads it and needs it plain"),
+], ids=["no-global-pool", "5x5-conv", "odd-rows", "one-thread", "vgg16-too-deep", "plain-add"])
 def test_models_that_do_not_fit_bands_are_refused_with_the_reason(
         model: nn.Module, shape: tuple[int, ...], threads: int, match: str,
         compiler_cache) -> None:
