@@ -164,3 +164,15 @@ def test_the_report_times_every_op_of_a_band_step(compiler_cache) -> None:
     # the 1x1 convs (none starts a band step) do most of MobileNetV2's multiply-adds
     pointwise = sum(layer.time_ms for layer in layers if layer.name.endswith((".0", ".6")))
     assert pointwise > 0.3 * sum(layer.time_ms for layer in layers)
+
+
+def test_cli_compiles_and_times_a_banded_model(capsys, compiler_cache) -> None:
+    from npas_env.cli import main
+
+    assert main(["compile", "--model", "resnet20", "--random-weights", "--threads", "2",
+                 "--banded", "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    assert '"threads": 2' in out and "layer3.2.conv2" in out
+    assert main(["compile", "--model", "small_cnn", "--random-weights", "--threads", "2",
+                 "--banded"]) != 0
+    assert "needs a global average pool" in capsys.readouterr().err
