@@ -162,8 +162,10 @@ class Push:
 
 def pushes(graph: Graph, buf: int, offset: int, split: bool) -> list[Push]:
     """The halo pushes of ``buf`` at arena ``offset``: padded, each band's edge row into the
-    other's border row; phase-split (read by stride-2 convs, which need only the row above a
-    band), band 0's last row into band 1's top border row, in both column phases."""
+    other's border row (its ``w`` real pixels: the border columns stay zero, and leaving them
+    out touches fewer lines: ResNet-20 block 8x 102.5-103.0 against 103.2-105.0 us, 153.8
+    against 160.7 placed far); phase-split (read by stride-2 convs, which need only the row
+    above a band), band 0's last row into band 1's top border row, in both column phases."""
     c, h, w = graph.buffers[buf].shape
     if split:
         hq, wq = split2_geometry(h, w)
@@ -171,8 +173,8 @@ def pushes(graph: Graph, buf: int, offset: int, split: bool) -> list[Push]:
         return [Push(0, offset + b * c * plane, c, plane, wq, (h // 2) * wq, 0) for b in (0, 1)]
     row = w + 2
     plane = (h + 2) * row
-    return [Push(0, offset, c, plane, row, h * row, 0),
-            Push(1, offset, c, plane, row, row, (h + 1) * row)]
+    return [Push(0, offset, c, plane, w, h * row + 1, 1),
+            Push(1, offset, c, plane, w, row + 1, (h + 1) * row + 1)]
 
 
 def push_source(name: str, band_floats: int, items: list[Push]) -> str:
