@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from compiler_backend.heuristics import conv_geometry, is_pointwise, split2_geometry
+from compiler_backend.heuristics import split2_geometry
 from compiler_backend.ir import AffineOp, ConcatOp, ConvOp, EltwiseOp, Graph, PoolOp
-from compiler_backend.layout import edges
+from compiler_backend.layout import edges, reads_padded_as, writes_padded
 from compiler_backend.lowering import op_inputs
 from npas_env.errors import InvalidConfig
 
@@ -122,28 +122,21 @@ def halo_problem(graph: Graph, buf: int, laid_out: bool) -> str | None:
     """Why map ``buf``, which a 3x3 conv reads, cannot carry a halo row, or None.
 
     It must be stored padded or phase-split (``laid_out``), or else be one that can be stored
-    padded: written by a conv or a pool, and read by convs (in place, or through a prologue
-    that copies the border too; a residual where the conv writes through wide rows) and pools.
-    (The global average pool, which sums a padded plane border and all, never reads one: it
-    ends the trunk, so a 3x3 conv reading the same map would have no reader.)
+    padded (``layout.writes_padded``, ``layout.reads_padded_as``); every conv reads a padded
+    input, in place or through a prologue that copies the border too. (The global average
+    pool, which sums a padded plane border and all, never reads one: it ends the trunk, so a
+    3x3 conv reading the same map would have no reader.)
     """
     if laid_out:
         return None
     producers, readers = edges(graph)
     prod = producers.get(buf)
-    if prod is not None and not isinstance(prod, (ConvOp, PoolOp)):
+    if prod is not None and not writes_padded(prod):
         return f"its producer {prod.name} writes plain maps only"
     for reader, role in readers.get(buf, []):
-        if role == "res" and is_direct(reader):
-            return f"{reader.name} adds it as a residual and reads it plain"
-        if role == "other" and not (isinstance(reader, PoolOp) and reader.op != "adaptive_avg"):
+        if role != "src" and not reads_padded_as(reader, role, graph):
             return f"{reader.name} reads it and needs it plain"
     return None
-
-
-def is_direct(op: ConvOp) -> bool:
-    """A conv that reads its input in place as a plain map (no padding, stride 1, not 1x1)."""
-    return conv_geometry(op)["direct"] and not is_pointwise(op)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 
 from compiler_backend import bands as bands_mod
 from compiler_backend import masked, quads, sweep, taps, winograd
-from compiler_backend.bands import BandPlan, band_arena, halo_buffers, halo_problem
+from compiler_backend.bands import BandPlan
 from compiler_backend.depthwise import (
     PLANE4_TEMPLATE,
     S2_PLANE4_TEMPLATE,
@@ -209,10 +209,10 @@ class _Builder:
         """Maps whose border rows carry the other band's edge row: padded or phase-split (stored
         padded where the plan had them plain)."""
         assert self.bands is not None
-        halo = halo_buffers(self.g, self.bands)
+        halo = bands_mod.halo_buffers(self.g, self.bands)
         for buf in sorted(halo):
             laid_out = buf in self.padded or buf in self.split
-            if (problem := halo_problem(self.g, buf, laid_out)) is not None:
+            if (problem := bands_mod.halo_problem(self.g, buf, laid_out)) is not None:
                 raise InvalidConfig(f"banded execution needs a border row around every map a "
                                     f"3x3 conv reads; map {buf} cannot have one: {problem}. "
                                     "Compile this model without bands")
@@ -1191,7 +1191,7 @@ def _band_steps(b: _Builder, plan: BandPlan, offs: list[int],
     One band step per op instead: MobileNetV2 block 8x 447.9 -> 438.8 us, ResNet-20 106.0 ->
     104.6 us (AMD Zen 4 under AVX2, 2 threads, interleaved).
     """
-    band = band_arena(b.arena)
+    band = bands_mod.band_arena(b.arena)
     texts = [bands_mod.input_source("band_input", plan, b.g, offs, band)]
     head = [k for k in steps if k < plan.head and steps[k]]
     groups: list[tuple[int, list[str]]] = []

@@ -196,6 +196,22 @@ def _blocked(graph: Graph) -> set[int]:
     return blocked
 
 
+def writes_padded(prod: Any) -> bool:
+    """``prod`` can write its output padded: a conv (not a linear, not a direct one) or a max /
+    average pool."""
+    return _strided_pool(prod) or (isinstance(prod, ConvOp) and not prod.is_linear
+                                   and (not conv_geometry(prod)["direct"] or is_pointwise(prod)))
+
+
+def reads_padded_as(reader: Any, role: str, graph: Graph) -> bool:
+    """``reader`` reads a padded buffer in the ``role`` "res" (a conv writing through wide rows
+    or a pointwise one) or "other" (pools: ``_reads_any_layout``). For "src" see
+    ``reads_padded``."""
+    if role == "res":
+        return is_pointwise(reader) or not conv_geometry(reader)["direct"]
+    return _reads_any_layout(reader, graph)
+
+
 def plan_masked(graph: Graph, lanes: int, threads: int = 1) -> set[str]:
     """Names of the convs that take the masked family (``compiler_backend.masked``), whose
     input, residual and output then stay plain.
@@ -237,9 +253,7 @@ def plan_padded(graph: Graph, lanes: int, threads: int,
     for buf, prod in producers.items():
         if buf in blocked or len(graph.buffers[buf].shape) != 3:
             continue
-        if not (_strided_pool(prod) or isinstance(prod, ConvOp) and not prod.is_linear
-                and (not conv_geometry(prod)["direct"] or is_pointwise(prod))
-                and prod.name not in masked):
+        if not writes_padded(prod) or getattr(prod, "name", None) in masked:
             continue
         ok = bool(readers.get(buf))
         for reader, role in readers.get(buf, []):
@@ -247,10 +261,8 @@ def plan_padded(graph: Graph, lanes: int, threads: int,
                 ok = False
             elif role == "src":
                 ok &= reads_padded(reader)
-            elif role == "res":
-                ok &= is_pointwise(reader) or not conv_geometry(reader)["direct"]
             else:
-                ok &= _reads_any_layout(reader, graph)
+                ok &= reads_padded_as(reader, role, graph)
         if ok:
             padded.add(buf)
     # drop layouts that cost more copies than they save, until none drops out
