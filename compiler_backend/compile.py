@@ -97,11 +97,9 @@ def compile_model(model: nn.Module, example_input: torch.Tensor,
         raise InvalidConfig(f"banded execution runs on {BANDS} threads, got threads={threads}")
     find_compiler()
     target = resolve_isa(isa)
-    plan: BandPlan | None = None
-    if banded:  # the trunk at band height, each band's kernels on one thread
-        graph, plan = _lower_banded(model, example_input, masks)
-    else:
-        graph = lower_model(model, example_input, masks)
+    # banded: the trunk at band height, each band's kernels on one thread
+    graph, plan = (_lower_banded(model, example_input, masks) if banded
+                   else (lower_model(model, example_input, masks), None))
     kernel_threads = 1 if banded else threads
     chosen: dict[str, KernelConfig] = {}
     if tune:
