@@ -103,7 +103,7 @@ from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 from npas_env.errors import InvalidConfig
 
-GENERATOR_VERSION = "42"
+GENERATOR_VERSION = "43"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
