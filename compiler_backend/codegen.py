@@ -877,14 +877,19 @@ class _Builder:
         last = np.where(nonempty.any(1), ncc - 1 - nonempty[:, ::-1].argmax(1), 0)
         flo = self.add_i(np.stack([first, last], 1) if seg.nblk else np.zeros(2))
         split = _SPLIT_ACC if p == 1 and v * _SPLIT_ACC <= self.isa.max_acc else 1
-        key = (f"sk_p{p}_v{v}" + ("_r" if vr else "") + (f"_s{split}" if split > 1 else "")
+        # pixel-major FMA order where weight-major would not fit the registers (p=2, v=6 on
+        # AVX2: 19 > 16, and gcc kept accumulators in memory)
+        pixel_major = 1 < p < v and p * v + v + 1 > self.isa.registers
+        key = (f"sk_p{p}_v{v}" + ("_x" if pixel_major else "") + ("_r" if vr else "")
+               + (f"_s{split}" if split > 1 else "")
                + ("_e" if eo else "") + (f"_o{ow}" if dr else "")
                + (f"_c{geo['wq']}x{ow}" + ("w" if pack[2] else "") if pack else ""))
         self._template(key, spatial_template(key, p, v, row=bool(vr), split=split,
                                              phase_split=bool(eo),
                                              row_store=(ow, lanes) if dr else None,
                                              pack=(geo["wq"], ow) if pack else None,
-                                             res_wide=bool(pack and pack[2])))
+                                             res_wide=bool(pack and pack[2]),
+                                             pixel_major=pixel_major))
         if pack:
             jm = self.junk_mask(T, geo["wq"], ow)
         args = [ro, 0, oo, wo, bias_off, x_off, y_off, res_off or 0, seg.nblk, nch, tch, T, ys, yo,

@@ -43,15 +43,17 @@ class Isa:
         name: ``avx512`` / ``avx2`` / ``neon`` / ``generic``.
         lanes: floats per vector register.
         max_acc: accumulator registers the micro-kernel may use (P * V <= max_acc).
+        registers: vector registers the ISA has.
     """
 
     name: str
     lanes: int
     max_acc: int
+    registers: int
 
 
-ISAS = {"avx512": Isa("avx512", 16, 24), "avx2": Isa("avx2", 8, 12), "neon": Isa("neon", 4, 24),
-        "generic": Isa("generic", 8, 12)}
+ISAS = {"avx512": Isa("avx512", 16, 24, 32), "avx2": Isa("avx2", 8, 12, 16),
+        "neon": Isa("neon", 4, 24, 32), "generic": Isa("generic", 8, 12, 16)}
 
 #: C compiler flags selecting each ISA when compiling for another machine (``export``);
 #: on this machine ``-march=native`` does it.

@@ -306,7 +306,8 @@ def _vsum(terms: list[str]) -> str:
 
 def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1,
                      phase_split: bool = False, row_store: tuple[int, int] | None = None,
-                     pack: tuple[int, int] | None = None, res_wide: bool = False) -> str:
+                     pack: tuple[int, int] | None = None, res_wide: bool = False,
+                     pixel_major: bool = False) -> str:
     """The register-tiled spatial kernel: ``p`` rows x ``v`` vectors of output pixels.
 
     ``split`` > 1 (one-row tiles only) spreads consecutive entries over that many sets of
@@ -365,11 +366,18 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
                     + " ".join(f"a{q}_{u} = b;" for u in range(v)) + " }" for q in range(p))
     reload = " ".join(f"a{q}_{u} = VLOAD(Y + (long)rr[{q}] * ys + t + yo + {u} * @VS@);"
                       for q in range(p) for u in range(v))
-    loads = " ".join(f"const vf x{u} = VLOAD(xp + {u} * @VS@);" for u in range(v))
-    fmas = "\n".join(
-        f"          {{ const vf w = VSET1(wp[{q}]); "
-        + " ".join(f"a{q}_{u} = VFMA(w, x{u}, a{q}_{u});" for u in range(v)) + " }"
-        for q in range(p))
+    if pixel_major:  # p weights, then one pixel vector at a time: p * v + p + 1 registers
+        loads = " ".join(f"const vf w{q} = VSET1(wp[{q}]);" for q in range(p))
+        fmas = "\n".join(
+            f"          {{ const vf x = VLOAD(xp + {u} * @VS@); "
+            + " ".join(f"a{q}_{u} = VFMA(w{q}, x, a{q}_{u});" for q in range(p)) + " }"
+            for u in range(v))
+    else:  # v pixel vectors, then one weight at a time: p * v + v + 1 registers
+        loads = " ".join(f"const vf x{u} = VLOAD(xp + {u} * @VS@);" for u in range(v))
+        fmas = "\n".join(
+            f"          {{ const vf w = VSET1(wp[{q}]); "
+            + " ".join(f"a{q}_{u} = VFMA(w, x{u}, a{q}_{u});" for u in range(v)) + " }"
+            for q in range(p))
 
     # a phase-split output has a layout of its own: the residual then has its own channel
     # stride and origin (its rows as wide as the tiles' rows)

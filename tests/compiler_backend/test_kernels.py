@@ -174,6 +174,23 @@ def test_two_threads_and_forced_configs_match(compiler_cache) -> None:
     assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pixel_major_tiles_match_torch(threads: int, compiler_cache) -> None:
+    """2 rows x 6 vectors on 8 lanes: weight-major FMAs would need 19 of AVX2's 16 registers,
+    so the tiles walk pixel vectors outermost (``_x``) and still equal PyTorch."""
+    from compiler_backend import KernelConfig
+
+    torch.manual_seed(0)
+    model = Branches().eval()
+    masks = _masks(model, "block_punched")
+    configs = {f"convs.{i}": KernelConfig("spatial", 2, 6, threads) for i in (0, 1, 2, 7)}
+    x = torch.randn(2, 12, 11, 9)
+    cm = compile_model(model, x, masks, threads=threads, isa=EIGHT_LANES, configs=configs,
+                       cache_dir=compiler_cache)
+    assert _rel_err(cm.run(x), _reference(model, masks, x)) < 1e-4
+    assert "void sk_p2_v6_x(" in kernel_source(cm)
+
+
 @pytest.mark.parametrize("cv", [1, 2])
 @pytest.mark.parametrize("structure", ["dense", "filter", "block_punched"])
 def test_channel_family_writes_every_layout_in_place(structure: str, cv: int,
