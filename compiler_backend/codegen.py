@@ -579,12 +579,13 @@ class _Builder:
 
     def masked_dw(self, fn: str, k: int, op: ConvOp, offs: list[int],
                   cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
-        """Depthwise 3x3 over a plain 8-wide map, the padding read as masked-off lanes
+        """Depthwise 3x3 over a plain map of two rows per vector, the padding read as
+        masked-off lanes
         (``depthwise.masked_dw_template``)."""
         cout, oh, ow = op.out_shape
         nv = oh * ow // self.isa.lanes
         key = f"mdw_v{nv}"
-        self._template(key, masked_dw_template(nv))
+        self._template(key, masked_dw_template(nv, self.isa.lanes))
         args = [self.add_f(op.weight.reshape(cout, 9)), self.add_f(op.bias), offs[op.src],
                 offs[op.dst], offs[op.res] if op.res is not None else 0, cout,
                 ACT_CODES[op.act or "none"], int(op.res is not None)]

@@ -24,7 +24,7 @@ import numpy as np
 
 from compiler_backend.ir import ConvOp
 from compiler_backend.kernels import NOINLINE, dw9_head
-from compiler_backend.masked import MASKED_LANES, plain_rows_3x3
+from compiler_backend.masked import plain_rows_3x3
 
 #: Output rows per band: 4 accumulators + 9 weights + 1 pixel vector + bias fit 16 registers.
 BAND = 4
@@ -119,9 +119,9 @@ def masked_dw_eligible(op: ConvOp, lanes: int) -> bool:
             and bool(op.kept.all()))
 
 
-def masked_dw_template(nv: int) -> str:
-    """C text of ``mdw_v{nv}``: depthwise 3x3 over a plain map of ``nv`` vectors, two 8-pixel
-    rows per vector (AVX-512).
+def masked_dw_template(nv: int, lanes: int) -> str:
+    """C text of ``mdw_v{nv}``: depthwise 3x3 over a plain map of ``nv`` vectors, two rows of
+    ``lanes / 2`` pixels per vector (8x8 maps on AVX-512, 4x4 ones on AVX2).
 
     Output vector ``v`` holds rows ``2v, 2v + 1``; its tap ``(i, j)`` reads the 16 floats at
     plain offset ``8 (2v + i - 1) + j - 1``, lanes off the map masked to zero (column
@@ -134,8 +134,11 @@ def masked_dw_template(nv: int) -> str:
 
     Parameter array ``k``: weights (9 per channel), bias (W arena), x, y, res (A arena),
     channels, act, has_res.
+
+    On AVX2 (MobileNetV2's 4x4 maps) the layer, its expand conv's output and its own stay
+    plain (``layout.plan_masked``): no wide rows and no crop pass.
     """
-    lanes, ow = MASKED_LANES, MASKED_LANES // 2
+    ow = lanes // 2
     cols = [sum(1 << lane for lane in range(lanes) if 0 <= lane % ow + j - 1 < ow)
             for j in range(3)]
     top, bottom = (1 << lanes) - (1 << ow), (1 << ow) - 1
@@ -144,7 +147,7 @@ def masked_dw_template(nv: int) -> str:
         rows = top if r == -1 else bottom if r == 2 * nv - 1 else (1 << lanes) - 1
         hits = [(i, v) for i in range(3) for v in range(nv) if 2 * v + i - 1 == r]
         for j in range(3):
-            loads.append(f"{{ const vf l = VLOADZ(x + {ow * r + j - 1}, {cols[j] & rows:#06x}); "
+            loads.append(f"{{ const vf l = VLOADZ(x + {ow * r + j - 1}, {cols[j] & rows:#x}); "
                          + " ".join(f"a{v} = VFMA(w{3 * i + j}, l, a{v});" for i, v in hits) + " }")
     weights = " ".join(f"const vf w{q} = VSET1(w9[{q}]);" for q in range(9))
     accs = ", ".join(f"a{v} = b" for v in range(nv))

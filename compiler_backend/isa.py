@@ -21,8 +21,9 @@ target) or portable C (8 lanes, ``#pragma omp simd`` loops).
 - The AVX-512 prelude also has half-width (8-lane) ``hf`` / ``HL`` / ``HLOAD`` / ... for
   ``kernels.half_width``, and lane masks ``vm``: ``VKEEP(p)`` (the lanes whose int at ``p``
   is non-zero), ``VSTOREC(p, v, m)`` (lanes ``m`` of ``v`` stored packed from ``p`` on),
-  ``VLOADX(p, m)`` (consecutive floats from ``p`` into lanes ``m``), ``VLOADZ(p, m)`` (lanes
-  ``m`` of the vector at ``p``, the others zero, unread).
+  ``VLOADX(p, m)`` (consecutive floats from ``p`` into lanes ``m``).
+- ``VLOADZ(p, m)``: lanes ``m`` (an integer bit mask) of the vector at ``p``, the others zero
+  and unread (every ISA; AVX2 by ``VMASKMOVPS``, which does not fault on masked-off lanes).
 - ``VREG(x)`` keeps a loaded vector in a register (gcc otherwise folds the load into every
   FMA that reads it: the tap-column kernel's row reuse then vanished, 570 us became 700).
 """
@@ -174,6 +175,9 @@ static inline void npas_storem(float* p, vf v, int n) {
   if (n & 1) *p = h[0];
 }
 #define VSTOREM(p, v, n) npas_storem((p), (v), (n))
+/* VLOADZ(p, m): lanes of the bit mask m (a literal: the lane vector folds to a constant) */
+static inline vi npas_lanes(unsigned m) { return (vi){-(int)(m & 1), -(int)(m >> 1 & 1), -(int)(m >> 2 & 1), -(int)(m >> 3 & 1), -(int)(m >> 4 & 1), -(int)(m >> 5 & 1), -(int)(m >> 6 & 1), -(int)(m >> 7 & 1)}; }
+#define VLOADZ(p, m) __builtin_ia32_maskloadps256((const vf*)(p), npas_lanes(m))
 /* Lanes [lo, lo + n) at p + lo: rotated down by a permute, then stored in pieces. Through a
    stack copy and memcpy instead, gcc kept every accumulator of the kernel calling it in memory
    (MobileNetV2's 8x8 expand convs: 25 GFLOP/s). */
@@ -220,6 +224,7 @@ static inline vf VLOADM(const float* p, int n) { float t[4] = {0.f, 0.f, 0.f, 0.
 #define VSTORE(p, v) vst1q_f32((p), (v))
 static inline void VSTOREM(float* p, vf v, int n) { float t[4]; vst1q_f32(t, v); memcpy(p, t, (size_t)n * sizeof(float)); }
 static inline void VSTOREM_AT(float* p, vf v, int lo, int n) { float t[4]; vst1q_f32(t, v); memcpy(p + lo, t + lo, (size_t)n * sizeof(float)); }
+static inline vf VLOADZ(const float* p, unsigned m) { float t[4]; for (int i = 0; i < 4; ++i) t[i] = m >> i & 1 ? p[i] : 0.f; return vld1q_f32(t); }
 #define VSET1(x) vdupq_n_f32((float)(x))
 #define VZERO() vdupq_n_f32(0.f)
 #define VREG(x) __asm__("" : "+w"(x))
@@ -251,6 +256,7 @@ static inline vf VLOAD(const float* p) { vf r; _Pragma("omp simd") for (int i = 
 static inline void VSTORE(float* p, vf a) { _Pragma("omp simd") for (int i = 0; i < VL; ++i) p[i] = a.v[i]; }
 static inline void VSTOREM(float* p, vf a, int n) { for (int i = 0; i < n; ++i) p[i] = a.v[i]; }
 static inline void VSTOREM_AT(float* p, vf a, int lo, int n) { for (int i = lo; i < lo + n; ++i) p[i] = a.v[i]; }
+static inline vf VLOADZ(const float* p, unsigned m) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = m >> i & 1 ? p[i] : 0.f; return r; }
 static inline vf VSET1(float x) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = x; return r; }
 static inline vf VZERO(void) { return VSET1(0.f); }
 #define VREG(x) ((void)0)

@@ -45,20 +45,19 @@ MAX_INPUT_BYTES = 64 * 1024
 
 def plain_rows_3x3(op: ConvOp, lanes: int) -> bool:
     """``op`` is a 3x3 / stride-1 / pad-1 conv keeping its map size, on a map of an even
-    number of rows, each half a vector of ``MASKED_LANES`` wide: two rows per vector."""
+    number of rows, each half a vector of ``lanes`` wide: two rows per vector."""
     if op.is_linear or len(op.in_shape) != 3 or op.stride != 1:
         return False
     _, h, w = op.in_shape
     _, oh, ow = op.out_shape
-    return (lanes == MASKED_LANES and tuple(op.weight.shape[2:]) == (3, 3)
-            and tuple(op.padding) == (1, 1) and (h, w) == (oh, ow) and 2 * ow == lanes
-            and oh % 2 == 0)
+    return (tuple(op.weight.shape[2:]) == (3, 3) and tuple(op.padding) == (1, 1)
+            and (h, w) == (oh, ow) and 2 * ow == lanes and oh % 2 == 0)
 
 
 def masked_eligible(op: ConvOp, lanes: int) -> bool:
-    """The family can run ``op``: a conv of one group on such a map (``plain_rows_3x3``)
-    whose input is at most ``MAX_INPUT_BYTES``."""
-    return (plain_rows_3x3(op, lanes) and op.groups == 1
+    """The family can run ``op``: a conv of one group on such a map of ``MASKED_LANES``
+    (``plain_rows_3x3``) whose input is at most ``MAX_INPUT_BYTES``."""
+    return (lanes == MASKED_LANES and plain_rows_3x3(op, lanes) and op.groups == 1
             and 4 * math.prod(op.in_shape) <= MAX_INPUT_BYTES)
 
 

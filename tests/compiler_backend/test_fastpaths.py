@@ -163,9 +163,10 @@ def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, h
     outputs stay plain, the expand convs read them as they are and store their rows straight
     into the padded input of the depthwise conv (``row_store``; pruned filters by
     ``fill_rows`` with a junk mask), copying nothing. On a 4x4 map (AVX-512) the depthwise
-    planes also store a plain output themselves, so the project convs read plain inputs. With
-    AVX-512 on the 8x8 map the depthwise convs run on the plain map too
-    (``depthwise.masked_dw_template``): no buffer is padded at all."""
+    planes also store a plain output themselves, so the project convs read plain inputs. Where
+    a vector holds two rows (the 8x8 map with AVX-512, the 4x4 one with AVX2) the depthwise
+    convs run on the plain map too (``depthwise.masked_dw_template``): no buffer is padded at
+    all."""
     torch.manual_seed(0)
     model = WideInverted().eval()
     masks = _masked(model, structure)
@@ -175,7 +176,7 @@ def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, h
     graph = lower_model(model, x, masks)
     padded = plan_padded(graph, isa.lanes, threads)
     convs = {op.name: op for op in graph.ops if isinstance(op, ConvOp)}
-    plain = hw == (8, 8) and isa.lanes == 16
+    plain = 2 * hw[1] == isa.lanes
     laid_out = structure == "dense" and threads == 1 and isa.lanes % hw[1] == 0 and not plain
     if plain:
         assert not {convs[n].dst for n in ("ex1", "ex2", "dw1", "dw2")} & padded
@@ -189,7 +190,8 @@ def test_pointwise_convs_on_small_maps_read_plain_inputs(isa_name: str | None, h
     assert float((cm.run(x) - ref).abs().max() / ref.abs().max()) < 1e-4
     src = kernel_source(cm)
     if plain:
-        assert "void mdw_v4(" in src and src.count("_pad(int tid") == 1  # the stem only
+        nv = hw[0] * hw[1] // isa.lanes
+        assert f"void mdw_v{nv}(" in src and src.count("_pad(int tid") == 1  # the stem only
     if laid_out:
         assert src.count("_pad(int tid") == 1  # the stem only
         assert "VSTORE_PART(yp" in src  # whole 4- / 8-lane rows: no masked stores

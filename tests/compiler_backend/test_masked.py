@@ -14,6 +14,7 @@ from torch import nn
 from compiler_backend import KernelConfig, compile_model, export_c
 from compiler_backend.compile import lower_model, resolve_isa
 from compiler_backend.ir import ConvOp
+from compiler_backend.isa import ISAS
 from compiler_backend.layout import plan_masked
 from compiler_backend.masked import lane_masks
 from compiler_backend.toolchain import find_compiler
@@ -24,6 +25,9 @@ from .test_export import _build_and_run, _check_output
 from .test_fastpaths import _masked, _ref
 
 AVX512 = resolve_isa().name == "avx512"
+#: ISAs this host runs whose vectors hold two rows of a map in ``mdw`` (the depthwise kernel)
+MASKED_DW_ISAS = {"avx512": ["avx512", "avx2", "generic"], "avx2": ["avx2", "generic"]}.get(
+    resolve_isa().name, ["generic"])
 
 
 class Block(nn.Module):
@@ -96,15 +100,16 @@ def test_plan_masked_takes_depthwise_convs_read_by_pointwise_ones() -> None:
     assert plan_masked(graph, 16) == {"0.dw"}
 
 
-@pytest.mark.skipif(not AVX512, reason="the masked family needs AVX-512's masked loads")
+@pytest.mark.parametrize("isa", MASKED_DW_ISAS)
 @pytest.mark.parametrize(("h", "threads", "dw_res"),
                          [(8, 1, False), (8, 2, False), (6, 1, True), (2, 2, True), (16, 1, False)])
-def test_masked_depthwise_matches_torch(h: int, threads: int, dw_res: bool,
+def test_masked_depthwise_matches_torch(isa: str, h: int, threads: int, dw_res: bool,
                                         compiler_cache) -> None:
-    """The depthwise conv of an inverted residual block on a plain 8-wide map runs
-    ``mdw_v{n}`` (each input row pair loaded once per kernel column, the padding masked
-    off), its pointwise neighbours plain tiles: no pad copy, no crop, no border zeroing; a
-    residual into the depthwise conv, batches of 2, 1 and 2 threads, block-pruned 1x1s."""
+    """The depthwise conv of an inverted residual block on a plain map of two rows per vector
+    (8 wide with AVX-512, 4 with AVX2 and portable C) runs ``mdw_v{n}`` (each input row pair
+    loaded once per kernel column, the padding masked off), its pointwise neighbours plain
+    tiles: no pad copy, no crop, no border zeroing; a residual into the depthwise conv,
+    batches of 2, 1 and 2 threads, block-pruned 1x1s."""
     torch.manual_seed(0)
     model = Inverted(16, dw_res=dw_res).eval()
     with torch.no_grad():  # BN statistics that fold into something other than identity
@@ -112,8 +117,8 @@ def test_masked_depthwise_matches_torch(h: int, threads: int, dw_res: bool,
         model.bn.running_var.uniform_(0.5, 2.0)
     masks = _masked(model, "block")
     masks.pop("dw")
-    x = torch.randn(2, 16, h, 8)
-    cm = compile_model(model, x, masks, threads=threads, cache_dir=compiler_cache)
+    x = torch.randn(2, 16, h, ISAS[isa].lanes // 2)
+    cm = compile_model(model, x, masks, threads=threads, isa=isa, cache_dir=compiler_cache)
     assert {layer.name: layer.family for layer in cm.report.layers}["dw"] == "masked"
     src = kernel_source(cm)
     assert f"void mdw_v{h // 2}(" in src
