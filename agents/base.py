@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
 
 from evaluators.results import AccuracyResult, LatencyResult
 from npas_env.env import NPASEnv
@@ -31,6 +34,14 @@ from npas_env.scoring import Score
 from npas_env.search_space import SearchSpace
 
 BUDGET_EXHAUSTED = "evaluation budget exhausted"
+
+
+def folderless_logger(model: BaseAlgorithm) -> None:
+    """Without a TensorBoard folder, log ``model`` to stdout (``verbose >= 1``) or nowhere, and
+    create no folder: SB3's own logger would make an empty ``/tmp/SB3-<date>`` directory on
+    every ``learn()``. A model with a TensorBoard folder or a logger of its own keeps it."""
+    if model.tensorboard_log is None and not model._custom_logger:  # SB3 keeps the flag private
+        model.set_logger(Logger(None, [HumanOutputFormat(sys.stdout)] if model.verbose >= 1 else []))
 
 
 @runtime_checkable

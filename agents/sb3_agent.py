@@ -19,7 +19,7 @@ from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, DQN, PPO
 
-from agents.base import BudgetCallback, check_budget, make_problem_env
+from agents.base import BudgetCallback, check_budget, folderless_logger, make_problem_env
 from agents.seq2seq import count_layers, make_reinforce
 from agents.sequence_wrapper import SequenceObservation
 from agents.tabular_q import TabularQLearning
@@ -78,6 +78,7 @@ class SB3Agent:
         env = make_problem_env(problem, limit)
         model = self.build(env, budget)
         layers = len(env.layers)
+        folderless_logger(model)
         # Repeated plans are free, so cap the episodes like the baselines cap proposals.
         model.learn(total_timesteps=(50 * budget + 100) * layers, callback=BudgetCallback(problem, limit))
         return max(problem.trials[start:], key=lambda t: t.reward, default=None)

@@ -36,7 +36,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.base import BUDGET_EXHAUSTED
+from agents.base import BUDGET_EXHAUSTED, folderless_logger
 from agents.qlearning import METAQNN_SCHEDULE, epsilon_at
 from agents.tabular_state import OBS_KEYS, ActionVocabulary, AllowedActions, TabularObservation
 from npas_env.errors import InvalidConfig
@@ -340,6 +340,7 @@ class TabularQLearning(BaseAlgorithm):
         ``self.locals`` as with SB3's off-policy algorithms; returning False stops training.
         """
         fresh = reset_num_timesteps or self._last_obs is None
+        folderless_logger(self)
         total_timesteps, callback = self._setup_learn(total_timesteps, callback, reset_num_timesteps,
                                                       tb_log_name, progress_bar)
         assert self.env is not None, "learn() needs an env (set_env)"

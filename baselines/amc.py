@@ -101,6 +101,8 @@ def run(problem: SearchProblem, budget: int, seed: int = 0, settings: AMCSetting
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.noise import NormalActionNoise
 
+    from agents.base import folderless_logger
+
     cfg = settings or AMCSettings()
     algorithms = {"td3": TD3, "ddpg": DDPG}
     if cfg.algorithm not in algorithms:
@@ -120,5 +122,6 @@ def run(problem: SearchProblem, budget: int, seed: int = 0, settings: AMCSetting
         learning_starts=cfg.warmup_episodes * n_layers, batch_size=64, train_freq=(1, "episode"),
         gradient_steps=-1, action_noise=NormalActionNoise(np.zeros(1), np.full(1, cfg.noise_sigma)),
         policy_kwargs={"net_arch": list(cfg.net_arch)}, seed=seed, device="cpu", verbose=0)
+    folderless_logger(model)
     model.learn(total_timesteps=max_episodes * n_layers, callback=StopWhenSpent())
     return best_trial(problem, start)

@@ -49,3 +49,29 @@ def test_sb3_runs_are_reproducible_whatever_the_evaluator_cache_holds():
         SB3Agent("ppo", seed=0, k_episodes=2).run(problem, 6)
         runs.append([t.plan.key() for t in problem.trials])
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "qlearning"])
+def test_runs_without_tensorboard_leave_no_sb3_folder(algo, monkeypatch, tmp_path):
+    """SB3's default logger makes an empty ``/tmp/SB3-<date>`` folder per ``learn()`` when no
+    TensorBoard folder is given: our agents (SB3 algorithms and TabularQLearning) do not."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    problem = SearchProblem.from_env(make_target_env())
+    SB3Agent(algo, seed=0, k_episodes=2).run(problem, 4)
+    assert problem.n_evals == 4
+    assert not list(tmp_path.glob("SB3-*"))
+
+
+def test_folderless_logger_keeps_a_tensorboard_folder(tmp_path):
+    from stable_baselines3 import PPO
+
+    from agents.base import folderless_logger
+
+    env = make_target_env()
+    with_tb = PPO("MlpPolicy", env, n_steps=8, batch_size=8, tensorboard_log=str(tmp_path), device="cpu")
+    folderless_logger(with_tb)
+    with_tb.learn(8)
+    assert list(tmp_path.glob("PPO_1/events.out.tfevents*"))
