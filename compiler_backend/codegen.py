@@ -580,8 +580,7 @@ class _Builder:
     def masked_dw(self, fn: str, k: int, op: ConvOp, offs: list[int],
                   cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
         """Depthwise 3x3 over a plain map of two rows per vector, the padding read as
-        masked-off lanes
-        (``depthwise.masked_dw_template``)."""
+        masked-off lanes (``depthwise.masked_dw_template``)."""
         cout, oh, ow = op.out_shape
         nv = oh * ow // self.isa.lanes
         key = f"mdw_v{nv}"
