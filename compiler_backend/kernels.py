@@ -367,13 +367,13 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
     reload = " ".join(f"a{q}_{u} = VLOAD(Y + (long)rr[{q}] * ys + t + yo + {u} * @VS@);"
                       for q in range(p) for u in range(v))
     if pixel_major:  # p weights, then one pixel vector at a time: p * v + p + 1 registers
-        loads = " ".join(f"const vf w{q} = VSET1(wp[{q}]);" for q in range(p))
+        entry = " ".join(f"const vf w{q} = VSET1(wp[{q}]);" for q in range(p))
         fmas = "\n".join(
             f"          {{ const vf x = VLOAD(xp + {u} * @VS@); "
             + " ".join(f"a{q}_{u} = VFMA(w{q}, x, a{q}_{u});" for q in range(p)) + " }"
             for u in range(v))
     else:  # v pixel vectors, then one weight at a time: p * v + v + 1 registers
-        loads = " ".join(f"const vf x{u} = VLOAD(xp + {u} * @VS@);" for u in range(v))
+        entry = " ".join(f"const vf x{u} = VLOAD(xp + {u} * @VS@);" for u in range(v))
         fmas = "\n".join(
             f"          {{ const vf w = VSET1(wp[{q}]); "
             + " ".join(f"a{q}_{u} = VFMA(w, x{u}, a{q}_{u});" for u in range(v)) + " }"
@@ -491,7 +491,7 @@ def spatial_template(key: str, p: int, v: int, row: bool = False, split: int = 1
           const float* wp = wb;
 {split_loop}          _Pragma("GCC unroll 4") for (; e < e1; ++e, wp += {p}) {{
             const float* xp = X + off[e] + t;
-            {loads}
+            {entry}
 {fmas}
           }}
 {split_sum}          if (t + @TS@ <= t1) {{

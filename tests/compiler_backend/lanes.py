@@ -11,3 +11,6 @@ from __future__ import annotations
 from compiler_backend.isa import detect_isa
 
 EIGHT_LANES = "avx2" if detect_isa().name in ("avx2", "avx512") else "generic"
+#: Every ISA whose code this host runs (the prelude-level tests run each).
+RUNNABLE_ISAS = {"avx512": ["avx512", "avx2", "generic"], "avx2": ["avx2", "generic"],
+                 "neon": ["neon", "generic"]}.get(detect_isa().name, ["generic"])

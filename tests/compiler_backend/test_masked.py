@@ -20,14 +20,12 @@ from compiler_backend.masked import lane_masks
 from compiler_backend.toolchain import find_compiler
 from npas_env.pruning import prune_mask
 
+from .lanes import RUNNABLE_ISAS
 from .source import kernel_source
 from .test_export import _build_and_run, _check_output
 from .test_fastpaths import _masked, _ref
 
 AVX512 = resolve_isa().name == "avx512"
-#: ISAs this host runs whose vectors hold two rows of a map in ``mdw`` (the depthwise kernel)
-MASKED_DW_ISAS = {"avx512": ["avx512", "avx2", "generic"], "avx2": ["avx2", "generic"]}.get(
-    resolve_isa().name, ["generic"])
 
 
 class Block(nn.Module):
@@ -100,7 +98,7 @@ def test_plan_masked_takes_depthwise_convs_read_by_pointwise_ones() -> None:
     assert plan_masked(graph, 16) == {"0.dw"}
 
 
-@pytest.mark.parametrize("isa", MASKED_DW_ISAS)
+@pytest.mark.parametrize("isa", RUNNABLE_ISAS)
 @pytest.mark.parametrize(("h", "threads", "dw_res"),
                          [(8, 1, False), (8, 2, False), (6, 1, True), (2, 2, True), (16, 1, False)])
 def test_masked_depthwise_matches_torch(isa: str, h: int, threads: int, dw_res: bool,

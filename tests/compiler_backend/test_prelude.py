@@ -7,11 +7,11 @@ import ctypes
 import numpy as np
 import pytest
 
-from compiler_backend.isa import ISAS, detect_isa, prelude
+from compiler_backend.isa import ISAS, prelude
 from compiler_backend.toolchain import compile_source
 
-RUNNABLE = {"avx512": ["avx512", "avx2", "generic"], "avx2": ["avx2", "generic"],
-            "neon": ["neon"], "generic": ["generic"]}[detect_isa().name]
+from .lanes import RUNNABLE_ISAS
+
 SENTINEL = -1.0
 
 #: ``VSTORE_PART``'s literal cases: ``n`` of 4 or 8 lanes, ``lo`` a multiple of ``n``.
@@ -24,10 +24,13 @@ void parts(float* out) {
 """
 
 
+def _part_cases(lanes: int) -> list[tuple[int, int]]:
+    return [(lo, n) for n in (4, 8) if n <= lanes for lo in range(0, lanes, n)]
+
+
 def _library(isa: str, cache) -> ctypes.CDLL:
-    lanes = ISAS[isa].lanes
     parts = " ".join(f"VSTORE_PART(p, v, {lo}, {n}); p += 2 * VL;"
-                     for n in (4, 8) if n <= lanes for lo in range(0, lanes, n))
+                     for lo, n in _part_cases(ISAS[isa].lanes))
     source = prelude(ISAS[isa]) + """
 void store_at(float* out, int lo, int n) {
   float t[VL]; for (int i = 0; i < VL; ++i) t[i] = (float)(i + 1);
@@ -41,7 +44,7 @@ def _ptr(a: np.ndarray):
     return a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
 
-@pytest.mark.parametrize("isa", RUNNABLE)
+@pytest.mark.parametrize("isa", RUNNABLE_ISAS)
 def test_partial_stores_write_exactly_their_lanes(isa: str, compiler_cache) -> None:
     """``VSTOREM_AT(p, v, lo, n)`` writes lanes ``lo .. lo + n`` of ``v`` at ``p + lo`` and
     nothing else, for every (lo, n) (runtime values); ``VSTORE_PART`` the same for its
@@ -57,7 +60,7 @@ def test_partial_stores_write_exactly_their_lanes(isa: str, compiler_cache) -> N
             want = np.full_like(out, SENTINEL)
             want[lanes + lo:lanes + lo + n] = lane_values[lo:lo + n]
             np.testing.assert_array_equal(out, want, err_msg=f"{isa} lo={lo} n={n}")
-    cases = [(lo, n) for n in (4, 8) if n <= lanes for lo in range(0, lanes, n)]
+    cases = _part_cases(lanes)
     out = np.full(2 * lanes * len(cases), SENTINEL, np.float32)
     lib.parts(_ptr(out))
     want = np.full_like(out, SENTINEL)
