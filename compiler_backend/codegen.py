@@ -39,7 +39,7 @@ from compiler_backend.depthwise import (
     use_s2_plane4,
 )
 from compiler_backend.flags import call_values, copy_name, written_in
-from compiler_backend.fusion import GROUP, exdw_template, expand_groups, plan_fusion
+from compiler_backend.fusion import exdw_template, expand_groups, plan_fusion, scratch_floats
 from compiler_backend.heuristics import (
     channel_chunks,
     channel_tile,
@@ -103,7 +103,7 @@ from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 from npas_env.errors import InvalidConfig
 
-GENERATOR_VERSION = "43"
+GENERATOR_VERSION = "44"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -202,6 +202,7 @@ class _Builder:
         ops = {getattr(op, "name", None): op for op in graph.ops}
         self.fused_into = {dw.name: ops[e] for e, dw in self.fused.items()}  # its expand op
         self.pad_scratch: dict[tuple[int, ...], int] = {}
+        self.exdw_planes: dict[tuple[int, int, int], int] = {}  # (h, w, stride) -> planes
         self.crop_off, self.crop_size = -1, 0
         self.junk_masks: dict[tuple[int, int, int], int] = {}
 
@@ -594,17 +595,25 @@ class _Builder:
     def exdw(self, fn: str, k: int, ex: ConvOp, op: ConvOp, offs: list[int],
              cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
         """The depthwise conv ``op`` with the expand conv ``ex`` feeding it computed group by
-        group on the stack (``fusion.exdw_template``)."""
+        group in planes of the arena (``fusion.exdw_template``)."""
         cout, h, w = op.in_shape
         xcs, xs, x0 = strides(self.g, ex.src, self.padded)
         ys, yr, yo = strides(self.g, op.dst, self.padded)
-        gptr, eoff, ew = expand_groups(ex, xcs)
+        groups = expand_groups(ex, xcs)
         key = f"exdw_{h}x{w}" if op.stride == 1 else f"exdw_s2_{h}x{w}"
-        self._template(key, exdw_template(h, w, self.isa.lanes, op.stride))
-        args = [self.add_i(gptr), self.add_i(eoff), self.add_f(ew), self.add_f(ex.bias),
-                self.add_f(op.weight.reshape(cout, 9)), self.add_f(op.bias), offs[ex.src],
-                offs[op.dst], xs, x0, ys, yr, yo, ACT_CODES[ex.act or "none"],
-                ACT_CODES[op.act or "none"], cout // GROUP]
+        self._template(key, exdw_template(h, w, self.isa.lanes, op.stride, self.isa.registers))
+        per_thread = scratch_floats(h, w, self.isa.lanes)
+        # shared by the layers of one map size and stride (at stride 2 a one-vector row's
+        # stores spill into floats a stride-1 layout reads as a border)
+        planes = (h, w, op.stride)
+        if planes not in self.exdw_planes:
+            self.exdw_planes[planes] = self._alloc(
+                self.g.new_buffer((max(self.threads, 1), per_thread), pinned=True))
+        args = [self.add_i(groups.gptr), self.add_i(groups.offsets), self.add_f(groups.weights),
+                self.add_f(groups.bias), self.add_f(op.weight.reshape(cout, 9)),
+                self.add_f(op.bias), offs[ex.src], offs[op.dst], xs, x0, ys, yr, yo,
+                ACT_CODES[ex.act or "none"], ACT_CODES[op.act or "none"], len(groups.gptr) - 1,
+                self.add_i(groups.channels), self.exdw_planes[planes], per_thread]
         self._record(k, op, cfg, [1], "exdw")
         return self._calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler_backend.ir import ConvOp, Graph
-from compiler_backend.layout import edges
+from compiler_backend.layout import aliased, edges
 
 
 def eliminate_dead_channels(graph: Graph) -> dict[str, tuple[int, int]]:
@@ -98,11 +98,10 @@ def _propagate(graph: Graph, need: dict[int, np.ndarray]) -> None:
 def _cuttable(graph: Graph) -> set[int]:
     """Buffers written by a conv without residual and read only as convs' inputs."""
     _, readers = edges(graph)
-    aliased = {b.alias_of for b in graph.buffers if b.alias_of is not None}
-    aliased |= {b.idx for b in graph.buffers if b.alias_of is not None}
+    views = aliased(graph)
     return {op.dst for op in graph.ops
             if isinstance(op, ConvOp) and op.res is None and not op.is_linear
-            and len(graph.buffers[op.dst].shape) == 3 and op.dst not in aliased
+            and len(graph.buffers[op.dst].shape) == 3 and op.dst not in views
             and op.dst not in (graph.input, graph.output)
             and all(role == "src" for _, role in readers.get(op.dst, []))}
 

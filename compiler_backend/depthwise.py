@@ -175,11 +175,12 @@ def masked_dw_template(nv: int, lanes: int) -> str:
 
 
 def band_statements(h: int, masked: bool, yq: str = "wq", stride: int = 1,
-                    taps: tuple[str, str, str] = ("0", "1", "2")) -> str:
+                    taps: tuple[str, str, str] = ("0", "1", "2"), init: str = "bb") -> str:
     """Statements of a band of ``h`` rows: FMAs, then full (or masked: ``n`` lanes) stores of
     output rows ``yq`` apart (C names: input rows ``wq`` apart from ``xc``, output and
-    residual from ``yp`` / ``rp``). Output row ``r`` reads input rows ``stride * r`` to
-    ``stride * r + 2``; kernel column ``j`` at ``xc + taps[j]`` in each."""
+    residual from ``yp`` / ``rp``; accumulators start at ``init``). Output row ``r`` reads
+    input rows ``stride * r`` to ``stride * r + 2``; kernel column ``j`` at ``xc + taps[j]``
+    in each."""
     fmas = []
     for j in range(3):
         for m in range(stride * (h - 1) + 3):
@@ -191,7 +192,7 @@ def band_statements(h: int, masked: bool, yq: str = "wq", stride: int = 1,
         ("VLOAD(rp + {o})", "VSTORE(yp + {o}, v_act(y, act))")
     out = " ".join(f"{{ vf y = a{r}; if (hr) y = VADD(y, {load.format(o=f'{r} * {yq}')}); "
                    f"{store.format(o=f'{r} * {yq}')}; }}" for r in range(h))
-    return "\n".join([" ".join(f"vf a{r} = bb;" for r in range(h)), *fmas, out])
+    return "\n".join([" ".join(f"vf a{r} = {init};" for r in range(h)), *fmas, out])
 
 
 def dwband_template() -> str:

@@ -190,6 +190,13 @@ def edges(graph: Graph) -> tuple[dict[int, Any], dict[int, list[tuple[Any, str]]
     return producers, readers
 
 
+def aliased(graph: Graph) -> set[int]:
+    """Buffers that are views of another buffer (a flatten, a concat's part), and the buffers
+    they view."""
+    views = {b.idx for b in graph.buffers if b.alias_of is not None}
+    return views | {b.alias_of for b in graph.buffers if b.alias_of is not None}
+
+
 def _blocked(graph: Graph) -> set[int]:
     blocked = {graph.input, graph.output}
     blocked.update(b.alias_of for b in graph.buffers if b.alias_of is not None)

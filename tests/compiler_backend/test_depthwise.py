@@ -19,7 +19,8 @@ from .test_kernels import _reference, _rel_err
 class DepthwiseS1(nn.Module):
     """Depthwise convs writing a padded buffer (dw0), reading one in place and writing the
     next with a fused residual and ReLU6 (dw1), and reading a plain input through a pad copy
-    and writing through the crop epilogue (dw3)."""
+    and writing through the crop epilogue (dw3). The pointwise conv's output is returned too,
+    so it stays a conv of its own (not fused into dw0, ``exdw``)."""
 
     def __init__(self, c: int = 10) -> None:
         super().__init__()
@@ -30,9 +31,11 @@ class DepthwiseS1(nn.Module):
         self.dw3 = nn.Conv2d(c, c, 3, 1, 1, groups=c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.dw0(self.pw(x))
+        p = self.pw(x)
+        a = self.dw0(p)
         b = nn.functional.relu6(self.dw1(a) + a)
-        return torch.cat([self.c3(b).flatten(1), nn.functional.hardswish(self.dw3(x)).flatten(1)], 1)
+        return torch.cat([self.c3(b).flatten(1), nn.functional.hardswish(self.dw3(x)).flatten(1),
+                          p.flatten(1)], 1)
 
 
 @pytest.mark.parametrize("isa", ["native", "generic"])

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compiler_backend import KernelConfig, export_c
-from compiler_backend.export import masked_reference
+from compiler_backend import KernelConfig, export_c, fusion
+from compiler_backend.export import ExportedModel, masked_reference
 from compiler_backend.isa import detect_isa
 from compiler_backend.toolchain import find_compiler
 from npas_env.errors import BackendError
@@ -25,6 +25,7 @@ from npas_env.pruning import prune_mask
 from .lanes import EIGHT_LANES
 from .source import unflagged
 from .test_fastpaths import TwoByTwo
+from .test_fusion import inverted_block, sparse_expand_masks
 
 
 class Mixed(nn.Module):
@@ -62,6 +63,16 @@ def _model_and_masks() -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor
     return model, masks, torch.randn(1, 3, 32, 32)
 
 
+def _export_mixed(directory: Path, isa: str, threads: int = 1) -> ExportedModel:
+    """Export ``Mixed`` with expand + depthwise fusion off: with 8 or 4 lanes it would take the
+    expand conv feeding the stride-2 depthwise conv, whose unfused kernels this model covers
+    (``test_fused_expand_export_matches_torch`` covers the fused one)."""
+    model, masks, x = _model_and_masks()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fusion, "MAX_ENTRIES", {lanes: 0 for lanes in (4, 8, 16)})
+        return export_c(model, x, directory, masks, isa=isa, threads=threads)
+
+
 #: Kernel templates the Mixed model must use: spatial (one storing phase-split), channel, taps
 #: (storing phase-split too), banded and per-vector depthwise.
 _KERNELS = ("void sk_p", "_e(int tid", "void ck_t", "void tk_r", "_x2(int tid", "void dwband(",
@@ -93,9 +104,8 @@ def _check_output(directory: Path, model: nn.Module, masks: dict[str, torch.Tens
 
 @pytest.fixture(scope="module")
 def host_export(tmp_path_factory: pytest.TempPathFactory, compiler_cache):
-    model, masks, x = _model_and_masks()
-    out = export_c(model, x, tmp_path_factory.mktemp("export_host"), masks, isa=EIGHT_LANES)
-    return out, _build_and_run(out.directory, find_compiler(), []), (model, masks, x)
+    out = _export_mixed(tmp_path_factory.mktemp("export_host"), EIGHT_LANES)
+    return out, _build_and_run(out.directory, find_compiler(), []), _model_and_masks()
 
 
 def test_host_export_builds_runs_and_matches_torch(host_export) -> None:
@@ -124,7 +134,7 @@ def test_avx512_export_compiles(tmp_path) -> None:
     runs and matches PyTorch (the host export above uses 8-lane vectors: its shapes were chosen
     so that every kernel family appears)."""
     model, masks, x = _model_and_masks()
-    out = export_c(model, x, tmp_path, masks, isa="avx512", threads=2)
+    out = _export_mixed(tmp_path, "avx512", threads=2)
     if detect_isa().name == "avx512":
         result = _build_and_run(out.directory, find_compiler(), [])
         assert result["max_rel_error"] < 1e-4
@@ -137,8 +147,7 @@ def test_avx512_export_compiles(tmp_path) -> None:
 
 
 def test_generic_isa_export_matches_torch(tmp_path, compiler_cache) -> None:
-    model, masks, x = _model_and_masks()
-    out = export_c(model, x, tmp_path, masks, isa="generic", threads=2)
+    out = _export_mixed(tmp_path, "generic", threads=2)
     assert _build_and_run(out.directory, find_compiler(), [])["max_rel_error"] < 1e-4
     assert "isa generic" in (out.directory / "npas_model.c").read_text()
 
@@ -148,7 +157,7 @@ def test_generic_isa_export_matches_torch(tmp_path, compiler_cache) -> None:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_neon_export_runs_under_qemu(threads: int, tmp_path) -> None:
     model, masks, x = _model_and_masks()
-    out = export_c(model, x, tmp_path, masks, isa="neon", threads=threads)
+    out = _export_mixed(tmp_path, "neon", threads=threads)
     assert "vfmaq_f32" in (out.directory / "npas_model.c").read_text()
     _assert_all_families(out.directory)
     result = _build_and_run(out.directory, "aarch64-linux-gnu-gcc", ["qemu-aarch64"],
@@ -172,6 +181,26 @@ def test_neon_export_runs_quads_and_sweeps_under_qemu(tmp_path) -> None:
     result = _build_and_run(out.directory, "aarch64-linux-gnu-gcc", ["qemu-aarch64"],
                             "LDFLAGS=-static")
     assert result["max_rel_error"] < 1e-4
+    _check_output(out.directory, model, masks, x)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("target", ["host", "neon"])
+def test_fused_expand_export_matches_torch(target: str, stride: int, tmp_path) -> None:
+    """An inverted residual block whose expand conv runs inside its depthwise conv (``exdw``),
+    exported with 8 lanes (run here) and NEON's 4 (run under qemu), 2 threads."""
+    if target == "neon" and not (shutil.which("aarch64-linux-gnu-gcc")
+                                 and shutil.which("qemu-aarch64")):
+        pytest.skip("needs gcc-aarch64-linux-gnu and qemu-user")
+    model = inverted_block(res=stride == 1, stride=stride)
+    masks = sparse_expand_masks(model, 3)
+    x = torch.randn(1, 3, 8, 16)
+    out = export_c(model, x, tmp_path, masks, isa=EIGHT_LANES if target == "host" else "neon",
+                   threads=2)
+    assert "void exdw_" in (out.directory / "npas_model.c").read_text()
+    cc, runner, extra = ((find_compiler(), [], ()) if target == "host" else
+                         ("aarch64-linux-gnu-gcc", ["qemu-aarch64"], ("LDFLAGS=-static",)))
+    assert _build_and_run(out.directory, cc, runner, *extra)["max_rel_error"] < 1e-4
     _check_output(out.directory, model, masks, x)
 
 
