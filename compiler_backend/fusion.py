@@ -9,11 +9,10 @@ costs far more than its FMAs: 36 us for 24 -> 144 channels at 32x32, where they 
 ``exdw_template`` runs the pair ``GROUP`` expanded channels at a time (``group_channels``:
 channels keeping the same or nearly the same input channels; block pruning leaves groups of
 identical rows, dead-channel cuts break them up): their planes are computed into
-zero-bordered planes (26 KB at 32x32 with 16 lanes; each thread has its own in the arena,
-whose borders nothing writes), then the depthwise conv's
-bands of rows (``depthwise.band_statements``) read each from there and store the output in the
-destination's layout. The expanded tensor is never written. The pair's kernel configs (tuned
-or not) are not used.
+zero-bordered planes (26 KB at 32x32 with 16 lanes; each thread has its own in the arena),
+then the depthwise conv's bands of rows (``depthwise.band_statements``) read each from there
+and store the output in the destination's layout. The expanded tensor is never written. The
+pair's kernel configs (tuned or not) are not used.
 
 MobileNetV2 end to end, same-process A/B against the unfused kernels, AMD Zen 4: block 8x
 655 -> 625 us (1 thread), 507 -> 466 us (2 threads); block 4x 1084 -> 1051 us, 763 -> 648 us.
@@ -182,11 +181,11 @@ def expand_groups(expand: ConvOp, channel_stride: int) -> ExpandGroups:
 
 def exdw_template(h: int, w: int, lanes: int, stride: int = 1, registers: int = 32) -> str:
     """C text of ``exdw_{h}x{w}`` (``exdw_s2_{h}x{w}`` at stride 2): per group of ``GROUP``
-    expanded channels, their ``h x w`` planes into the thread's zero-bordered planes in the
-    arena (``scratch_floats``; the borders are never written), then the depthwise conv over
-    each. Each row's interior starts on a
-    vector boundary, its left border the float before it, its right border the next row's
-    first float: the expand part's stores are aligned.
+    expanded channels, their ``h x w`` planes into the thread's planes in the arena
+    (``scratch_floats``; one set per map size and stride, zeroed once: nothing writes a float
+    the layout reads as a border), then the depthwise conv over each. Each row's interior
+    starts on a vector boundary, its left border the float before it, its right border the
+    next row's first float: the expand part's stores are aligned.
 
     At stride 2 each row is stored split: its odd columns, then its even ones
     (``VODD`` / ``VEVEN`` of each pair of vectors, or of a one-vector row with itself, whose
@@ -195,19 +194,21 @@ def exdw_template(h: int, w: int, lanes: int, stride: int = 1, registers: int = 
     ones, the odd ones.
 
     The expand part runs ``R`` rows x ``V`` vectors x ``GROUP`` channels per pass over the
-    group's input channels, each pixel vector loaded once for the group: ``R * V`` is 4 with 32
-    vector ``registers``, else 2 (``GROUP`` accumulators each), a row wider than that in chunks
-    of ``V`` vectors. Parameter array ``k`` (``ExpandGroups``):
-    group entry pointers, input offsets (I arena), expand weights (``GROUP`` per entry),
-    expand bias per slot, depthwise weights (9 per channel), depthwise bias (W arena), x, y
-    (A arena), source row stride, source origin, destination channel stride, row stride,
-    origin, expand activation, depthwise activation, groups, channel per slot (I arena),
-    planes (A arena), floats per thread.
+    group's input channels, each pixel vector loaded once for the group: ``R * V`` is at most
+    4 with 32 vector ``registers``, else 2 (``GROUP`` accumulators each), a row wider than that
+    in chunks of ``V`` vectors that divide it (at stride 2, whole pairs). Parameter array ``k``
+    (``ExpandGroups``): group entry pointers, input offsets (I arena), expand weights
+    (``GROUP`` per entry), expand bias per slot, depthwise weights (9 per channel), depthwise
+    bias (W arena), x, y (A arena), source row stride, source origin, destination channel
+    stride, row stride, origin, expand activation, depthwise activation, groups, channel per
+    slot (I arena), planes (A arena), floats per thread.
     """
     v = w // lanes
     tile = 4 if registers >= 32 else 2  # vectors per pass: GROUP accumulators each
-    vc = min(v, tile)
-    r = max(1, tile // v)
+    # a chunk of the row: divides it, and at stride 2 holds whole pairs of vectors
+    vc = max(c for c in range(1, min(v, tile) + 1)
+             if v % c == 0 and (stride == 1 or v == 1 or c % 2 == 0))
+    r = max(1, tile // vc)
     while h % r:
         r //= 2
     wq = w + lanes
@@ -234,7 +235,7 @@ def exdw_template(h: int, w: int, lanes: int, stride: int = 1, registers: int = 
     oh, ow = h // stride, w // stride
     taps = ("0", "1", "2") if stride == 1 else ("0", f"{w // 2 + 1}", "1")
     weights = " ".join(f"const vf w{q} = VSET1(w9[{q}]);" for q in range(9))
-    rows = BAND if registers >= 32 else SMALL_BAND
+    band_rows = BAND if registers >= 32 else SMALL_BAND
     pad = "\n" + " " * 8
 
     def band(rows: int) -> str:
@@ -274,11 +275,11 @@ def exdw_template(h: int, w: int, lanes: int, stride: int = 1, registers: int = 
       {weights}
       const float* xq = buf + q * {plane} + VL - 1; float* y = Y + (long)c * ys + yo;
       int r0 = 0;
-      for (; r0 + {rows} <= {oh}; r0 += {rows})
+      for (; r0 + {band_rows} <= {oh}; r0 += {band_rows})
         for (int c1 = 0; c1 < {ow}; c1 += VL) {{
           const float* xc = xq + (long){stride} * r0 * wq + c1; float* yp = y + (long)r0 * yr + c1;
           const float* rp = 0; (void)rp;
-          {band(rows)}
+          {band(band_rows)}
         }}
       for (; r0 < {oh}; ++r0)
         for (int c1 = 0; c1 < {ow}; c1 += VL) {{
