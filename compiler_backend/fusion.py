@@ -49,8 +49,9 @@ MAX_ENTRIES = {16: 8}
 GROUP = 4
 #: Depthwise band height with 16 vector registers: 9 weights, the activation's 2 constants, a
 #: row vector and ``BAND`` = 4 accumulators left gcc one short (a weight read from the stack).
-#: MobileNetV2 at 1 thread, AVX2, same process, 3 against 4 rows: block 8x 447 / 446 us, 4x
-#: 805 / 791 and 817 / 809, dense 2490 / 2475.
+#: MobileNetV2 at 1 thread, AVX2, same process, 3 against 4 rows (the last ``oh % 3`` rows as
+#: one band): block 8x 441 / 437 and 446 / 440 us, 4x 795 / 786 and 792 / 802; with those rows
+#: one at a time: 8x 447 / 446, 4x 805 / 791 and 817 / 809, dense 2490 / 2475.
 SMALL_BAND = 3
 
 
@@ -243,6 +244,11 @@ def exdw_template(h: int, w: int, lanes: int, stride: int = 1, registers: int = 
         return band_statements(rows, ow % lanes > 0, "yr", stride, taps,
                                "VSET1(db[c])").replace("\n", pad)
 
+    tail = "" if not oh % band_rows else f"""for (int c1 = 0; c1 < {ow}; c1 += VL) {{  /* the last rows, one band */
+        const float* xc = xq + (long){stride} * r0 * wq + c1; float* yp = y + (long)r0 * yr + c1;
+        const float* rp = 0; (void)rp;
+        {band(oh % band_rows)}
+      }}"""
     name = f"exdw_{h}x{w}" if stride == 1 else f"exdw_s2_{h}x{w}"
     return f"""static {NOINLINE} void {name}(int tid, int nt, const float* restrict W,
     const int* restrict I, float* restrict A, const int* k) {{
@@ -281,12 +287,7 @@ def exdw_template(h: int, w: int, lanes: int, stride: int = 1, registers: int = 
           const float* rp = 0; (void)rp;
           {band(band_rows)}
         }}
-      for (; r0 < {oh}; ++r0)
-        for (int c1 = 0; c1 < {ow}; c1 += VL) {{
-          const float* xc = xq + (long){stride} * r0 * wq + c1; float* yp = y + (long)r0 * yr + c1;
-          const float* rp = 0; (void)rp;
-          {band(1)}
-        }}
+      {tail}
     }}
   }}
 }}
