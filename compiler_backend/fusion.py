@@ -88,7 +88,7 @@ def scratch_floats(h: int, w: int, lanes: int) -> int:
 
 
 def plane_floats(h: int, w: int, lanes: int) -> int:
-    """Floats of one expanded plane on the stack: ``h + 2`` rows ``w + lanes`` apart, the
+    """Floats of one expanded plane: ``h + 2`` rows ``w + lanes`` apart, the
     interior starting a vector in (aligned stores), then one vector for the last row's right
     border."""
     return (h + 2) * (w + lanes) + lanes
