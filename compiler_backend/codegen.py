@@ -201,8 +201,7 @@ class _Builder:
         self.fused = {} if bands else plan_fusion(graph, isa.lanes, self.masked)
         ops = {getattr(op, "name", None): op for op in graph.ops}
         self.fused_into = {dw.name: ops[e] for e, dw in self.fused.items()}  # its expand op
-        self.pad_scratch: dict[tuple[int, ...], int] = {}
-        self.exdw_planes: dict[tuple[int, int, int], int] = {}  # (h, w, stride) -> planes
+        self.scratch: dict[tuple[Any, ...], int] = {}  # key -> arena offset (``_shared_scratch``)
         self.crop_off, self.crop_size = -1, 0
         self.junk_masks: dict[tuple[int, int, int], int] = {}
 
@@ -605,15 +604,13 @@ class _Builder:
         per_thread = scratch_floats(h, w, self.isa.lanes)
         # shared by the layers of one map size and stride (at stride 2 a one-vector row's
         # stores spill into floats a stride-1 layout reads as a border)
-        planes = (h, w, op.stride)
-        if planes not in self.exdw_planes:
-            self.exdw_planes[planes] = self._alloc(
-                self.g.new_buffer((max(self.threads, 1), per_thread), pinned=True))
+        planes = self._shared_scratch(("exdw", h, w, op.stride),
+                                      (max(self.threads, 1), per_thread))
         args = [self.add_i(groups.gptr), self.add_i(groups.offsets), self.add_f(groups.weights),
                 self.add_f(groups.bias), self.add_f(op.weight.reshape(cout, 9)),
                 self.add_f(op.bias), offs[ex.src], offs[op.dst], xs, x0, ys, yr, yo,
                 ACT_CODES[ex.act or "none"], ACT_CODES[op.act or "none"], len(groups.gptr) - 1,
-                self.add_i(groups.channels), self.exdw_planes[planes], per_thread]
+                self.add_i(groups.channels), planes, per_thread]
         self._record(k, op, cfg, [1], "exdw")
         return self._calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
 
@@ -662,11 +659,15 @@ class _Builder:
         ``geo`` reads; convs of the same input geometry share one."""
         cin, h, w = op.in_shape
         nph, hq, wq = len(geo["phases"]), geo["hq"], geo["wq"]
-        gkey = (nph, cin, hq, wq, geo["s"], geo["ph"], geo["pw"], h, w, int(taps))
-        if gkey not in self.pad_scratch:
-            self.pad_scratch[gkey] = self._alloc(
-                self.g.new_buffer((nph, cin, hq, wq), pinned=True))
-        return self.pad_scratch[gkey]
+        gkey = ("pad", nph, cin, hq, wq, geo["s"], geo["ph"], geo["pw"], h, w, int(taps))
+        return self._shared_scratch(gkey, (nph, cin, hq, wq))
+
+    def _shared_scratch(self, key: tuple[Any, ...], shape: tuple[int, ...]) -> int:
+        """Arena offset of a pinned scratch buffer of ``shape``, one per ``key``: the kernels
+        asking with the same key share it."""
+        if key not in self.scratch:
+            self.scratch[key] = self._alloc(self.g.new_buffer(shape, pinned=True))
+        return self.scratch[key]
 
     def _where(self, buf: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """Offset of pixel (y, x) of a channel of ``buf`` from that channel's pixel (0, 0) as
