@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from compiler_backend import bands as bands_mod
-from compiler_backend import masked, quads, sweep, taps, winograd
+from compiler_backend import masked, quads, split_k, sweep, taps, winograd
 from compiler_backend.bands import BandPlan
 from compiler_backend.depthwise import (
     PLANE4_TEMPLATE,
@@ -39,7 +39,13 @@ from compiler_backend.depthwise import (
     use_s2_plane4,
 )
 from compiler_backend.flags import call_values, copy_name, written_in
-from compiler_backend.fusion import exdw_template, expand_groups, plan_fusion, scratch_floats
+from compiler_backend.fusion import (
+    GROUP,
+    exdw_template,
+    expand_groups,
+    plan_fusion,
+    scratch_floats,
+)
 from compiler_backend.heuristics import (
     channel_chunks,
     channel_tile,
@@ -103,7 +109,7 @@ from compiler_backend.sparsity import Segment, build_segments, structure_label
 from compiler_backend.tuning.base import KernelConfig
 from npas_env.errors import InvalidConfig
 
-GENERATOR_VERSION = "44"
+GENERATOR_VERSION = "45"
 #: Accumulator sets of one-row spatial tiles narrow enough to hold them (``spatial_template``):
 #: VGG-16's 512-channel 2x2 layer under pattern 8x, forced to one-row tiles, ran one
 #: dependent FMA chain per output channel.
@@ -203,6 +209,9 @@ class _Builder:
         self.fused_into = {dw.name: ops[e] for e, dw in self.fused.items()}  # its expand op
         self.scratch: dict[tuple[Any, ...], int] = {}  # key -> arena offset (``_shared_scratch``)
         self.crop_off, self.crop_size = -1, 0
+        self.private_crop = False  # a crop scratch of its own (``split_k_conv``'s thread 1)
+        # the channels slice 0 of 2 wrote, of maps a depthwise step split by channels
+        self.first_half: dict[int, np.ndarray] = {}
         self.junk_masks: dict[tuple[int, int, int], int] = {}
 
     def _plan_halo(self) -> set[int]:
@@ -281,15 +290,19 @@ class _Builder:
     def _lt(self, numel: int) -> int:
         return self.threads if numel >= 32768 else 1
 
-    def conv(self, fn: str, k: int, op: ConvOp, offs: list[int]) -> tuple[str, list[tuple[str, int]]]:
+    def conv(self, fn: str, k: int, op: ConvOp, offs: list[int],
+             cfg: KernelConfig | None = None) -> tuple[str, list[tuple[str, int]]]:
         src_padded, src_split = op.src in self.padded, op.src in self.split
-        cfg = self.configs.get(op.name) or default_config(op, self.isa, self.threads, src_padded,
-                                                          src_split, op.name in self.masked)
+        cfg = cfg or self.configs.get(op.name) or default_config(
+            op, self.isa, self.threads, src_padded, src_split, op.name in self.masked)
         if op.name in self.fused:  # computed by the depthwise conv reading it (``exdw``)
             self._record(k, op, cfg, [1], "fused")
             return "", []
         if op.name in self.fused_into:
             return self.exdw(fn, k, self.fused_into[op.name], op, offs, cfg)
+        if (cfg.threads == 2 and op.dst not in self.split and op.res not in self.split
+                and split_k.eligible(op, self.first_half.get(op.src))):
+            return self.split_k_conv(fn, k, op, offs, cfg)
         if is_depthwise_s2(op):
             return self.dw_s2(fn, k, op, offs, cfg)
         if cfg.family == "winograd":
@@ -589,6 +602,8 @@ class _Builder:
                 offs[op.dst], offs[op.res] if op.res is not None else 0, cout,
                 ACT_CODES[op.act or "none"], int(op.res is not None)]
         self._record(k, op, cfg, [1])
+        if work_items(cfg.threads) == 2:  # the template's items are the channels
+            self.first_half[op.dst] = split_k.first_of_channels(cout)
         return self._calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
 
     def exdw(self, fn: str, k: int, ex: ConvOp, op: ConvOp, offs: list[int],
@@ -612,7 +627,48 @@ class _Builder:
                 ACT_CODES[ex.act or "none"], ACT_CODES[op.act or "none"], len(groups.gptr) - 1,
                 self.add_i(groups.channels), planes, per_thread]
         self._record(k, op, cfg, [1], "exdw")
+        if work_items(cfg.threads) == 2:  # the template's items are the groups
+            self.first_half[op.dst] = split_k.first_of_groups(groups.channels, GROUP, cout)
         return self._calling(fn + "_k", key, args), [(f"{fn}_k", work_items(cfg.threads))]
+
+    def split_k_conv(self, fn: str, k: int, op: ConvOp, offs: list[int],
+                     cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
+        """``op`` split-K (``split_k``): slice 0 of the first step runs thread 0's partial conv
+        into the output, slice 1 thread 1's into a scratch map laid out like the output (each
+        with its epilogue steps; thread 1's crop in a scratch of its own); the second step
+        adds the scratch into the output."""
+        cout, oh, ow = op.out_shape
+        padded = op.dst in self.padded
+        scratch = self.g.new_buffer(op.out_shape, cout * (oh + 2) * (ow + 2) if padded else None)
+        sub_offs = offs + [-1] * (scratch + 1 - len(offs))  # extra buffers: only ours is read
+        sub_offs[scratch] = self._alloc(scratch)
+        if padded:
+            self.padded.add(scratch)
+        one = dataclasses.replace(cfg, threads=1)
+        n = len(self.layers)
+        bodies, calls = [], []
+        for half, private in zip(split_k.halves(op, self.first_half[op.src], scratch),
+                                 (False, True), strict=True):
+            self.private_crop = private
+            try:
+                body, steps = self.conv(f"{fn}{'ab'[private]}", k, half, sub_offs, one)
+            finally:
+                self.private_crop = False
+            assert not any(f.endswith("_pad") for f, _ in steps), "a pointwise conv reads in place"
+            bodies.append(body)
+            calls.append(" ".join(f"{f}(0, 1, W, I, A);" for f, _ in steps))
+        families = sorted({li.family for li in self.layers[n:]})
+        blocks = sorted({p for li in self.layers[n:] for p in li.block_sizes})
+        del self.layers[n:]  # the halves' records: one for the layer instead
+        self._record(k, op, cfg, blocks, f"{'/'.join(families)} split-k")
+        ycs, yrs, y0 = strides(self.g, op.dst, self.padded)
+        scs, srs, s0 = strides(self.g, scratch, self.padded)
+        # slices 0 and 1 of 2, or both in one call (a segment run inline calls ``(0, 1)``)
+        bodies.append(f"{_sig(fn + '_k')} {{\n  if (tid == 0) {{ {calls[0]} }}\n"
+                      f"  if (tid == nt - 1) {{ {calls[1]} }}\n}}\n")
+        bodies.append(split_k.sum_source(_sig(fn + "_sum"), (offs[op.dst], ycs, yrs, y0),
+                                         (sub_offs[scratch], scs, srs, s0), op.out_shape))
+        return "\n".join(bodies), [(f"{fn}_k", 2), (f"{fn}_sum", 2)]
 
     def winograd_conv(self, fn: str, k: int, op: ConvOp, offs: list[int],
                       cfg: KernelConfig) -> tuple[str, list[tuple[str, int]]]:
@@ -1090,7 +1146,10 @@ class _Builder:
         return f"{_sig(name)} {{\n  (void)W; (void)I;\n  {self._invoke(key, args, 'A')}\n}}\n"
 
     def _crop_scratch(self, numel: int) -> int:
-        """One wide-row scratch region shared by every crop epilogue (ops run in sequence)."""
+        """One wide-row scratch region shared by every crop epilogue (ops run in sequence),
+        or one of its own (``private_crop``)."""
+        if self.private_crop:
+            return self._alloc(self.g.new_buffer((numel,)))
         if numel > self.crop_size:
             self.crop_off = self._alloc(self.g.new_buffer((numel,)))
             self.crop_size = numel
