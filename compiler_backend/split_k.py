@@ -33,11 +33,11 @@ def eligible(op: ConvOp, first: np.ndarray | None) -> bool:
     """Whether ``op`` runs split-K: a pointwise conv without activation (the two partial sums
     add up to the output) on a small map, whose input's channels ``first`` (those thread 0
     wrote; None: unknown) and the rest both feed it."""
-    if (first is None or op.act is not None or op.groups != 1 or not is_pointwise(op)):
+    if first is None or op.act is not None or op.groups != 1 or not is_pointwise(op):
         return False
     _, oh, ow = op.out_shape
-    cols = op.kept.any(axis=(0, 2, 3))
-    return oh * ow <= MAX_PIXELS and bool(cols[first].any()) and bool(cols[~first].any())
+    used = first[np.flatnonzero(op.kept.any(axis=(0, 2, 3)))]  # thread 0 wrote it, per input
+    return oh * ow <= MAX_PIXELS and bool(used.any()) and not bool(used.all())
 
 
 def halves(op: ConvOp, first: np.ndarray, scratch: int) -> tuple[ConvOp, ConvOp]:
