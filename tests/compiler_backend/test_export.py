@@ -188,7 +188,8 @@ def test_neon_export_runs_quads_and_sweeps_under_qemu(tmp_path) -> None:
 @pytest.mark.parametrize("target", ["host", "neon"])
 def test_fused_expand_export_matches_torch(target: str, stride: int, tmp_path) -> None:
     """An inverted residual block whose expand conv runs inside its depthwise conv (``exdw``),
-    exported with 8 lanes (run here) and NEON's 4 (run under qemu), 2 threads."""
+    exported with 8 lanes (run here) and NEON's 4 (run under qemu), 2 threads; at stride 2 its
+    project conv (on 4x8) runs split-K (``split_k``)."""
     if target == "neon" and not (shutil.which("aarch64-linux-gnu-gcc")
                                  and shutil.which("qemu-aarch64")):
         pytest.skip("needs gcc-aarch64-linux-gnu and qemu-user")
@@ -197,7 +198,9 @@ def test_fused_expand_export_matches_torch(target: str, stride: int, tmp_path) -
     x = torch.randn(1, 3, 8, 16)
     out = export_c(model, x, tmp_path, masks, isa=EIGHT_LANES if target == "host" else "neon",
                    threads=2)
-    assert "void exdw_" in (out.directory / "npas_model.c").read_text()
+    source = (out.directory / "npas_model.c").read_text()
+    assert "void exdw_" in source
+    assert ("_sum(" in source) == (stride == 2)
     cc, runner, extra = ((find_compiler(), [], ()) if target == "host" else
                          ("aarch64-linux-gnu-gcc", ["qemu-aarch64"], ("LDFLAGS=-static",)))
     assert _build_and_run(out.directory, cc, runner, *extra)["max_rel_error"] < 1e-4
