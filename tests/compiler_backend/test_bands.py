@@ -4,6 +4,8 @@ refused with a reason."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,3 +178,36 @@ def test_cli_compiles_and_times_a_banded_model(capsys, compiler_cache) -> None:
     assert main(["compile", "--model", "small_cnn", "--random-weights", "--threads", "2",
                  "--banded"]) != 0
     assert "needs a global average pool" in capsys.readouterr().err
+
+
+def test_mailboxes_are_whole_lines_of_their_own_a_page_apart_by_direction() -> None:
+    """Each push gets a line-aligned run past ``start``; no two overlap; band 1's runs start at
+    least ``MAIL_GAP`` floats after band 0's end; the pushes keep their order."""
+    items = [bands.Push(band, 100 * i, channels, 40, floats, 0, 0)
+             for i, (band, channels, floats) in enumerate([(0, 16, 32), (1, 16, 32), (0, 64, 8),
+                                                          (1, 3, 5)])]
+    planned, end = bands.plan_mailboxes(items, 4096)
+    assert [p.offset for p in planned] == [p.offset for p in items]
+    runs = sorted((p.mail, p.mail + p.channels * p.floats, p.band) for p in planned)
+    assert all(lo % 16 == 0 and lo >= 4096 for lo, _, _ in runs)
+    assert all(a[1] <= b[0] for a, b in zip(runs, runs[1:], strict=False))
+    last0 = max(hi for _, hi, band in runs if band == 0)
+    assert min(lo for lo, _, band in runs if band == 1) >= last0 + bands.MAIL_GAP
+    assert end >= runs[-1][1]
+
+
+def test_bands_hand_rows_over_through_mailboxes_only(compiler_cache) -> None:
+    """No band writes into the other's arena: each copies its edge rows into mailboxes past
+    both arenas and its own border rows from them."""
+    torch.manual_seed(0)
+    compiled = compile_model(BandNet().eval(), torch.randn(1, 3, 32, 24), threads=2,
+                             banded=True, cache_dir=compiler_cache)
+    source = compiled.program.source
+    band = int(re.search(r"float\* restrict Ab = A \+ \(long\)b \* (\d+);", source).group(1))
+    pushes = re.findall(r"memcpy\(A \+ (\d+) \+ c \* \d+, A \+ (\d+) \+", source)
+    pulls = re.findall(r"if \(b == (\d)\) for \(int c = 0; c < \d+; \+\+c\) memcpy\(A \+ (\d+) "
+                       r"\+ \(long\)c \* \d+, A \+ (\d+) \+ c", source)
+    assert pushes and pulls
+    assert all(int(mail) >= 2 * band and int(src) < 2 * band for mail, src in pushes)
+    assert all(int(b) * band <= int(dst) < (int(b) + 1) * band and int(mail) >= 2 * band
+               for b, dst, mail in pulls)
