@@ -177,9 +177,9 @@ def pushes(graph: Graph, buf: int, offset: int, split: bool) -> list[Push]:
 
 
 def plan_mailboxes(items: list[Push], start: int) -> tuple[list[Push], int]:
-    """``items`` (in their order) with their mailboxes: each a line-aligned run of ``channels * floats`` floats
-    from arena offset ``start`` (past both bands), band 0's first, band 1's ``MAIL_GAP`` floats
-    after them. Returns them and the end of the mailboxes.
+    """``items`` (in their order) with their mailboxes: each a line-aligned run of
+    ``channels * floats`` floats from arena offset ``start`` (past both bands), band 0's first,
+    band 1's ``MAIL_GAP`` floats after them. Returns them and the end of the mailboxes.
 
     A band used to write its rows straight into the other's border rows. Those share lines
     with the reader's own rows, which the reader may be writing at that moment, so the lines

@@ -1270,14 +1270,13 @@ def _band_steps(b: _Builder, plan: BandPlan, offs: list[int],
     band = bands_mod.band_arena(b.arena)
     texts = [bands_mod.input_source("band_input", plan, b.g, offs, band)]
     head = [k for k in steps if k < plan.head and steps[k]]
-    pushes = {b.g.ops[k].dst: bands_mod.pushes(b.g, b.g.ops[k].dst, offs[b.g.ops[k].dst],
-                                               b.g.ops[k].dst in b.split)
-              for k in head if b.g.ops[k].dst in b.halo}
-    items, end = bands_mod.plan_mailboxes([p for ps in pushes.values() for p in ps],
+    halo_maps = [b.g.ops[k].dst for k in head if b.g.ops[k].dst in b.halo]
+    outgoing = [bands_mod.pushes(b.g, buf, offs[buf], buf in b.split) for buf in halo_maps]
+    items, end = bands_mod.plan_mailboxes([p for ps in outgoing for p in ps],
                                           bands_mod.BANDS * band)
-    mail, at = {}, 0
-    for buf, ps in pushes.items():
-        mail[buf], at = items[at:at + len(ps)], at + len(ps)
+    mail: dict[int, list[bands_mod.Push]] = {}  # each halo map's pushes, with their mailboxes
+    for buf, ps in zip(halo_maps, outgoing, strict=True):
+        mail[buf], items = items[:len(ps)], items[len(ps):]
     pulled: set[int] = set()
     groups: list[tuple[int, list[str]]] = []
     for k in head:
