@@ -3,7 +3,8 @@
 A segment runs its ops' steps in order: inline when it is single-threaded, else through the
 worker pool (``kernels.POOL_TEMPLATE``) with per-step generation-tagged counters. Each segment
 also exports its parallel steps one slice at a time (``seg_<k>_nsteps``, ``seg_<k>_slices``,
-``seg_<k>_slice``) for drivers that split the work their own way.
+``seg_<k>_slice``, and the op of each step, ``seg_<k>_step_op``) for drivers that split the
+work their own way.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def segment_source(si: int, ops: list[int], steps: dict[int, list[tuple[str, int
     body_s, body_p = "\n".join(serial), "\n".join(par)
     any_par = any(g > 1 for k in ops for _, g in steps[k])
     table = [(f, g) for k in ops for f, g in steps[k]] or [("npas_no_step", 1)]
+    owners = [k for k in ops for _ in steps[k]] or [-1]
     return f"""static void seg_{si}_job(long gen, int tid, const float* restrict W, const int* restrict I,
                       float* restrict A) {{
   if (npas_prof_on && tid == 0) npas_prof_t = omp_get_wtime();
@@ -71,8 +73,10 @@ void seg_{si}(const float* restrict W, const int* restrict I, float* restrict A,
 static void (*const seg_{si}_fns[])(int, int, const float*, const int*, float*) = {{
     {", ".join(f for f, _ in table)}}};
 static const int seg_{si}_groups[] = {{{", ".join(str(g) for _, g in table)}}};
+static const int seg_{si}_owners[] = {{{", ".join(map(str, owners))}}};
 int seg_{si}_nsteps(void) {{ return {n}; }}
 int seg_{si}_slices(int s) {{ return s >= 0 && s < {n} ? seg_{si}_groups[s] : 0; }}
+int seg_{si}_step_op(int s) {{ return s >= 0 && s < {n} ? seg_{si}_owners[s] : -1; }}
 void seg_{si}_slice(int s, int g, const float* W, const int* I, float* A) {{
   if (s >= 0 && s < {n} && g >= 0 && g < seg_{si}_groups[s]) seg_{si}_fns[s](g, seg_{si}_groups[s], W, I, A);
 }}

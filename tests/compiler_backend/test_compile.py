@@ -327,7 +327,8 @@ def test_an_add_beside_a_conv_output_stays_in_the_conv_epilogue(compiler_cache) 
 
 def test_slices_of_every_step_in_order_compute_the_model(compiler_cache) -> None:
     """``seg_0_slice`` run over every step's slices on one thread is the model: the table
-    ``benchmarks/bench_thread_sharing.py`` drives two threads with."""
+    ``benchmarks/bench_thread_sharing.py`` drives two threads with; ``seg_0_step_op`` names
+    each step's op."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -337,6 +338,10 @@ def test_slices_of_every_step_in_order_compute_the_model(compiler_cache) -> None
     lib, n = cm._lib, cm._lib.seg_0_nsteps()
     slices = [lib.seg_0_slices(s) for s in range(n)]
     assert max(slices) == 2 and lib.seg_0_slices(n) == 0
+    owners = [lib.seg_0_step_op(s) for s in range(n)]  # each step's op, in program order
+    assert owners == sorted(owners) and lib.seg_0_step_op(n) == -1
+    assert {cm.program.op_kinds[k] for k in owners} >= {"conv", "pool"}
+    assert cm.program.op_names[owners[-1]] == cm.program.op_names[-1]  # the Linear
     cm.view(cm.graph.input).copy_(x)
     out = cm.view(cm.graph.output)
     out.fill_(float("nan"))
