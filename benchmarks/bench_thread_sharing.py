@@ -182,10 +182,11 @@ def steps_table(two: CompiledModel, times: dict[str, np.ndarray]) -> list[str]:
     out = ["| step | op | family | " + " | ".join(MODES) + " | lost to sharing (us) |",
            "|---" * (4 + len(MODES)) + "|"]
     for s in range(dll.seg_0_nsteps()):
-        name = prog.op_names[dll.seg_0_step_op(s)]
+        k = dll.seg_0_step_op(s)
+        name = prog.op_names[k]
         cells = " | ".join(f"{times[m][s]:.1f}" for m in MODES)
-        out.append(f"| {s} | {name} | {family.get(name, prog.op_kinds[dll.seg_0_step_op(s)])} | "
-                   f"{cells} | {times['shared'][s] - times['private copies'][s]:.1f} |")
+        out.append(f"| {s} | {name} | {family.get(name, prog.op_kinds[k])} | {cells} | "
+                   f"{times['shared'][s] - times['private copies'][s]:.1f} |")
     total = " | ".join(f"**{times[m].sum():.1f}**" for m in MODES)
     lost = times["shared"].sum() - times["private copies"].sum()
     out.append(f"| all | | | {total} | **{lost:.1f}** |")
